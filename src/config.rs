@@ -1,0 +1,600 @@
+//! Typed configuration and its layering: built-in defaults → TOML file → `FERRY_*` environment
+//! → command-line flags. Every layer is merged into one TOML tree which is then deserialized
+//! once, strictly: an unknown key or an invalid value is rejected with the key's full path.
+//! `config/ferry.toml` documents every key.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole configuration of one Ferry node.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub engine: EngineConfig,
+    pub history: HistoryConfig,
+    pub limits: LimitsConfig,
+    pub websocket: WebSocketConfig,
+    pub rooms: RoomsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the one HTTP listener (WebSocket, REST, health, metrics).
+    pub listen: SocketAddr,
+    /// Name of this node in logs, metrics and the `connected` push; empty = `<hostname>-<pid>`.
+    pub node_id: String,
+    /// On SIGTERM, how long to wait for clients to leave before closing the rest.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            node_id: String::new(),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The development secret: usable out of the box, refused nowhere, warned about at start.
+pub const DEV_SECRET: &str = "ferry-dev-secret-change-me";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Shared secret for HS256 tokens. Empty disables HS256.
+    pub hs256_secret: String,
+    /// PEM file with a public key for RS256 or EdDSA tokens (production). Empty disables it.
+    pub public_key_file: PathBuf,
+    /// Algorithm of `public_key_file`: "RS256" or "EdDSA".
+    pub public_key_alg: String,
+    /// When set, tokens must carry this `iss`.
+    pub issuer: String,
+    /// When set, tokens must carry this `aud`.
+    pub audience: String,
+    /// Clock skew tolerated on `exp`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            hs256_secret: DEV_SECRET.to_owned(),
+            public_key_file: PathBuf::new(),
+            public_key_alg: "RS256".to_owned(),
+            issuer: String::new(),
+            audience: String::new(),
+            leeway: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// Everything in this process: zero setup, one node.
+    Memory,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    pub kind: EngineKind,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            kind: EngineKind::Memory,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Events kept per room for resume.
+    pub size: usize,
+    /// How long events are kept for resume.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Recent frames each node keeps per room so most resumes need no engine round trip.
+    pub node_cache: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            size: 1000,
+            ttl: Duration::from_secs(600),
+            node_cache: 256,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Connections this node accepts; more are closed with 3005 (reconnect later/elsewhere).
+    pub max_connections: usize,
+    /// Largest WebSocket frame/message a client may send, in bytes.
+    pub max_frame_bytes: usize,
+    /// Longest comment, in Unicode characters.
+    pub max_comment_chars: usize,
+    /// Comments per second per user (token bucket refill); staff are exempt.
+    pub comment_rate: f64,
+    /// Comment burst per user (token bucket size).
+    pub comment_burst: f64,
+    /// Commands of any kind per second per connection.
+    pub command_rate: f64,
+    pub command_burst: f64,
+    /// Consecutive rejected or malformed frames before the connection is closed (3505/3502).
+    pub strikes_before_close: u32,
+    /// Joins per second this node admits; above it joins get `join_rate_limited`.
+    pub join_rate: f64,
+    pub join_burst: f64,
+    /// Rooms one connection may be in at once.
+    pub max_rooms_per_connection: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 200_000,
+            max_frame_bytes: 16 * 1024,
+            max_comment_chars: 500,
+            comment_rate: 1.0,
+            comment_burst: 5.0,
+            command_rate: 20.0,
+            command_burst: 40.0,
+            strikes_before_close: 20,
+            join_rate: 5000.0,
+            join_burst: 10000.0,
+            max_rooms_per_connection: 4,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// Frames queued per connection before it is closed as a slow consumer (3001).
+    pub send_queue_frames: usize,
+    /// Most room events coalesced into one frame under load.
+    pub max_batch: usize,
+    /// A write that takes longer closes the connection (3003).
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Interval of the server's WebSocket pings.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// Silence after a ping before the connection is closed (3002).
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// tungstenite read buffer per connection (its default, 128 KiB, is far too big for many).
+    pub read_buffer_bytes: usize,
+    /// tungstenite write buffer target per connection.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            send_queue_frames: 256,
+            max_batch: 16,
+            write_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(10),
+            read_buffer_bytes: 4096,
+            write_buffer_bytes: 0,
+        }
+    }
+}
+
+/// Who may create a room by joining it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoCreate {
+    /// Hosts and admins create their room by joining it.
+    Host,
+    /// Anyone whose token allows the room.
+    Any,
+    /// Only the REST API creates rooms.
+    Never,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsConfig {
+    pub auto_create: AutoCreate,
+    /// Likes and join/leave notices are aggregated over this interval.
+    #[serde(with = "humantime_serde")]
+    pub aggregate_interval: Duration,
+    /// Viewer-count pushes are sent at most this often, and only when the count changed.
+    #[serde(with = "humantime_serde")]
+    pub viewer_count_interval: Duration,
+    /// Users named in one joined/left notice (the rest are counted).
+    pub presence_sample: usize,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        Self {
+            auto_create: AutoCreate::Host,
+            aggregate_interval: Duration::from_secs(1),
+            viewer_count_interval: Duration::from_secs(2),
+            presence_sample: 10,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. "info" or "ferry=debug,info". `RUST_LOG` overrides it.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Why a configuration could not be loaded. Every variant names the key or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Key { key: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+/// One `key.path=value` override from the command line.
+#[derive(Clone, Debug)]
+pub struct Override {
+    pub key: String,
+    pub value: String,
+}
+
+impl std::str::FromStr for Override {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (key, value) = s
+            .split_once('=')
+            .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))?;
+        Ok(Override {
+            key: key.trim().to_owned(),
+            value: value.trim().to_owned(),
+        })
+    }
+}
+
+impl Config {
+    /// Load with every layer: defaults, the file (if any), `FERRY_*` variables from `env`, then
+    /// `overrides` (the command-line flags, as dotted keys).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[Override],
+    ) -> Result<Config, ConfigError> {
+        let mut tree = toml::Value::try_from(Config::default()).map_err(|e| ConfigError::Key {
+            key: "<defaults>".into(),
+            message: e.to_string(),
+        })?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let file_tree: toml::Value =
+                toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+                    path: path.to_owned(),
+                    message: e.message().to_owned(),
+                })?;
+            merge(&mut tree, file_tree);
+        }
+        for (var, value) in env {
+            let Some(rest) = var.strip_prefix("FERRY_") else {
+                continue;
+            };
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            let known = lookup(&tree, &key).is_some();
+            if !known {
+                return Err(ConfigError::Env {
+                    var,
+                    message: format!("no config key `{key}` (use FERRY_SECTION__KEY)"),
+                });
+            }
+            set_key(&mut tree, &key, &value).map_err(|message| ConfigError::Env {
+                var: var.clone(),
+                message,
+            })?;
+        }
+        for o in overrides {
+            if lookup(&tree, &o.key).is_none() {
+                return Err(ConfigError::Key {
+                    key: o.key.clone(),
+                    message: "unknown config key".into(),
+                });
+            }
+            set_key(&mut tree, &o.key, &o.value).map_err(|message| ConfigError::Key {
+                key: o.key.clone(),
+                message,
+            })?;
+        }
+        let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::Key {
+                key,
+                message: e.into_inner().to_string(),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks serde cannot express: ranges and cross-field rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(key: &str, message: &str) -> Result<(), ConfigError> {
+            Err(ConfigError::Key {
+                key: key.into(),
+                message: message.into(),
+            })
+        }
+        if self.auth.hs256_secret.is_empty() && self.auth.public_key_file.as_os_str().is_empty() {
+            return bad(
+                "auth.hs256_secret",
+                "no token key configured (set auth.hs256_secret or auth.public_key_file)",
+            );
+        }
+        if !["RS256", "EdDSA"].contains(&self.auth.public_key_alg.as_str()) {
+            return bad("auth.public_key_alg", "must be \"RS256\" or \"EdDSA\"");
+        }
+        let l = &self.limits;
+        if l.max_connections == 0 {
+            return bad("limits.max_connections", "must be at least 1");
+        }
+        if l.max_frame_bytes < 256 {
+            return bad("limits.max_frame_bytes", "must be at least 256");
+        }
+        if l.max_comment_chars == 0 {
+            return bad("limits.max_comment_chars", "must be at least 1");
+        }
+        for (key, v) in [
+            ("limits.comment_rate", l.comment_rate),
+            ("limits.comment_burst", l.comment_burst),
+            ("limits.command_rate", l.command_rate),
+            ("limits.command_burst", l.command_burst),
+            ("limits.join_rate", l.join_rate),
+            ("limits.join_burst", l.join_burst),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(key, "must be a positive number");
+            }
+        }
+        if l.max_rooms_per_connection == 0 {
+            return bad("limits.max_rooms_per_connection", "must be at least 1");
+        }
+        let w = &self.websocket;
+        if w.send_queue_frames < 2 {
+            return bad("websocket.send_queue_frames", "must be at least 2");
+        }
+        if w.max_batch == 0 {
+            return bad("websocket.max_batch", "must be at least 1");
+        }
+        if w.read_buffer_bytes < 512 {
+            return bad("websocket.read_buffer_bytes", "must be at least 512");
+        }
+        if w.ping_interval.is_zero() || w.pong_timeout.is_zero() || w.write_timeout.is_zero() {
+            return bad(
+                "websocket.ping_interval",
+                "intervals and timeouts must be > 0",
+            );
+        }
+        if self.history.size == 0 {
+            return bad("history.size", "must be at least 1");
+        }
+        if self.rooms.aggregate_interval.is_zero() || self.rooms.viewer_count_interval.is_zero() {
+            return bad("rooms.aggregate_interval", "intervals must be > 0");
+        }
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            return bad("log.level", "not a valid tracing filter");
+        }
+        Ok(())
+    }
+
+    /// The node name: configured, or `<hostname>-<pid>`.
+    pub fn node_name(&self) -> String {
+        if !self.server.node_id.is_empty() {
+            return self.server.node_id.clone();
+        }
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "ferry".into());
+        format!("{host}-{}", std::process::id())
+    }
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) if existing.is_table() && v.is_table() => merge(existing, v),
+                    // Unknown keys are kept so strict deserialization reports them by name.
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+fn lookup<'a>(tree: &'a toml::Value, key: &str) -> Option<&'a toml::Value> {
+    key.split('.').try_fold(tree, |node, part| node.get(part))
+}
+
+/// Set a dotted key from a string, typed like the value already there (defaults give every
+/// key a value, so the type is always known).
+fn set_key(tree: &mut toml::Value, key: &str, raw: &str) -> Result<(), String> {
+    let mut node = tree;
+    let parts: Vec<&str> = key.split('.').collect();
+    for part in &parts[..parts.len() - 1] {
+        node = node
+            .get_mut(*part)
+            .ok_or_else(|| format!("no config section `{part}`"))?;
+    }
+    let last = parts[parts.len() - 1];
+    let table = node
+        .as_table_mut()
+        .ok_or_else(|| "not a config section".to_owned())?;
+    let slot = table
+        .get_mut(last)
+        .ok_or_else(|| "unknown config key".to_owned())?;
+    let value = match slot {
+        toml::Value::String(_) => toml::Value::String(raw.to_owned()),
+        toml::Value::Integer(_) => toml::Value::Integer(
+            raw.parse()
+                .map_err(|_| format!("`{raw}` is not an integer"))?,
+        ),
+        toml::Value::Float(_) => toml::Value::Float(
+            raw.parse()
+                .map_err(|_| format!("`{raw}` is not a number"))?,
+        ),
+        toml::Value::Boolean(_) => toml::Value::Boolean(
+            raw.parse()
+                .map_err(|_| format!("`{raw}` is not true or false"))?,
+        ),
+        _ => return Err("this key cannot be set from a string".into()),
+    };
+    *slot = value;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        writeln!(
+            f,
+            "[limits]\nmax_comment_chars = 200\ncomment_rate = 2.0\n[server]\nlisten = \"127.0.0.1:9000\""
+        )
+        .expect("write");
+        let cfg = Config::load(
+            Some(f.path()),
+            env(&[("FERRY_LIMITS__MAX_COMMENT_CHARS", "300"), ("PATH", "/bin")]),
+            &["server.listen=127.0.0.1:9001".parse().expect("override")],
+        )
+        .expect("loads");
+        assert_eq!(cfg.limits.max_comment_chars, 300);
+        assert_eq!(cfg.limits.comment_rate, 2.0);
+        assert_eq!(cfg.server.listen.port(), 9001);
+        assert_eq!(cfg.limits.max_connections, 200_000);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        writeln!(f, "[limits]\nmax_comments = 3").expect("write");
+        let err = Config::load(Some(f.path()), env(&[]), &[]).expect_err("rejects");
+        assert!(err.to_string().contains("limits.max_comments"), "{err}");
+
+        let err = Config::load(None, env(&[("FERRY_LIMITS__NOPE", "1")]), &[]).expect_err("env");
+        assert!(err.to_string().contains("FERRY_LIMITS__NOPE"), "{err}");
+
+        let err = Config::load(
+            None,
+            env(&[]),
+            &["server.nope=1".parse().expect("override")],
+        )
+        .expect_err("flag");
+        assert!(err.to_string().contains("server.nope"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let err = Config::load(None, env(&[("FERRY_LIMITS__MAX_CONNECTIONS", "lots")]), &[])
+            .expect_err("rejects");
+        assert!(
+            err.to_string().contains("FERRY_LIMITS__MAX_CONNECTIONS"),
+            "{err}"
+        );
+
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        writeln!(f, "[websocket]\nwrite_timeout = \"soon\"").expect("write");
+        let err = Config::load(Some(f.path()), env(&[]), &[]).expect_err("rejects");
+        assert!(err.to_string().contains("websocket.write_timeout"), "{err}");
+
+        let err =
+            Config::load(None, env(&[("FERRY_ENGINE__KIND", "etcd")]), &[]).expect_err("rejects");
+        assert!(err.to_string().contains("engine.kind"), "{err}");
+
+        let err = Config::load(None, env(&[("FERRY_LIMITS__COMMENT_RATE", "-1")]), &[])
+            .expect_err("rejects");
+        assert!(err.to_string().contains("limits.comment_rate"), "{err}");
+    }
+
+    #[test]
+    fn shipped_config_file_is_valid_and_complete() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ferry.toml");
+        Config::load(Some(&path), env(&[]), &[]).expect("config/ferry.toml loads");
+        // Every key of the defaults appears in the documented file.
+        let text = std::fs::read_to_string(&path).expect("read");
+        let documented: toml::Value = toml::from_str(&text).expect("toml");
+        let defaults = toml::Value::try_from(Config::default()).expect("defaults");
+        for (section, table) in defaults.as_table().expect("table") {
+            for key in table.as_table().expect("section").keys() {
+                assert!(
+                    lookup(&documented, &format!("{section}.{key}")).is_some(),
+                    "config/ferry.toml lacks {section}.{key}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! The engine conformance suite: one set of checks every [`Engine`] must pass. Engines' own
+//! tests call [`run_all`] with a factory; the checks use fresh random room ids so they can
+//! share a backing store.
+
+use super::{Engine, EngineError, History, StateChange};
+use bytes::Bytes;
+use ferry_client::protocol::{Epoch, Offset, Pinned, Role, RoomId, UserId, UserRef};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn room() -> RoomId {
+    use rand::Rng;
+    RoomId(format!("conf-{:016x}", rand::rng().random::<u64>()))
+}
+
+fn body(i: u64) -> Bytes {
+    Bytes::from(format!("{{\"type\":\"likes\",\"count\":{i}}}"))
+}
+
+/// Run every check against engines built by `factory`, which takes the history size
+/// (events kept per room).
+pub async fn run_all<F, Fut>(factory: F)
+where
+    F: Fn(usize) -> Fut + Send + Sync,
+    Fut: Future<Output = Arc<dyn Engine>> + Send,
+{
+    let e = factory(1000).await;
+    rooms_are_created_once(&*e).await;
+    offsets_are_contiguous_and_delivered_in_order(&*e).await;
+    history_is_all_or_nothing(&*e).await;
+    state_changes_apply_with_their_event(&*e).await;
+    closed_rooms_refuse_publications(&*e).await;
+    presence_sums_nodes(&*e).await;
+    concurrent_publishers_get_unique_offsets(e.clone()).await;
+    let small = factory(10).await;
+    history_window_is_enforced(&*small).await;
+}
+
+pub async fn rooms_are_created_once(e: &dyn Engine) {
+    let r = room();
+    assert_eq!(e.room(&r).await.expect("room"), None);
+    let (rec, created) = e.create_room(&r, "Rattan baskets").await.expect("create");
+    assert!(created);
+    assert_eq!(rec.offset, Offset(0));
+    assert_eq!(rec.title, "Rattan baskets");
+    let (again, created) = e.create_room(&r, "other").await.expect("create again");
+    assert!(!created);
+    assert_eq!(again.epoch, rec.epoch);
+    assert_eq!(again.title, "Rattan baskets");
+    let missing = room();
+    assert_eq!(
+        e.publish(&missing, body(1), None).await,
+        Err(EngineError::RoomNotFound)
+    );
+}
+
+pub async fn offsets_are_contiguous_and_delivered_in_order(e: &dyn Engine) {
+    let r = room();
+    let (rec, _) = e.create_room(&r, "").await.expect("create");
+    let mut a = e.subscribe(&r).await.expect("subscribe a");
+    let mut b = e.subscribe(&r).await.expect("subscribe b");
+    for i in 1..=50u64 {
+        let p = e.publish(&r, body(i), None).await.expect("publish");
+        assert_eq!(p.offset, Offset(i));
+        assert_eq!(p.epoch, rec.epoch);
+    }
+    for sub in [&mut a, &mut b] {
+        for i in 1..=50u64 {
+            let p = tokio::time::timeout(Duration::from_secs(5), sub.rx.recv())
+                .await
+                .expect("delivered in time")
+                .expect("no lag");
+            assert_eq!(p.offset, Offset(i));
+            assert_eq!(p.body, body(i));
+        }
+    }
+    let rec = e.room(&r).await.expect("room").expect("exists");
+    assert_eq!(rec.offset, Offset(50));
+}
+
+pub async fn history_is_all_or_nothing(e: &dyn Engine) {
+    let r = room();
+    let (rec, _) = e.create_room(&r, "").await.expect("create");
+    for i in 1..=20u64 {
+        e.publish(&r, body(i), None).await.expect("publish");
+    }
+    let h = e
+        .history(&r, &rec.epoch, Offset(5), Offset(12))
+        .await
+        .expect("history");
+    let History::Events(events) = h else {
+        panic!("expected events, got {h:?}")
+    };
+    let offsets: Vec<u64> = events.iter().map(|p| p.offset.0).collect();
+    assert_eq!(offsets, (6..=12).collect::<Vec<_>>());
+    assert_eq!(events[0].body, body(6));
+    // Asking past the top is clamped to the top.
+    let History::Events(tail) = e
+        .history(&r, &rec.epoch, Offset(18), Offset(99))
+        .await
+        .expect("history")
+    else {
+        panic!("expected events")
+    };
+    assert_eq!(tail.len(), 2);
+    // Up to date: empty, not an error.
+    assert_eq!(
+        e.history(&r, &rec.epoch, Offset(20), Offset(20))
+            .await
+            .expect("history"),
+        History::Events(vec![])
+    );
+    // Another epoch is never trusted.
+    assert_eq!(
+        e.history(&r, &Epoch("bogus".into()), Offset(5), Offset(12))
+            .await
+            .expect("history"),
+        History::NotRecoverable
+    );
+    // An offset from the future is not trusted either.
+    assert_eq!(
+        e.history(&r, &rec.epoch, Offset(25), Offset(30))
+            .await
+            .expect("history"),
+        History::NotRecoverable
+    );
+}
+
+pub async fn history_window_is_enforced(e: &dyn Engine) {
+    let r = room();
+    let (rec, _) = e.create_room(&r, "").await.expect("create");
+    for i in 1..=30u64 {
+        e.publish(&r, body(i), None).await.expect("publish");
+    }
+    // Window of 10: offsets 21..=30 are kept.
+    assert_eq!(
+        e.history(&r, &rec.epoch, Offset(5), Offset(30))
+            .await
+            .expect("history"),
+        History::NotRecoverable
+    );
+    let History::Events(kept) = e
+        .history(&r, &rec.epoch, Offset(20), Offset(30))
+        .await
+        .expect("history")
+    else {
+        panic!("expected events")
+    };
+    assert_eq!(kept.len(), 10);
+    assert_eq!(kept[0].offset, Offset(21));
+}
+
+pub async fn state_changes_apply_with_their_event(e: &dyn Engine) {
+    let r = room();
+    e.create_room(&r, "").await.expect("create");
+    let host = UserRef {
+        id: UserId("h".into()),
+        name: "Host".into(),
+        role: Role::Host,
+    };
+    let pinned = Pinned {
+        text: "Free shipping today".into(),
+        by: host,
+    };
+    let p = e
+        .publish(&r, body(1), Some(StateChange::Pin(pinned.clone())))
+        .await
+        .expect("pin");
+    let viewer = UserId("v1".into());
+    e.publish(
+        &r,
+        body(2),
+        Some(StateChange::Mute {
+            user: viewer.clone(),
+            until: Some(123),
+        }),
+    )
+    .await
+    .expect("mute");
+    e.publish(
+        &r,
+        body(3),
+        Some(StateChange::Ban {
+            user: UserId("v2".into()),
+        }),
+    )
+    .await
+    .expect("ban");
+    e.publish(&r, body(4), Some(StateChange::SlowMode(30)))
+        .await
+        .expect("slow");
+    e.publish(&r, body(5), Some(StateChange::Likes(7)))
+        .await
+        .expect("likes");
+    e.publish(&r, body(6), Some(StateChange::Likes(5)))
+        .await
+        .expect("likes");
+    let rec = e.room(&r).await.expect("room").expect("exists");
+    assert_eq!(rec.pinned, Some(pinned));
+    assert_eq!(rec.muted.get(&viewer), Some(&Some(123)));
+    assert!(rec.banned.contains(&UserId("v2".into())));
+    assert_eq!(rec.slow_mode_secs, 30);
+    assert_eq!(rec.likes, 12);
+    assert_eq!(rec.offset, Offset(p.offset.0 + 5));
+    e.publish(&r, body(7), Some(StateChange::Unpin))
+        .await
+        .expect("unpin");
+    e.publish(
+        &r,
+        body(8),
+        Some(StateChange::Unmute {
+            user: viewer.clone(),
+        }),
+    )
+    .await
+    .expect("unmute");
+    let rec = e.room(&r).await.expect("room").expect("exists");
+    assert_eq!(rec.pinned, None);
+    assert!(!rec.muted.contains_key(&viewer));
+}
+
+pub async fn closed_rooms_refuse_publications(e: &dyn Engine) {
+    let r = room();
+    e.create_room(&r, "").await.expect("create");
+    e.publish(&r, body(1), Some(StateChange::Close))
+        .await
+        .expect("close");
+    let rec = e.room(&r).await.expect("room").expect("still readable");
+    assert!(rec.closed);
+    assert_eq!(
+        e.publish(&r, body(2), None).await,
+        Err(EngineError::RoomClosed)
+    );
+}
+
+pub async fn presence_sums_nodes(e: &dyn Engine) {
+    let r = room();
+    e.create_room(&r, "").await.expect("create");
+    e.report_presence(&r, "node-a", 10).await.expect("report");
+    e.report_presence(&r, "node-b", 5).await.expect("report");
+    assert_eq!(e.viewer_count(&r).await.expect("count"), 15);
+    e.report_presence(&r, "node-a", 3).await.expect("report");
+    assert_eq!(e.viewer_count(&r).await.expect("count"), 8);
+    e.report_presence(&r, "node-b", 0).await.expect("report");
+    assert_eq!(e.viewer_count(&r).await.expect("count"), 3);
+}
+
+pub async fn concurrent_publishers_get_unique_offsets(e: Arc<dyn Engine>) {
+    let r = room();
+    e.create_room(&r, "").await.expect("create");
+    let mut sub = e.subscribe(&r).await.expect("subscribe");
+    let tasks: Vec<_> = (0..8u64)
+        .map(|t| {
+            let e = e.clone();
+            let r = r.clone();
+            tokio::spawn(async move {
+                let mut last = 0;
+                for i in 0..100u64 {
+                    let p = e
+                        .publish(&r, body(t * 1000 + i), None)
+                        .await
+                        .expect("publish");
+                    // One publisher's events land in its publish order.
+                    assert!(p.offset.0 > last);
+                    last = p.offset.0;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("publisher task");
+    }
+    for i in 1..=800u64 {
+        let p = tokio::time::timeout(Duration::from_secs(5), sub.rx.recv())
+            .await
+            .expect("delivered")
+            .expect("no lag");
+        assert_eq!(p.offset, Offset(i));
+    }
+}

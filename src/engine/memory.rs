@@ -1,0 +1,282 @@
+//! The embedded engine: rooms, history and presence in this process. The default; needs no
+//! other service. History is lost on restart, and each room gets a fresh random epoch when it
+//! is created, so clients from before a restart are told `recovered: false`, never misled.
+
+use super::{Engine, EngineError, History, Publication, RoomRecord, StateChange, Subscription};
+use async_trait::async_trait;
+use bytes::Bytes;
+use dashmap::DashMap;
+use ferry_client::protocol::{Epoch, Offset, RoomId};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+
+/// Limits of the memory engine.
+#[derive(Clone, Debug)]
+pub struct MemoryEngineOptions {
+    /// Events kept per room for resume.
+    pub history_size: usize,
+    /// Events older than this are dropped from history.
+    pub history_ttl: Duration,
+    /// Capacity of each room's live broadcast; a subscriber lagging further re-reads history.
+    pub broadcast_capacity: usize,
+}
+
+impl Default for MemoryEngineOptions {
+    fn default() -> Self {
+        Self {
+            history_size: 1000,
+            history_ttl: Duration::from_secs(600),
+            broadcast_capacity: 4096,
+        }
+    }
+}
+
+struct MemRoom {
+    record: RoomRecord,
+    /// (publication, when it was published) oldest first.
+    history: VecDeque<(Publication, Instant)>,
+    live: broadcast::Sender<Publication>,
+    /// Per-node viewer counts with the time of the report.
+    presence: HashMap<String, (u64, Instant)>,
+    closed_at: Option<Instant>,
+}
+
+impl MemRoom {
+    fn trim(&mut self, now: Instant, opts: &MemoryEngineOptions) {
+        while self.history.len() > opts.history_size {
+            self.history.pop_front();
+        }
+        while let Some((_, at)) = self.history.front() {
+            if now.duration_since(*at) > opts.history_ttl {
+                self.history.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+/// The in-process engine.
+#[derive(Clone)]
+pub struct MemoryEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    rooms: DashMap<RoomId, MemRoom>,
+    opts: MemoryEngineOptions,
+}
+
+impl MemoryEngine {
+    pub fn new(opts: MemoryEngineOptions) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                rooms: DashMap::new(),
+                opts,
+            }),
+        }
+    }
+
+    /// Forget closed rooms whose history has expired (called periodically by the server).
+    pub fn sweep(&self) {
+        let ttl = self.inner.opts.history_ttl;
+        self.inner
+            .rooms
+            .retain(|_, r| r.closed_at.is_none_or(|at| at.elapsed() < ttl));
+    }
+}
+
+fn new_epoch() -> Epoch {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    Epoch(
+        (0..8)
+            .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+            .collect(),
+    )
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// How long a node's presence report counts without being renewed.
+const PRESENCE_EXPIRY: Duration = Duration::from_secs(30);
+
+#[async_trait]
+impl Engine for MemoryEngine {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn create_room(
+        &self,
+        room: &RoomId,
+        title: &str,
+    ) -> Result<(RoomRecord, bool), EngineError> {
+        let mut created = false;
+        let entry = self.inner.rooms.entry(room.clone()).or_insert_with(|| {
+            created = true;
+            let (live, _) = broadcast::channel(self.inner.opts.broadcast_capacity);
+            MemRoom {
+                record: RoomRecord {
+                    epoch: new_epoch(),
+                    title: title.to_owned(),
+                    created_at: unix_ms(),
+                    ..RoomRecord::default()
+                },
+                history: VecDeque::new(),
+                live,
+                presence: HashMap::new(),
+                closed_at: None,
+            }
+        });
+        Ok((entry.record.clone(), created))
+    }
+
+    async fn room(&self, room: &RoomId) -> Result<Option<RoomRecord>, EngineError> {
+        Ok(self.inner.rooms.get(room).map(|r| r.record.clone()))
+    }
+
+    async fn publish(
+        &self,
+        room: &RoomId,
+        body: Bytes,
+        change: Option<StateChange>,
+    ) -> Result<Publication, EngineError> {
+        let mut r = self
+            .inner
+            .rooms
+            .get_mut(room)
+            .ok_or(EngineError::RoomNotFound)?;
+        if r.record.closed {
+            return Err(EngineError::RoomClosed);
+        }
+        let now = Instant::now();
+        r.record.offset = r.record.offset.next();
+        if let Some(change) = &change {
+            r.record.apply(change);
+            if matches!(change, StateChange::Close) {
+                r.closed_at = Some(now);
+            }
+        }
+        let publication = Publication {
+            epoch: r.record.epoch.clone(),
+            offset: r.record.offset,
+            body,
+        };
+        r.history.push_back((publication.clone(), now));
+        r.trim(now, &self.inner.opts);
+        // No receivers is fine: nobody on this node is in the room.
+        let _ = r.live.send(publication.clone());
+        Ok(publication)
+    }
+
+    async fn subscribe(&self, room: &RoomId) -> Result<Subscription, EngineError> {
+        let r = self
+            .inner
+            .rooms
+            .get(room)
+            .ok_or(EngineError::RoomNotFound)?;
+        Ok(Subscription {
+            rx: r.live.subscribe(),
+            _guard: Box::new(()),
+        })
+    }
+
+    async fn history(
+        &self,
+        room: &RoomId,
+        epoch: &Epoch,
+        after: Offset,
+        until: Offset,
+    ) -> Result<History, EngineError> {
+        let mut r = self
+            .inner
+            .rooms
+            .get_mut(room)
+            .ok_or(EngineError::RoomNotFound)?;
+        if &r.record.epoch != epoch || after > r.record.offset {
+            return Ok(History::NotRecoverable);
+        }
+        r.trim(Instant::now(), &self.inner.opts);
+        let until = until.min(r.record.offset);
+        if after >= until {
+            return Ok(History::Events(Vec::new()));
+        }
+        let first_kept = match r.history.front() {
+            Some((p, _)) => p.offset,
+            None => return Ok(History::NotRecoverable),
+        };
+        if first_kept > after.next() {
+            return Ok(History::NotRecoverable);
+        }
+        let skip = (after.next().0 - first_kept.0) as usize;
+        let take = (until.0 - after.0) as usize;
+        Ok(History::Events(
+            r.history
+                .iter()
+                .skip(skip)
+                .take(take)
+                .map(|(p, _)| p.clone())
+                .collect(),
+        ))
+    }
+
+    async fn report_presence(
+        &self,
+        room: &RoomId,
+        node: &str,
+        count: u64,
+    ) -> Result<(), EngineError> {
+        if let Some(mut r) = self.inner.rooms.get_mut(room) {
+            if count == 0 {
+                r.presence.remove(node);
+            } else {
+                r.presence.insert(node.to_owned(), (count, Instant::now()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn viewer_count(&self, room: &RoomId) -> Result<u64, EngineError> {
+        Ok(self
+            .inner
+            .rooms
+            .get(room)
+            .map(|r| {
+                r.presence
+                    .values()
+                    .filter(|(_, at)| at.elapsed() < PRESENCE_EXPIRY)
+                    .map(|(n, _)| n)
+                    .sum()
+            })
+            .unwrap_or(0))
+    }
+
+    async fn ready(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_engine_passes_conformance() {
+        crate::engine::conformance::run_all(|history_size| async move {
+            Arc::new(MemoryEngine::new(MemoryEngineOptions {
+                history_size,
+                ..MemoryEngineOptions::default()
+            })) as Arc<dyn Engine>
+        })
+        .await;
+    }
+}

@@ -1,0 +1,175 @@
+//! The engine: everything a room needs that must be shared between nodes — the ordered event
+//! stream with history (publish, subscribe, resume), the room's durable state (pins, mutes,
+//! bans, slow mode, likes), and presence (viewer counts).
+//!
+//! One trait, several engines: [`memory::MemoryEngine`] is the zero-setup default for a single
+//! node; a Redis engine implements the same trait for clusters. [`conformance`] is the suite
+//! every engine must pass, written once and run against each.
+//!
+//! Invariants every engine keeps:
+//! - Within an epoch, offsets start at 1 and increase by exactly one per publication.
+//! - A publication's state change is applied atomically with its offset assignment, so a room
+//!   snapshot at offset N reflects exactly the events up to N.
+//! - History either returns every event in the asked range or says it cannot
+//!   ([`History::NotRecoverable`]); never a partial range.
+//! - When history is lost the epoch changes.
+
+pub mod conformance;
+pub mod memory;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use ferry_client::protocol::{Epoch, Offset, Pinned, RoomId, UserId};
+use std::collections::{HashMap, HashSet};
+
+/// One event in a room's stream, as engines store and deliver it: its position and its JSON
+/// body (a serialized `RoomEvent`), serialized once by the publisher.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Publication {
+    pub epoch: Epoch,
+    pub offset: Offset,
+    pub body: Bytes,
+}
+
+/// A change to a room's durable state, applied atomically with the publication that
+/// announces it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StateChange {
+    Pin(Pinned),
+    Unpin,
+    /// `until`: Unix ms, or `None` for "until unmuted".
+    Mute {
+        user: UserId,
+        until: Option<u64>,
+    },
+    Unmute {
+        user: UserId,
+    },
+    Ban {
+        user: UserId,
+    },
+    SlowMode(u64),
+    Likes(u64),
+    Close,
+}
+
+/// A room's durable state plus its stream position.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RoomRecord {
+    pub epoch: Epoch,
+    /// Offset of the last event published (0 = none yet).
+    pub offset: Offset,
+    pub title: String,
+    pub pinned: Option<Pinned>,
+    pub slow_mode_secs: u64,
+    pub likes: u64,
+    pub closed: bool,
+    pub muted: HashMap<UserId, Option<u64>>,
+    pub banned: HashSet<UserId>,
+    /// Unix ms.
+    pub created_at: u64,
+}
+
+impl RoomRecord {
+    /// Apply a state change (engines call this under their room lock; nodes call it to keep
+    /// their cached copy current as events flow by).
+    pub fn apply(&mut self, change: &StateChange) {
+        match change {
+            StateChange::Pin(p) => self.pinned = Some(p.clone()),
+            StateChange::Unpin => self.pinned = None,
+            StateChange::Mute { user, until } => {
+                self.muted.insert(user.clone(), *until);
+            }
+            StateChange::Unmute { user } => {
+                self.muted.remove(user);
+            }
+            StateChange::Ban { user } => {
+                self.banned.insert(user.clone());
+            }
+            StateChange::SlowMode(s) => self.slow_mode_secs = *s,
+            StateChange::Likes(n) => self.likes = self.likes.saturating_add(*n),
+            StateChange::Close => self.closed = true,
+        }
+    }
+}
+
+/// The answer of a history read.
+#[derive(Clone, Debug, PartialEq)]
+pub enum History {
+    /// Every event in the asked range, in order.
+    Events(Vec<Publication>),
+    /// The range is gone (trimmed, expired, or from another epoch).
+    NotRecoverable,
+}
+
+/// A live subscription to a room's publications. Dropping it unsubscribes.
+pub struct Subscription {
+    pub rx: tokio::sync::broadcast::Receiver<Publication>,
+    /// Engine-specific cleanup run on drop (declared after `rx` so it runs once `rx` is gone).
+    pub _guard: Box<dyn Send + Sync>,
+}
+
+/// Why an engine operation failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    #[error("room not found")]
+    RoomNotFound,
+    #[error("room is closed")]
+    RoomClosed,
+    /// The backing store is unreachable; the operation may succeed if retried later.
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Cross-node fan-out, history, room state and presence.
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// Short name for logs and metrics ("memory", "redis").
+    fn name(&self) -> &'static str;
+
+    /// Create a room, or return the existing one. `true` when it was created now.
+    async fn create_room(
+        &self,
+        room: &RoomId,
+        title: &str,
+    ) -> Result<(RoomRecord, bool), EngineError>;
+
+    /// The room's state and position, `None` if it does not exist.
+    async fn room(&self, room: &RoomId) -> Result<Option<RoomRecord>, EngineError>;
+
+    /// Append an event to the room's stream, apply `change` atomically with it, and deliver it
+    /// to every subscriber on every node. Refused on closed rooms (except the closing event).
+    async fn publish(
+        &self,
+        room: &RoomId,
+        body: Bytes,
+        change: Option<StateChange>,
+    ) -> Result<Publication, EngineError>;
+
+    /// Subscribe to the room's live publications.
+    async fn subscribe(&self, room: &RoomId) -> Result<Subscription, EngineError>;
+
+    /// Events with `after < offset <= until` in `epoch`, all of them or `NotRecoverable`.
+    async fn history(
+        &self,
+        room: &RoomId,
+        epoch: &Epoch,
+        after: Offset,
+        until: Offset,
+    ) -> Result<History, EngineError>;
+
+    /// Report how many viewers this node holds in the room (called periodically; a node that
+    /// stops reporting stops counting).
+    async fn report_presence(
+        &self,
+        room: &RoomId,
+        node: &str,
+        count: u64,
+    ) -> Result<(), EngineError>;
+
+    /// Viewers in the room across all nodes.
+    async fn viewer_count(&self, room: &RoomId) -> Result<u64, EngineError>;
+
+    /// Whether the engine can serve requests now (drives `/readyz`).
+    async fn ready(&self) -> bool;
+}

@@ -1,0 +1,17 @@
+//! Ferry: a real-time server for cross-border livestream commerce. See `ARCHITECTURE.md` for
+//! the map; the layers are bytes ([`ws`]) → frames and commands ([`session`], the protocol in
+//! `ferry_client::protocol`) → rooms ([`hub`], [`room`]) → the engine ([`engine`]).
+
+pub mod auth;
+pub mod config;
+pub mod engine;
+pub mod hub;
+pub mod limits;
+pub mod metrics;
+pub mod room;
+pub mod session;
+
+pub use ferry_client::protocol;
+pub mod http;
+pub mod server;
+pub mod ws;

@@ -1,0 +1,159 @@
+//! Server lifecycle: build the engine and hub from config, bind the listener, serve, and drain
+//! gracefully (stop accepting, close every connection with 3000 so clients reconnect
+//! elsewhere, wait up to `server.drain_timeout`).
+
+use crate::auth::{KeyError, Verifier};
+use crate::config::{Config, EngineKind, DEV_SECRET};
+use crate::engine::memory::{MemoryEngine, MemoryEngineOptions};
+use crate::engine::Engine;
+use crate::hub::{ConnSignal, Hub, HubConfig};
+use crate::metrics::Metrics;
+use dashmap::DashMap;
+use ferry_client::protocol::CloseCode;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Shared state of the HTTP handlers and connection tasks.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub verifier: Arc<Verifier>,
+    /// Every open connection's close signal, for draining.
+    pub conns: Arc<DashMap<u64, Arc<ConnSignal>>>,
+    draining: Arc<AtomicBool>,
+    next_conn: Arc<AtomicU64>,
+}
+
+impl AppState {
+    pub fn draining(&self) -> bool {
+        self.draining.load(Relaxed)
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Relaxed)
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running server.
+pub struct RunningServer {
+    pub local_addr: SocketAddr,
+    pub state: AppState,
+    stop_accepting: watch::Sender<bool>,
+    serve: tokio::task::JoinHandle<()>,
+}
+
+fn build_engine(cfg: &Config) -> Arc<dyn Engine> {
+    match cfg.engine.kind {
+        EngineKind::Memory => {
+            let engine = MemoryEngine::new(MemoryEngineOptions {
+                history_size: cfg.history.size,
+                history_ttl: cfg.history.ttl,
+                ..MemoryEngineOptions::default()
+            });
+            let sweeper = engine.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tick.tick().await;
+                    sweeper.sweep();
+                }
+            });
+            Arc::new(engine)
+        }
+    }
+}
+
+/// Bind and start serving.
+pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+    let verifier = Arc::new(Verifier::from_config(&config.auth)?);
+    if config.auth.hs256_secret == DEV_SECRET {
+        tracing::warn!("auth.hs256_secret is the development default: anyone can mint tokens; set your own secret");
+    }
+    let node = config.node_name();
+    let metrics = Arc::new(Metrics::default());
+    let engine = build_engine(&config);
+    let hub = Hub::new(
+        engine,
+        HubConfig::from_config(&config, node.clone()),
+        metrics.clone(),
+    );
+    let state = AppState {
+        config: Arc::new(config),
+        hub,
+        metrics,
+        verifier,
+        conns: Arc::new(DashMap::new()),
+        draining: Arc::new(AtomicBool::new(false)),
+        next_conn: Arc::new(AtomicU64::new(1)),
+    };
+    let addr = state.config.server.listen;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let (stop_accepting, mut stop_rx) = watch::channel(false);
+    let app = crate::http::router(state.clone());
+    let serve = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "http server failed");
+        }
+    });
+    tracing::info!(%local_addr, %node, engine = state.hub.engine().name(), "ferry listening");
+    Ok(RunningServer {
+        local_addr,
+        state,
+        stop_accepting,
+        serve,
+    })
+}
+
+impl RunningServer {
+    /// Graceful drain: readiness fails, no new connections, every client is told to
+    /// reconnect elsewhere (3000), and we wait up to `drain_timeout` for them to go.
+    pub async fn drain(self) {
+        let state = self.state;
+        state.draining.store(true, Relaxed);
+        let _ = self.stop_accepting.send(true);
+        let open = state.conns.len();
+        tracing::info!(open, "draining: closing connections with 3000");
+        for c in state.conns.iter() {
+            c.value().close(CloseCode::Shutdown);
+        }
+        let deadline = tokio::time::Instant::now() + state.config.server.drain_timeout;
+        while state.metrics.connections.load(Relaxed) > 0 && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = state.metrics.connections.load(Relaxed);
+        if left > 0 {
+            tracing::warn!(left, "drain timeout: dropping remaining connections");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.serve).await;
+        tracing::info!("drained");
+    }
+}
