@@ -103,6 +103,8 @@ enum RoomCtl {
         since: Option<StreamPosition>,
         /// Events after `since` already read from engine history by the joining connection.
         prefill: Vec<Publication>,
+        /// Engine history said `since` cannot be resumed: answer `recovered: false`.
+        unrecoverable: bool,
         done: oneshot::Sender<AttachOutcome>,
     },
     Detach {
@@ -213,6 +215,7 @@ impl Hub {
             ));
         }
         let mut prefill: Vec<Publication> = Vec::new();
+        let mut unrecoverable = false;
         for _round in 0..MAX_RESUME_ROUNDS {
             let local = self.local_room(room, may_create).await?;
             let (done, outcome) = oneshot::channel();
@@ -221,6 +224,7 @@ impl Hub {
                 reply_id,
                 since: since.clone(),
                 prefill: std::mem::take(&mut prefill),
+                unrecoverable,
                 done,
             };
             if local.ctl.send(ctl).await.is_err() {
@@ -247,8 +251,7 @@ impl Hub {
                     };
                     match self.engine.history(room, &since.epoch, after, until).await {
                         Ok(History::Events(events)) => prefill = events,
-                        // The room task will find the position unrecoverable on the next round.
-                        Ok(History::NotRecoverable) => prefill = Vec::new(),
+                        Ok(History::NotRecoverable) => unrecoverable = true,
                         Err(e) => return Err(engine_join_error(&self.metrics, e)),
                     }
                 }
@@ -585,9 +588,10 @@ impl RoomTask {
                 reply_id,
                 since,
                 prefill,
+                unrecoverable,
                 done,
             } => {
-                let outcome = self.attach(member, reply_id, since, prefill);
+                let outcome = self.attach(member, reply_id, since, prefill, unrecoverable);
                 let _ = done.send(outcome);
             }
             RoomCtl::Detach { conn, announce } => {
@@ -608,6 +612,7 @@ impl RoomTask {
         reply_id: u64,
         since: Option<StreamPosition>,
         prefill: Vec<Publication>,
+        unrecoverable: bool,
     ) -> AttachOutcome {
         {
             let st = self.local.state.read();
@@ -638,7 +643,12 @@ impl RoomTask {
                 expected = p.offset.next();
             }
         }
-        let recovered = match self.tracker.plan_resume(effective.as_ref()) {
+        let plan = if unrecoverable {
+            ResumePlan::NotRecoverable
+        } else {
+            self.tracker.plan_resume(effective.as_ref())
+        };
+        let recovered = match plan {
             ResumePlan::Fresh => None,
             ResumePlan::NotRecoverable => {
                 replay.clear();

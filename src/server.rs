@@ -8,6 +8,7 @@ use crate::engine::memory::{MemoryEngine, MemoryEngineOptions};
 use crate::engine::Engine;
 use crate::hub::{ConnSignal, Hub, HubConfig};
 use crate::metrics::Metrics;
+use axum::serve::ListenerExt;
 use dashmap::DashMap;
 use ferry_client::protocol::CloseCode;
 use std::net::SocketAddr;
@@ -116,6 +117,12 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         let shutdown = async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
         };
+        // Small frames (replies, single comments) must not wait for Nagle + delayed ACK.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await

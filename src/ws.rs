@@ -65,15 +65,24 @@ pub fn unix_ms_f64() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Send a close frame and finish the closing handshake: read (and discard) what the client
+/// still sends until its close frame, for at most a second. Closing with unread input would
+/// make the kernel reset the connection, and the client would never see the close code.
 async fn close_with(socket: &mut WebSocket, code: CloseCode) {
     let frame = CloseFrame {
         code: code.code(),
         reason: Utf8Bytes::from_static(code.reason()),
     };
-    let _ = tokio::time::timeout(
-        Duration::from_secs(1),
-        socket.send(Message::Close(Some(frame))),
-    )
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        if socket.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
+        while let Some(Ok(msg)) = socket.recv().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
     .await;
 }
 
@@ -284,13 +293,18 @@ impl Conn {
             }
             socket.flush().await
         };
-        let result = tokio::time::timeout(timeout, work).await;
+        // A blocked write gives way to a close signal (e.g. the room found our queue full).
+        let signal = self.signal.clone();
+        let result = tokio::select! {
+            r = tokio::time::timeout(timeout, work) => match r {
+                Ok(Ok(())) => Ok(()),
+                _ => Err(CloseCode::WriteTimeout),
+            },
+            _ = signal.notify.notified() => Err(signal.code().unwrap_or(CloseCode::InternalError)),
+        };
         self.queued.fetch_sub(taken, Relaxed);
         self.app.metrics.queued_frames.fetch_sub(taken, Relaxed);
-        match result {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(CloseCode::WriteTimeout),
-        }
+        result
     }
 
     async fn execute(&mut self, socket: &mut WebSocket, action: Action) -> Result<(), CloseCode> {

@@ -35,6 +35,13 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(edit: impl FnOnce(&mut Config)) -> TestServer {
+        // Server logs when RUST_LOG is set (e.g. RUST_LOG=ferry=debug cargo test).
+        if let Ok(filter) = std::env::var("RUST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let mut config = test_config();
         edit(&mut config);
         config.validate().expect("valid test config");
@@ -123,7 +130,8 @@ pub async fn collect_comments(events: &mut Events, room: &str, n: usize) -> Vec<
                     event: RoomEvent::Comment { text, .. },
                     ..
                 } if r == room => out.push(text),
-                _ => {}
+                Event::Room { .. } | Event::Viewers { .. } => {}
+                other => eprintln!("collect_comments: {other:?}"),
             }
         }
     })

@@ -1,0 +1,136 @@
+//! Resume after a network drop: every missed event exactly once, or an explicit
+//! "cannot recover" — never a silent gap.
+
+mod common;
+
+use common::*;
+use ferry::protocol::{Role, RoomEvent};
+use ferry_client::{ClientOptions, Event};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+async fn drop_and_resume(
+    node_cache: usize,
+    history: usize,
+    missed: usize,
+) -> (Vec<String>, Option<bool>, ferry_client::Client) {
+    let s = TestServer::start(|c| {
+        c.history.node_cache = node_cache;
+        c.history.size = history;
+        // The host publishes in bulk; the command limit is not under test.
+        c.limits.command_rate = 1e6;
+        c.limits.command_burst = 1e6;
+    })
+    .await;
+    let proxy = Proxy::start(s.addr()).await;
+    let (host, _he) = s.client("r", "host", Role::Host);
+    host.join("r").await.expect("join");
+    let mut opts = ClientOptions::new(proxy.url(), s.token("r", "viewer", Role::Viewer));
+    opts.min_backoff = Duration::from_millis(50);
+    opts.max_backoff = Duration::from_millis(100);
+    let (viewer, mut ve) = ferry_client::Client::connect(opts);
+    viewer.join("r").await.expect("join");
+    for i in 0..10 {
+        host.comment("r", format!("before {i}"))
+            .await
+            .expect("comment");
+    }
+    let mut seen = collect_comments(&mut ve, "r", 10).await;
+    proxy.go_down();
+    wait_for(&mut ve, |e| {
+        matches!(e, Event::Disconnected { .. }).then_some(())
+    })
+    .await;
+    for i in 0..missed {
+        host.comment("r", format!("during {i}"))
+            .await
+            .expect("comment");
+    }
+    proxy.come_up();
+    let recovered = wait_for(&mut ve, |e| match e {
+        Event::Joined { reply, .. } => Some(reply.recovered),
+        _ => None,
+    })
+    .await;
+    if recovered == Some(true) {
+        seen.extend(collect_comments(&mut ve, "r", missed).await);
+    }
+    host.comment("r", "after").await.expect("comment");
+    let after = wait_for(&mut ve, |e| match e {
+        Event::Room {
+            event: RoomEvent::Comment { text, .. },
+            ..
+        } => Some(text.clone()),
+        _ => None,
+    })
+    .await;
+    seen.push(after);
+    (seen, recovered, viewer)
+}
+
+fn expected(missed: usize) -> Vec<String> {
+    let mut v: Vec<String> = (0..10).map(|i| format!("before {i}")).collect();
+    v.extend((0..missed).map(|i| format!("during {i}")));
+    v.push("after".into());
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_from_node_cache_has_no_gap_and_no_duplicate() {
+    let (seen, recovered, viewer) = drop_and_resume(256, 1000, 25).await;
+    assert_eq!(recovered, Some(true));
+    assert_eq!(seen, expected(25));
+    assert_eq!(viewer.stats().duplicates.load(Relaxed), 0);
+    assert_eq!(viewer.stats().gaps.load(Relaxed), 0);
+    assert!(viewer.stats().connects.load(Relaxed) >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_beyond_node_cache_reads_engine_history() {
+    // The node keeps 4 frames; 40 were missed: the joiner reads the rest from the engine.
+    let (seen, recovered, viewer) = drop_and_resume(4, 1000, 40).await;
+    assert_eq!(recovered, Some(true));
+    assert_eq!(seen, expected(40));
+    assert_eq!(viewer.stats().duplicates.load(Relaxed), 0);
+    assert_eq!(viewer.stats().gaps.load(Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_beyond_history_window_says_cannot_recover() {
+    // History keeps 5 events; 30 were missed: the client is told, not silently skipped.
+    let (seen, recovered, viewer) = drop_and_resume(4, 5, 30).await;
+    assert_eq!(recovered, Some(false));
+    // Only what was seen before, then live events after the explicit reset.
+    let mut want: Vec<String> = (0..10).map(|i| format!("before {i}")).collect();
+    want.push("after".into());
+    assert_eq!(seen, want);
+    assert_eq!(viewer.stats().unrecovered.load(Relaxed), 1);
+    assert_eq!(viewer.stats().duplicates.load(Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_epoch_is_never_trusted() {
+    let s = TestServer::start(|_| {}).await;
+    let (host, _he) = s.client("r", "host", Role::Host);
+    host.join("r").await.expect("join");
+    host.comment("r", "x").await.expect("comment");
+    // A raw resume from another epoch (e.g. before a restart of the memory engine).
+    let (viewer, _ve) = s.client("r", "v", Role::Viewer);
+    let reply = viewer
+        .request(ferry::protocol::Command::Join {
+            room: "r".into(),
+            since: Some(ferry::protocol::StreamPosition {
+                epoch: ferry::protocol::Epoch("old-epoch".into()),
+                offset: ferry::protocol::Offset(1),
+            }),
+        })
+        .await
+        .expect("join");
+    match reply {
+        ferry::protocol::ReplyBody::Joined(j) => {
+            assert_eq!(j.recovered, Some(false));
+            assert_eq!(j.missed, 0);
+        }
+        other => panic!("{other:?}"),
+    }
+}
