@@ -86,6 +86,8 @@ pub struct Member {
 pub enum JoinError {
     /// Reply with this error.
     Refused(ErrorCode, String),
+    /// The node is admitting joins slower than they arrive: retry after this many ms.
+    Busy(u64),
     /// Close the connection with this code.
     Close(CloseCode),
 }
@@ -209,10 +211,7 @@ impl Hub {
     ) -> Result<(), JoinError> {
         if let Err(wait) = self.joins.lock().try_take(1.0, Instant::now()) {
             self.metrics.joins_refused.fetch_add(1, Relaxed);
-            return Err(JoinError::Refused(
-                ErrorCode::JoinRateLimited,
-                format!("node busy, retry in {} ms", wait.as_millis().max(1)),
-            ));
+            return Err(JoinError::Busy(wait.as_millis().max(1) as u64));
         }
         let mut prefill: Vec<Publication> = Vec::new();
         let mut unrecoverable = false;
@@ -343,7 +342,7 @@ impl Hub {
         Ok(entry.clone())
     }
 
-    /// Close every connection in every room with `code` (graceful shutdown).
+    /// The rooms with members on this node.
     pub fn rooms(&self) -> Vec<RoomId> {
         self.rooms.iter().map(|r| r.key().clone()).collect()
     }
@@ -847,10 +846,14 @@ impl RoomTask {
                     };
                     let frame = to_frame(serde_json::to_string(&left).unwrap_or_default());
                     for m in std::mem::take(&mut self.members) {
-                        let _ = m.tx.try_send(Outbound::Removed {
+                        let removed = Outbound::Removed {
                             room: self.room.clone(),
                             frame: frame.clone(),
-                        });
+                        };
+                        // A member that cannot take the notice cannot keep up either.
+                        if m.tx.try_send(removed).is_err() {
+                            m.signal.close(CloseCode::SlowConsumer);
+                        }
                         self.metrics().room_members.fetch_sub(1, Relaxed);
                     }
                     self.local.members.store(0, Relaxed);

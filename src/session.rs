@@ -332,7 +332,10 @@ impl Session {
                             return error(
                                 id,
                                 ErrorCode::Forbidden,
-                                format!("`{}` needs a host or moderator", staff_command.name()),
+                                format!(
+                                    "`{}` needs a host, moderator or admin",
+                                    staff_command.name()
+                                ),
                                 None,
                             );
                         }

@@ -370,6 +370,17 @@ impl Conn {
                         let retry = code.is_temporary().then_some(1000);
                         error_reply(id, code, message, retry)
                     }
+                    Err(JoinError::Busy(retry_ms)) => {
+                        self.session.join_finished(&room, false);
+                        m.errors_sent.fetch_add(1, Relaxed);
+                        m.rate_limited.fetch_add(1, Relaxed);
+                        error_reply(
+                            id,
+                            ErrorCode::JoinRateLimited,
+                            format!("node busy, retry in {retry_ms} ms"),
+                            Some(retry_ms),
+                        )
+                    }
                     Err(JoinError::Close(code)) => {
                         self.session.join_finished(&room, false);
                         return Err(code);

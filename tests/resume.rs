@@ -134,3 +134,38 @@ async fn stale_epoch_is_never_trusted() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_left_are_not_rejoined_after_reconnect() {
+    let s = TestServer::start(|c| c.rooms.auto_create = ferry::config::AutoCreate::Any).await;
+    let proxy = Proxy::start(s.addr()).await;
+    let mut opts = ClientOptions::new(proxy.url(), s.token("*", "v", Role::Viewer));
+    opts.min_backoff = Duration::from_millis(20);
+    let (viewer, mut ve) = ferry_client::Client::connect(opts);
+    viewer.join("a").await.expect("join a");
+    viewer.join("b").await.expect("join b");
+    viewer.leave("a").await.expect("leave a");
+    // A failed join of another room does not make the client forget "b".
+    assert!(viewer.join("bad room").await.is_err());
+    proxy.go_down();
+    wait_for(&mut ve, |e| {
+        matches!(e, Event::Disconnected { .. }).then_some(())
+    })
+    .await;
+    proxy.come_up();
+    let rejoined = wait_for(&mut ve, |e| match e {
+        Event::Joined { room, .. } => Some(room.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(rejoined.as_str(), "b");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(s.server.state.hub.local_members(&"a".into()), 0);
+    assert_eq!(s.server.state.hub.local_members(&"b".into()), 1);
+    while let Some(e) = ve.try_recv() {
+        assert!(
+            !matches!(e, Event::Joined { ref room, .. } if room.as_str() == "a"),
+            "rejoined a"
+        );
+    }
+}

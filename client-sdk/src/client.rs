@@ -428,8 +428,13 @@ struct TrackedRoom {
 
 enum InFlight {
     User(Pending),
+    /// A join the application asked for: on error the room is forgotten.
+    Join(RoomId, Pending),
     Rejoin(RoomId),
-    Clock { sent: f64, user: Option<Pending> },
+    Clock {
+        sent: f64,
+        user: Option<Pending>,
+    },
 }
 
 enum SessionEnd {
@@ -599,17 +604,22 @@ impl Driver {
                         break SessionEnd::Stopped;
                     }
                     Some(Request::Command { command, reply }) => {
-                        let join_room = match &command {
-                            Command::Join { room, .. } => Some(room.clone()),
-                            _ => None,
-                        };
-                        let is_ping = matches!(command, Command::Ping { .. });
                         let sent = unix_ms();
+                        let waiter = match &command {
+                            Command::Join { room, .. } => {
+                                self.rooms.entry(room.clone()).or_insert(TrackedRoom { position: None });
+                                InFlight::Join(room.clone(), reply)
+                            }
+                            Command::Leave { room } => {
+                                // Forget it now so a reconnect does not rejoin it.
+                                self.rooms.remove(room);
+                                InFlight::User(reply)
+                            }
+                            Command::Ping { .. } => InFlight::Clock { sent, user: Some(reply) },
+                            _ => InFlight::User(reply),
+                        };
                         let (id, text) = self.frame(command);
-                        if let Some(room) = join_room {
-                            self.rooms.entry(room).or_insert(TrackedRoom { position: None });
-                        }
-                        in_flight.insert(id, if is_ping { InFlight::Clock { sent, user: Some(reply) } } else { InFlight::User(reply) });
+                        in_flight.insert(id, waiter);
                         if ws.send(Message::text(text)).await.is_err() {
                             break SessionEnd::Reconnect(None, "send failed".into());
                         }
@@ -717,22 +727,31 @@ impl Driver {
                         }
                     }
                     InFlight::User(reply) => {
-                        if let ReplyResult::Ok(ReplyBody::Joined(j)) = &result {
-                            self.rooms.insert(
-                                j.room.clone(),
-                                TrackedRoom {
-                                    position: Some(j.position.clone()),
-                                },
-                            );
-                            self.emit(Event::Joined {
-                                room: j.room.clone(),
-                                reply: j.clone(),
-                            })
-                            .await;
-                        }
-                        if let ReplyResult::Error(_) = &result {
-                            // A failed join leaves nothing to rejoin.
-                            self.rooms.retain(|_, t| t.position.is_some());
+                        let _ = reply.send(into_result(result));
+                    }
+                    InFlight::Join(room, reply) => {
+                        match &result {
+                            ReplyResult::Ok(ReplyBody::Joined(j)) => {
+                                self.rooms.insert(
+                                    j.room.clone(),
+                                    TrackedRoom {
+                                        position: Some(j.position.clone()),
+                                    },
+                                );
+                                self.emit(Event::Joined {
+                                    room: j.room.clone(),
+                                    reply: j.clone(),
+                                })
+                                .await;
+                            }
+                            // Already joined: keep tracking the room as before.
+                            ReplyResult::Error(e)
+                                if e.code == crate::protocol::ErrorCode::AlreadyJoined.code() => {}
+                            _ => {
+                                if self.rooms.get(&room).is_some_and(|t| t.position.is_none()) {
+                                    self.rooms.remove(&room);
+                                }
+                            }
                         }
                         let _ = reply.send(into_result(result));
                     }

@@ -107,7 +107,7 @@ impl Role {
         !matches!(self, Role::Viewer)
     }
 
-    /// Hosts and admins own rooms: they may create, close, announce and pin.
+    /// Hosts and admins own rooms: they may create and close rooms and post announcements.
     pub fn owns_rooms(self) -> bool {
         matches!(self, Role::Host | Role::Admin)
     }
@@ -397,7 +397,8 @@ pub enum Push {
     },
     /// The room's viewer count across the cluster (throttled; not part of the stream).
     Viewers { room: RoomId, count: u64 },
-    /// The server removed this connection from a room (room closed, banned, stream lost).
+    /// The server removed this connection from a room (today: the room was closed). Bans and
+    /// stream loss close the whole connection instead (3506, 3004).
     Left {
         room: RoomId,
         code: u16,
