@@ -19,7 +19,7 @@
 
 use crate::config::Config;
 use crate::engine::{Engine, EngineError, History, Publication, RoomRecord};
-use crate::limits::TokenBucket;
+use crate::limits::{TokenBucket, UserLimits};
 use crate::metrics::Metrics;
 use crate::room::{
     state_change_of, Aggregator, Incoming, ResumePlan, StreamTracker, ViewerThrottle,
@@ -137,6 +137,8 @@ pub struct HubConfig {
     pub presence_sample: usize,
     pub join_rate: f64,
     pub join_burst: f64,
+    pub comment_rate: f64,
+    pub comment_burst: f64,
 }
 
 impl HubConfig {
@@ -150,6 +152,8 @@ impl HubConfig {
             presence_sample: cfg.rooms.presence_sample,
             join_rate: cfg.limits.join_rate,
             join_burst: cfg.limits.join_burst,
+            comment_rate: cfg.limits.comment_rate,
+            comment_burst: cfg.limits.comment_burst,
         }
     }
 }
@@ -161,6 +165,8 @@ pub struct Hub {
     cfg: HubConfig,
     metrics: Arc<Metrics>,
     joins: Mutex<TokenBucket>,
+    /// Comment rate and slow mode per user, shared by the user's connections on this node.
+    users: Mutex<UserLimits>,
 }
 
 /// Resume attempts before giving up on a client whose room moves faster than it can read
@@ -174,7 +180,9 @@ impl Hub {
             cfg.join_burst,
             Instant::now(),
         ));
+        let users = Mutex::new(UserLimits::new(cfg.comment_rate, cfg.comment_burst));
         Arc::new(Hub {
+            users,
             engine,
             rooms: DashMap::new(),
             cfg,
@@ -189,6 +197,15 @@ impl Hub {
 
     pub fn node(&self) -> &str {
         &self.cfg.node
+    }
+
+    /// A user's connection opened on this node (their comment limits are kept while any is).
+    pub fn user_connected(&self, user: &UserId) {
+        self.users.lock().connected(user, Instant::now());
+    }
+
+    pub fn user_disconnected(&self, user: &UserId) {
+        self.users.lock().disconnected(user);
     }
 
     /// Members on this node in `room`.
@@ -365,11 +382,18 @@ fn engine_join_error(metrics: &Metrics, e: EngineError) -> JoinError {
 }
 
 impl RoomView for Hub {
-    fn slow_mode_secs(&self, room: &RoomId) -> u64 {
-        self.rooms
+    fn try_comment(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        now: Instant,
+    ) -> Result<(), crate::limits::CommentRefusal> {
+        let slow = self
+            .rooms
             .get(room)
             .map(|r| r.state.read().slow_mode_secs)
-            .unwrap_or(0)
+            .unwrap_or(0);
+        self.users.lock().try_comment(user, room, slow, now)
     }
 
     fn muted_until(&self, room: &RoomId, user: &UserId) -> Option<Option<u64>> {

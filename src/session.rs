@@ -6,7 +6,7 @@
 
 use crate::auth::Claims;
 use crate::config::LimitsConfig;
-use crate::limits::TokenBucket;
+use crate::limits::{CommentRefusal, TokenBucket};
 use ferry_client::protocol::{
     ClientFrame, CloseCode, Command, ErrorCode, Offset, Pinned, Reply, ReplyResult, RoomEvent,
     RoomId, StreamPosition, UserId, UserRef,
@@ -14,12 +14,15 @@ use ferry_client::protocol::{
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// What the session needs to know about a room's shared state.
+/// What the session needs from state shared beyond its connection: the room's mutes, and the
+/// per-user comment limits (rate and slow mode) that all of a user's connections share.
 pub trait RoomView {
-    /// Slow-mode interval in seconds (0 = off).
-    fn slow_mode_secs(&self, room: &RoomId) -> u64;
     /// `None` = not muted; `Some(None)` = muted until unmuted; `Some(Some(ms))` = until then.
     fn muted_until(&self, room: &RoomId, user: &UserId) -> Option<Option<u64>>;
+    /// Admit a comment by `user` in `room` at `now` under the room's slow mode and the user's
+    /// comment rate.
+    fn try_comment(&self, room: &RoomId, user: &UserId, now: Instant)
+        -> Result<(), CommentRefusal>;
 }
 
 /// What the driver must do with a frame.
@@ -58,20 +61,14 @@ pub enum Action {
     },
 }
 
-#[derive(Debug, Default)]
-struct JoinedRoom {
-    last_comment: Option<Instant>,
-}
-
 /// Per-connection protocol state.
 pub struct Session {
     claims: Claims,
     user: UserRef,
     limits: LimitsConfig,
-    /// Rooms joined (`Some`) or with a join in flight (`None`).
-    rooms: HashMap<RoomId, Option<JoinedRoom>>,
+    /// Rooms joined (`true`) or with a join in flight (`false`).
+    rooms: HashMap<RoomId, bool>,
     commands: TokenBucket,
-    comments: TokenBucket,
     /// Consecutive frames refused for being malformed or over a rate limit.
     strikes: u32,
 }
@@ -96,7 +93,6 @@ impl Session {
         let user = claims.user_ref();
         Self {
             commands: TokenBucket::new(limits.command_rate, limits.command_burst, now),
-            comments: TokenBucket::new(limits.comment_rate, limits.comment_burst, now),
             claims,
             user,
             limits,
@@ -121,7 +117,7 @@ impl Session {
     /// The driver reports how a [`Action::Join`] ended.
     pub fn join_finished(&mut self, room: &RoomId, ok: bool) {
         if ok {
-            self.rooms.insert(room.clone(), Some(JoinedRoom::default()));
+            self.rooms.insert(room.clone(), true);
         } else {
             self.rooms.remove(room);
         }
@@ -228,17 +224,16 @@ impl Session {
                 if self.rooms.len() >= self.limits.max_rooms_per_connection {
                     return error(id, ErrorCode::TooManyRooms, "leave a room first", None);
                 }
-                self.rooms.insert(room.clone(), None);
+                self.rooms.insert(room.clone(), false);
                 Action::Join { id, room, since }
             }
             other => {
                 let Some(room) = other.room().cloned() else {
                     return error(id, ErrorCode::BadRequest, "command needs a room", None);
                 };
-                let joined = match self.rooms.get_mut(&room) {
-                    Some(Some(j)) => j,
-                    _ => return error(id, ErrorCode::NotJoined, "join the room first", None),
-                };
+                if self.rooms.get(&room) != Some(&true) {
+                    return error(id, ErrorCode::NotJoined, "join the room first", None);
+                }
                 let role = self.user.role;
                 match other {
                     Command::Leave { .. } => {
@@ -272,29 +267,25 @@ impl Session {
                                 }
                                 _ => {}
                             }
-                            let slow = view.slow_mode_secs(&room);
-                            if slow > 0 {
-                                if let Some(last) = joined.last_comment {
-                                    let next = last + Duration::from_secs(slow);
-                                    if next > now {
-                                        return error(
-                                            id,
-                                            ErrorCode::SlowMode,
-                                            format!("slow mode: one comment every {slow} s"),
-                                            Some(next - now),
-                                        );
-                                    }
+                            match view.try_comment(&room, &self.user.id, now) {
+                                Ok(()) => {}
+                                Err(CommentRefusal::SlowMode { wait, every_secs }) => {
+                                    return error(
+                                        id,
+                                        ErrorCode::SlowMode,
+                                        format!("slow mode: one comment every {every_secs} s"),
+                                        Some(wait),
+                                    )
+                                }
+                                Err(CommentRefusal::RateLimited(wait)) => {
+                                    return error(
+                                        id,
+                                        ErrorCode::RateLimited,
+                                        "commenting too fast",
+                                        Some(wait),
+                                    )
                                 }
                             }
-                            if let Err(wait) = self.comments.try_take(1.0, now) {
-                                return error(
-                                    id,
-                                    ErrorCode::RateLimited,
-                                    "commenting too fast",
-                                    Some(wait),
-                                );
-                            }
-                            joined.last_comment = Some(now);
                         }
                         Action::Publish {
                             id,
@@ -446,18 +437,39 @@ mod tests {
     use super::*;
     use ferry_client::protocol::Role;
 
-    #[derive(Default)]
     struct View {
         slow: u64,
         muted: Option<Option<u64>>,
+        limits: std::cell::RefCell<crate::limits::UserLimits>,
+    }
+
+    impl Default for View {
+        fn default() -> Self {
+            let l = LimitsConfig::default();
+            View {
+                slow: 0,
+                muted: None,
+                limits: std::cell::RefCell::new(crate::limits::UserLimits::new(
+                    l.comment_rate,
+                    l.comment_burst,
+                )),
+            }
+        }
     }
 
     impl RoomView for View {
-        fn slow_mode_secs(&self, _: &RoomId) -> u64 {
-            self.slow
-        }
         fn muted_until(&self, _: &RoomId, _: &UserId) -> Option<Option<u64>> {
             self.muted
+        }
+        fn try_comment(
+            &self,
+            room: &RoomId,
+            user: &UserId,
+            now: Instant,
+        ) -> Result<(), CommentRefusal> {
+            self.limits
+                .borrow_mut()
+                .try_comment(user, room, self.slow, now)
         }
     }
 
@@ -618,7 +630,7 @@ mod tests {
     fn slow_mode_and_mutes_apply_to_viewers_not_staff() {
         let slow = View {
             slow: 10,
-            muted: None,
+            ..View::default()
         };
         let (mut s, now) = joined(Role::Viewer);
         let c = r#"{"id":2,"cmd":"comment","room":"r1","text":"hi"}"#;
@@ -633,8 +645,8 @@ mod tests {
             Action::Publish { .. }
         ));
         let muted = View {
-            slow: 0,
             muted: Some(Some(5_000)),
+            ..View::default()
         };
         let (mut s, now) = joined(Role::Viewer);
         assert_eq!(

@@ -160,7 +160,9 @@ async fn run_connection(app: AppState, mut socket: WebSocket, auth: Result<Claim
         queued: Arc::new(AtomicI64::new(0)),
         last_seen: Instant::now(),
     };
+    app.hub.user_connected(&conn.session.user().id);
     let code = conn.run(&mut socket, &mut rx).await;
+    app.hub.user_disconnected(&conn.session.user().id);
     metrics.disconnect(code);
     if let Some(code) = code {
         if code != CloseCode::Shutdown {

@@ -322,3 +322,27 @@ async fn join_spikes_get_retry_later_not_collapse() {
     assert_eq!(ok, 3);
     assert_eq!(limited, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comment_limits_are_per_user_across_connections() {
+    let s = TestServer::start(|_| {}).await;
+    let (host, _he) = s.client("r", "host", Role::Host);
+    host.join("r").await.expect("join");
+    // The same user in two tabs shares one budget of 5.
+    let (tab1, _e1) = s.client("r", "ann", Role::Viewer);
+    let (tab2, _e2) = s.client("r", "ann", Role::Viewer);
+    tab1.join("r").await.expect("join");
+    tab2.join("r").await.expect("join");
+    let mut accepted = 0;
+    for i in 0..10 {
+        let tab = if i % 2 == 0 { &tab1 } else { &tab2 };
+        if tab.comment("r", format!("hi {i}")).await.is_ok() {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, 5);
+    // Another user is not affected.
+    let (bo, _e3) = s.client("r", "bo", Role::Viewer);
+    bo.join("r").await.expect("join");
+    bo.comment("r", "hello").await.expect("own budget");
+}
