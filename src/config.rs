@@ -19,6 +19,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub websocket: WebSocketConfig,
     pub rooms: RoomsConfig,
+    pub redis: RedisConfig,
     pub log: LogConfig,
 }
 
@@ -32,6 +33,8 @@ pub struct ServerConfig {
     /// On SIGTERM, how long to wait for clients to leave before closing the rest.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Accept queue length (capped by the kernel's somaxconn).
+    pub listen_backlog: u32,
 }
 
 impl Default for ServerConfig {
@@ -40,6 +43,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             node_id: String::new(),
             drain_timeout: Duration::from_secs(10),
+            listen_backlog: 4096,
         }
     }
 }
@@ -83,6 +87,8 @@ impl Default for AuthConfig {
 pub enum EngineKind {
     /// Everything in this process: zero setup, one node.
     Memory,
+    /// Rooms shared through Redis (standalone or cluster): many nodes.
+    Redis,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -182,8 +188,14 @@ pub struct WebSocketConfig {
     pub pong_timeout: Duration,
     /// tungstenite read buffer per connection (its default, 128 KiB, is far too big for many).
     pub read_buffer_bytes: usize,
-    /// tungstenite write buffer target per connection.
+    /// tungstenite write buffer target per connection: frames drained together leave in
+    /// one write instead of one syscall each.
     pub write_buffer_bytes: usize,
+    /// In rooms with at least `batch_min_members` members, wait up to this long after an
+    /// event for more, so each fan-out carries several events (0 = never wait).
+    #[serde(with = "humantime_serde")]
+    pub batch_window: Duration,
+    pub batch_min_members: usize,
 }
 
 impl Default for WebSocketConfig {
@@ -195,7 +207,9 @@ impl Default for WebSocketConfig {
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(10),
             read_buffer_bytes: 4096,
-            write_buffer_bytes: 0,
+            write_buffer_bytes: 8192,
+            batch_window: Duration::from_millis(10),
+            batch_min_members: 100,
         }
     }
 }
@@ -233,6 +247,39 @@ impl Default for RoomsConfig {
             aggregate_interval: Duration::from_secs(1),
             viewer_count_interval: Duration::from_secs(2),
             presence_sample: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// Standalone: one URL. Cluster: seed nodes (any subset of the masters).
+    pub urls: Vec<String>,
+    /// Use Redis Cluster (sharded pub/sub, slot routing).
+    pub cluster: bool,
+    /// Prefix of every key and channel; lets several Ferry deployments share a Redis.
+    pub prefix: String,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// A Redis command that takes longer fails; commands that need Redis then answer
+    /// `unavailable` (retry) instead of hanging.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// A node's viewer-count report expires after this (a dead node stops counting).
+    #[serde(with = "humantime_serde")]
+    pub presence_ttl: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            urls: vec!["redis://127.0.0.1:6379/".to_owned()],
+            cluster: false,
+            prefix: "ferry".to_owned(),
+            connect_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(1),
+            presence_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -499,6 +546,12 @@ fn set_key(tree: &mut toml::Value, key: &str, raw: &str) -> Result<(), String> {
         toml::Value::Boolean(_) => toml::Value::Boolean(
             raw.parse()
                 .map_err(|_| format!("`{raw}` is not true or false"))?,
+        ),
+        toml::Value::Array(_) => toml::Value::Array(
+            raw.split(',')
+                .map(|v| toml::Value::String(v.trim().to_owned()))
+                .filter(|v| v.as_str() != Some(""))
+                .collect(),
         ),
         _ => return Err("this key cannot be set from a string".into()),
     };

@@ -176,6 +176,8 @@ struct RoomInfo {
     offset: u64,
     viewers: u64,
     viewers_on_node: u64,
+    /// Distinct users who joined this room's stream.
+    unique_viewers: u64,
     likes: u64,
     pinned: Option<Pinned>,
     slow_mode_secs: u64,
@@ -193,6 +195,7 @@ async fn info(app: &AppState, room: &RoomId) -> Result<RoomInfo, ApiError> {
     })?;
     let viewers = app.hub.engine().viewer_count(room).await?;
     let on_node = app.hub.local_members(room);
+    let unique_viewers = app.hub.engine().unique_viewers(room).await?;
     Ok(RoomInfo {
         room: room.clone(),
         title: rec.title,
@@ -200,6 +203,7 @@ async fn info(app: &AppState, room: &RoomId) -> Result<RoomInfo, ApiError> {
         offset: rec.offset.0,
         viewers: viewers.max(on_node),
         viewers_on_node: on_node,
+        unique_viewers,
         likes: rec.likes,
         pinned: rec.pinned,
         slow_mode_secs: rec.slow_mode_secs,

@@ -131,6 +131,8 @@ pub struct LocalRoom {
 pub struct HubConfig {
     pub node: String,
     pub max_batch: usize,
+    pub batch_window: Duration,
+    pub batch_min_members: usize,
     pub node_cache: usize,
     pub aggregate_interval: Duration,
     pub viewer_count_interval: Duration,
@@ -146,6 +148,8 @@ impl HubConfig {
         Self {
             node,
             max_batch: cfg.websocket.max_batch,
+            batch_window: cfg.websocket.batch_window,
+            batch_min_members: cfg.websocket.batch_min_members,
             node_cache: cfg.history.node_cache,
             aggregate_interval: cfg.rooms.aggregate_interval,
             viewer_count_interval: cfg.rooms.viewer_count_interval,
@@ -493,9 +497,18 @@ async fn run_room(
                 match first {
                     Ok(p) => {
                         let mut batch = vec![p];
+                        let wait = task.members.len() >= hub.cfg.batch_min_members;
+                        let deadline = tokio::time::Instant::now() + hub.cfg.batch_window;
                         while batch.len() < hub.cfg.max_batch {
                             match sub.rx.try_recv() {
                                 Ok(p) => batch.push(p),
+                                Err(broadcast::error::TryRecvError::Empty) if wait => {
+                                    // A busy room: give the batch a moment to fill.
+                                    match tokio::time::timeout_at(deadline, sub.rx.recv()).await {
+                                        Ok(Ok(p)) => batch.push(p),
+                                        _ => break,
+                                    }
+                                }
                                 Err(_) => break,
                             }
                         }
@@ -701,17 +714,24 @@ impl RoomTask {
         for chunk in replay.chunks(self.hub.cfg.max_batch) {
             frames.push(join_frames(chunk));
         }
-        let n = frames.len() as i64;
         for f in frames {
+            member.queued.fetch_add(1, Relaxed);
+            self.metrics().queued_frames.fetch_add(1, Relaxed);
             if member.tx.try_send(Outbound::Frame(f)).is_err() {
+                member.queued.fetch_sub(1, Relaxed);
+                self.metrics().queued_frames.fetch_sub(1, Relaxed);
                 member.signal.close(CloseCode::SlowConsumer);
                 self.metrics().drops_slow_consumer.fetch_add(1, Relaxed);
                 return AttachOutcome::Refused(JoinError::Close(CloseCode::SlowConsumer));
             }
         }
-        member.queued.fetch_add(n, Relaxed);
-        self.metrics().queued_frames.fetch_add(n, Relaxed);
         self.aggregator.joined(&member.user);
+        let (hub, room, user) = (self.hub.clone(), self.room.clone(), member.user.id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = hub.engine.record_viewer(&room, &user).await {
+                tracing::debug!(%room, error = %e, "unique viewer not recorded");
+            }
+        });
         self.members.push(member);
         self.local.members.store(self.members.len() as u64, Relaxed);
         self.metrics().room_members.fetch_add(1, Relaxed);
@@ -727,23 +747,31 @@ impl RoomTask {
 
     /// Queue one shared frame to every member; drop members that cannot keep up.
     fn broadcast(&mut self, frame: Utf8Bytes, events: u64) {
+        // Count the frames as queued before queueing them, so the writers' decrements can
+        // never take the gauge below zero; frames that could not be queued are taken back.
+        let planned = self.members.len() as u64;
+        self.metrics()
+            .queued_frames
+            .fetch_add(planned as i64, Relaxed);
         let mut i = 0;
         let mut sent = 0u64;
         while i < self.members.len() {
             let m = &self.members[i];
+            m.queued.fetch_add(1, Relaxed);
             match m.tx.try_send(Outbound::Frame(frame.clone())) {
                 Ok(()) => {
-                    m.queued.fetch_add(1, Relaxed);
                     sent += 1;
                     i += 1;
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
+                    m.queued.fetch_sub(1, Relaxed);
                     m.signal.close(CloseCode::SlowConsumer);
                     self.metrics().drops_slow_consumer.fetch_add(1, Relaxed);
                     let m = self.remove_member(i);
                     tracing::info!(room = %self.room, user = %m.user.id, conn = m.conn, "slow consumer closed");
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
+                    m.queued.fetch_sub(1, Relaxed);
                     self.remove_member(i);
                 }
             }
@@ -752,7 +780,7 @@ impl RoomTask {
         m.frames_out.fetch_add(sent, Relaxed);
         m.events_delivered.fetch_add(sent * events, Relaxed);
         m.bytes_out.fetch_add(sent * frame.len() as u64, Relaxed);
-        m.queued_frames.fetch_add(sent as i64, Relaxed);
+        m.queued_frames.fetch_sub((planned - sent) as i64, Relaxed);
     }
 
     fn kick_all(&mut self, code: CloseCode) {
@@ -912,9 +940,15 @@ impl RoomTask {
         }
         let hub = self.hub.clone();
         let room = self.room.clone();
+        let local = self.local.clone();
         tokio::spawn(async move {
             for event in events {
                 if let Err(e) = hub.publish(&room, &event).await {
+                    // Likes were acknowledged to their senders: keep them for the next tick.
+                    // Join/leave notices are best effort.
+                    if let RoomEvent::Likes { count } = event {
+                        local.likes.fetch_add(count, Relaxed);
+                    }
                     tracing::debug!(%room, error = %e, "aggregate event not published");
                 }
             }

@@ -83,7 +83,12 @@ fn init_logging(cfg: &Config) {
         .ok()
         .and_then(|v| v.parse::<tracing_subscriber::EnvFilter>().ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(&cfg.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only on a terminal: log files and pipelines get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     match cfg.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

@@ -5,6 +5,7 @@
 use crate::auth::{KeyError, Verifier};
 use crate::config::{Config, EngineKind, DEV_SECRET};
 use crate::engine::memory::{MemoryEngine, MemoryEngineOptions};
+use crate::engine::redis::{RedisEngine, RedisEngineOptions, RedisStartError};
 use crate::engine::Engine;
 use crate::hub::{ConnSignal, Hub, HubConfig};
 use crate::metrics::Metrics;
@@ -45,6 +46,8 @@ impl AppState {
 pub enum StartError {
     #[error(transparent)]
     Key(#[from] KeyError),
+    #[error(transparent)]
+    Redis(#[from] RedisStartError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -60,8 +63,8 @@ pub struct RunningServer {
     serve: tokio::task::JoinHandle<()>,
 }
 
-fn build_engine(cfg: &Config) -> Arc<dyn Engine> {
-    match cfg.engine.kind {
+async fn build_engine(cfg: &Config) -> Result<Arc<dyn Engine>, StartError> {
+    Ok(match cfg.engine.kind {
         EngineKind::Memory => {
             let engine = MemoryEngine::new(MemoryEngineOptions {
                 history_size: cfg.history.size,
@@ -78,7 +81,24 @@ fn build_engine(cfg: &Config) -> Arc<dyn Engine> {
             });
             Arc::new(engine)
         }
-    }
+        EngineKind::Redis => {
+            let r = &cfg.redis;
+            Arc::new(
+                RedisEngine::connect(RedisEngineOptions {
+                    urls: r.urls.clone(),
+                    cluster: r.cluster,
+                    prefix: r.prefix.clone(),
+                    history_size: cfg.history.size,
+                    history_ttl: cfg.history.ttl,
+                    connect_timeout: r.connect_timeout,
+                    command_timeout: r.command_timeout,
+                    presence_ttl: r.presence_ttl,
+                    broadcast_capacity: 4096,
+                })
+                .await?,
+            )
+        }
+    })
 }
 
 /// Bind and start serving.
@@ -89,7 +109,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     }
     let node = config.node_name();
     let metrics = Arc::new(Metrics::default());
-    let engine = build_engine(&config);
+    let engine = build_engine(&config).await?;
     let hub = Hub::new(
         engine,
         HubConfig::from_config(&config, node.clone()),
@@ -105,9 +125,19 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         next_conn: Arc::new(AtomicU64::new(1)),
     };
     let addr = state.config.server.listen;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })?;
+    let bind = || -> std::io::Result<tokio::net::TcpListener> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        // A join spike opens thousands of connections at once: a deep accept queue turns
+        // them into a short wait instead of dropped SYNs (the kernel caps it at somaxconn).
+        socket.listen(state.config.server.listen_backlog)
+    };
+    let listener = bind().map_err(|source| StartError::Bind { addr, source })?;
     let local_addr = listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;

@@ -236,7 +236,9 @@ impl Conn {
                         Message::Ping(_) | Message::Pong(_) => continue,
                         Message::Close(_) => return None,
                     };
-                    if let Err(code) = self.execute(socket, action).await {
+                    // Boxed: commands are rare next to idle time, and inlining their
+                    // futures (join, publish) would make every idle connection's task bigger.
+                    if let Err(code) = Box::pin(self.execute(socket, action)).await {
                         return Some(code);
                     }
                 }
@@ -436,6 +438,11 @@ fn read_error_code(e: &axum::Error) -> Option<CloseCode> {
                     tracing::info!(error = %t, "frame too large");
                     Some(CloseCode::MessageTooBig)
                 }
+                // The client (or its network) went away without a close frame: not its fault.
+                T::Protocol(tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)
+                | T::ConnectionClosed
+                | T::AlreadyClosed
+                | T::Io(_) => None,
                 T::Utf8(_) | T::Protocol(_) => {
                     tracing::info!(error = %t, "protocol violation");
                     Some(CloseCode::BadRequest)

@@ -244,6 +244,12 @@ pub async fn presence_sums_nodes(e: &dyn Engine) {
     assert_eq!(e.viewer_count(&r).await.expect("count"), 8);
     e.report_presence(&r, "node-b", 0).await.expect("report");
     assert_eq!(e.viewer_count(&r).await.expect("count"), 3);
+    for u in ["a", "b", "a", "c", "b"] {
+        e.record_viewer(&r, &UserId(u.into()))
+            .await
+            .expect("record");
+    }
+    assert_eq!(e.unique_viewers(&r).await.expect("unique"), 3);
 }
 
 pub async fn concurrent_publishers_get_unique_offsets(e: Arc<dyn Engine>) {

@@ -6,7 +6,7 @@ use super::{Engine, EngineError, History, Publication, RoomRecord, StateChange, 
 use async_trait::async_trait;
 use bytes::Bytes;
 use dashmap::DashMap;
-use ferry_client::protocol::{Epoch, Offset, RoomId};
+use ferry_client::protocol::{Epoch, Offset, RoomId, UserId};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,8 +40,13 @@ struct MemRoom {
     live: broadcast::Sender<Publication>,
     /// Per-node viewer counts with the time of the report.
     presence: HashMap<String, (u64, Instant)>,
+    /// Distinct viewers, counted exactly up to [`UNIQUE_CAP`].
+    unique: std::collections::HashSet<UserId>,
     closed_at: Option<Instant>,
 }
+
+/// Unique viewers tracked exactly per room; beyond it the count stops growing (bounded memory).
+const UNIQUE_CAP: usize = 1_000_000;
 
 impl MemRoom {
     fn trim(&mut self, now: Instant, opts: &MemoryEngineOptions) {
@@ -134,6 +139,7 @@ impl Engine for MemoryEngine {
                 history: VecDeque::new(),
                 live,
                 presence: HashMap::new(),
+                unique: std::collections::HashSet::new(),
                 closed_at: None,
             }
         });
@@ -257,6 +263,24 @@ impl Engine for MemoryEngine {
                     .map(|(n, _)| n)
                     .sum()
             })
+            .unwrap_or(0))
+    }
+
+    async fn record_viewer(&self, room: &RoomId, user: &UserId) -> Result<(), EngineError> {
+        if let Some(mut r) = self.inner.rooms.get_mut(room) {
+            if r.unique.len() < UNIQUE_CAP {
+                r.unique.insert(user.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn unique_viewers(&self, room: &RoomId) -> Result<u64, EngineError> {
+        Ok(self
+            .inner
+            .rooms
+            .get(room)
+            .map(|r| r.unique.len() as u64)
             .unwrap_or(0))
     }
 

@@ -16,6 +16,7 @@
 
 pub mod conformance;
 pub mod memory;
+pub mod redis;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -169,6 +170,12 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Viewers in the room across all nodes.
     async fn viewer_count(&self, room: &RoomId) -> Result<u64, EngineError>;
+
+    /// Count `user` as a viewer of the room's stream (for unique-viewer counts).
+    async fn record_viewer(&self, room: &RoomId, user: &UserId) -> Result<(), EngineError>;
+
+    /// Distinct users who joined the room (approximate on Redis: HyperLogLog, ~0.8%).
+    async fn unique_viewers(&self, room: &RoomId) -> Result<u64, EngineError>;
 
     /// Whether the engine can serve requests now (drives `/readyz`).
     async fn ready(&self) -> bool;

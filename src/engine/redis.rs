@@ -1,0 +1,874 @@
+//! The Redis engine: rooms shared by every node pointed at the same Redis (standalone or
+//! Redis Cluster).
+//!
+//! Keys of one room share the hash tag `{<room>}` so every script runs on one shard:
+//! - `<prefix>:{r}:meta`     HASH  epoch, offset, title, created_at, pinned, slow, likes, closed
+//! - `<prefix>:{r}:stream`   STREAM history, entry id `<offset>-1`, field `d` = event body
+//! - `<prefix>:{r}:muted`    HASH  user → until (Unix ms, 0 = until unmuted)
+//! - `<prefix>:{r}:banned`   SET   users
+//! - `<prefix>:{r}:viewers`  HASH  node → viewer count;  `…:viewers:exp` ZSET node → expiry
+//! - `<prefix>:{r}:uniq`     HLL   unique viewers of the stream
+//! - channel `<prefix>:{r}:ch`: each publication as `<offset>:<epoch>:<body>`
+//!
+//! One script per publish assigns the next offset, applies the state change, appends to the
+//! capped stream and publishes (SPUBLISH on a cluster, so a room's traffic touches one shard).
+//! Subscriptions use RESP3 pushes with redis-rs's automatic resubscription; when a room's
+//! subscription is (re)confirmed, the engine reads the room's position and replays what was
+//! missed from the stream, and if Redis came back *behind* what this node already delivered
+//! (writes lost in a crash) it moves the room to a new epoch so no client trusts a reused
+//! offset.
+
+use super::{Engine, EngineError, History, Publication, RoomRecord, StateChange, Subscription};
+use async_trait::async_trait;
+use bytes::Bytes;
+use dashmap::DashMap;
+use ferry_client::protocol::{Epoch, Offset, Pinned, RoomId, UserId};
+use redis::aio::ConnectionLike;
+use redis::{PushKind, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// How to reach Redis and how the engine behaves.
+#[derive(Clone, Debug)]
+pub struct RedisEngineOptions {
+    /// One URL for standalone Redis; one or more seed nodes for a cluster.
+    pub urls: Vec<String>,
+    pub cluster: bool,
+    /// Prefix of every key and channel.
+    pub prefix: String,
+    pub history_size: usize,
+    pub history_ttl: Duration,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    /// A node's viewer-count report counts for this long unless renewed.
+    pub presence_ttl: Duration,
+    /// Capacity of each room's local broadcast.
+    pub broadcast_capacity: usize,
+}
+
+const PUBLISH: &str = r#"
+-- KEYS: meta stream muted banned ; ARGV: body size ttl_ms channel publish_cmd op a1 a2
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then return {0} end
+if redis.call('HGET', KEYS[1], 'closed') == '1' then return {-1} end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+local op = ARGV[6]
+if op == 'pin' then redis.call('HSET', KEYS[1], 'pinned', ARGV[7])
+elseif op == 'unpin' then redis.call('HDEL', KEYS[1], 'pinned')
+elseif op == 'mute' then redis.call('HSET', KEYS[3], ARGV[7], ARGV[8])
+elseif op == 'unmute' then redis.call('HDEL', KEYS[3], ARGV[7])
+elseif op == 'ban' then redis.call('SADD', KEYS[4], ARGV[7])
+elseif op == 'slow' then redis.call('HSET', KEYS[1], 'slow', ARGV[7])
+elseif op == 'likes' then redis.call('HINCRBY', KEYS[1], 'likes', ARGV[7])
+elseif op == 'close' then
+  redis.call('HSET', KEYS[1], 'closed', '1')
+  for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-1', 'd', ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call(ARGV[5], ARGV[4], offset .. ':' .. epoch .. ':' .. ARGV[1])
+return {1, offset, epoch}
+"#;
+
+const CREATE: &str = r#"
+-- KEYS: meta stream ; ARGV: epoch title now_ms
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'offset', 0, 'title', ARGV[2], 'created_at', ARGV[3])
+return 1
+"#;
+
+const SNAPSHOT: &str = r#"
+-- KEYS: meta muted banned
+return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), redis.call('SMEMBERS', KEYS[3])}
+"#;
+
+const HISTORY: &str = r#"
+-- KEYS: meta stream ; ARGV: after until
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset')
+if not meta[1] then return {false} end
+local top = tonumber(meta[2])
+local untl = math.min(tonumber(ARGV[2]), top)
+if tonumber(ARGV[1]) >= untl then return {meta[1], top, {}} end
+return {meta[1], top, redis.call('XRANGE', KEYS[2], (tonumber(ARGV[1]) + 1) .. '-1', untl .. '-1')}
+"#;
+
+const POSITION: &str = r#"
+-- KEYS: meta stream ; ARGV: expected_epoch delivered_offset new_epoch
+-- Moves the room to a new epoch when Redis is behind what a node delivered (lost writes).
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset')
+if not meta[1] then return {false} end
+if meta[1] == ARGV[1] and tonumber(meta[2]) < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[3], 'offset', ARGV[2])
+  redis.call('DEL', KEYS[2])
+  return {ARGV[3], tonumber(ARGV[2])}
+end
+return {meta[1], tonumber(meta[2])}
+"#;
+
+const PRESENCE: &str = r#"
+-- KEYS: viewers viewers_exp uniq ; ARGV: node count ttl_ms
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if tonumber(ARGV[2]) > 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+return 1
+"#;
+
+const COUNT: &str = r#"
+-- KEYS: viewers viewers_exp
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+for _, node in ipairs(dead) do
+  redis.call('HDEL', KEYS[1], node)
+  redis.call('ZREM', KEYS[2], node)
+end
+local sum = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do sum = sum + tonumber(v) end
+return sum
+"#;
+
+/// A command connection to standalone Redis or a cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(redis::aio::ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Conn {
+    async fn run<T: redis::FromRedisValue>(
+        &mut self,
+        script: &redis::Script,
+        keys: &[String],
+        args: &[String],
+    ) -> redis::RedisResult<T> {
+        let mut inv = script.prepare_invoke();
+        for k in keys {
+            inv.key(k);
+        }
+        for a in args {
+            inv.arg(a);
+        }
+        match self {
+            Conn::Single(c) => inv.invoke_async(c).await,
+            Conn::Cluster(c) => inv.invoke_async(c).await,
+        }
+    }
+
+    async fn cmd<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        let v = match self {
+            Conn::Single(c) => c.req_packed_command(cmd).await?,
+            Conn::Cluster(c) => c.req_packed_command(cmd).await?,
+        };
+        redis::from_redis_value(v).map_err(Into::into)
+    }
+
+    async fn subscribe(&mut self, channel: &str, on: bool) -> redis::RedisResult<()> {
+        match (self, on) {
+            (Conn::Single(c), true) => c.subscribe(channel).await,
+            (Conn::Single(c), false) => c.unsubscribe(channel).await,
+            (Conn::Cluster(c), true) => c.ssubscribe(channel).await,
+            (Conn::Cluster(c), false) => c.sunsubscribe(channel).await,
+        }
+    }
+}
+
+/// A room this node is subscribed to.
+struct RoomSub {
+    live: broadcast::Sender<Publication>,
+    /// Live subscriptions handed out (the Redis subscription is dropped at zero).
+    holders: usize,
+    /// The last position sent to local subscribers (to detect Redis coming back behind).
+    last: Option<(Epoch, Offset)>,
+}
+
+struct Inner {
+    conn: Conn,
+    opts: RedisEngineOptions,
+    rooms: DashMap<RoomId, RoomSub>,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    publish: redis::Script,
+    create: redis::Script,
+    snapshot: redis::Script,
+    history: redis::Script,
+    position: redis::Script,
+    presence: redis::Script,
+    count: redis::Script,
+}
+
+/// The Redis engine.
+#[derive(Clone)]
+pub struct RedisEngine {
+    inner: Arc<Inner>,
+    sub_tx: mpsc::UnboundedSender<SubCmd>,
+}
+
+enum SubCmd {
+    Hold(
+        RoomId,
+        oneshot::Sender<Result<broadcast::Receiver<Publication>, EngineError>>,
+    ),
+    Release(RoomId),
+}
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisStartError {
+    #[error("redis.urls is empty")]
+    NoUrl,
+    #[error("cannot connect to Redis at {url}: {message}")]
+    Connect { url: String, message: String },
+}
+
+fn unavailable(e: redis::RedisError) -> EngineError {
+    EngineError::Unavailable(e.to_string())
+}
+
+fn resp3(url: &str) -> String {
+    if url.contains("protocol=") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&protocol=resp3")
+    } else {
+        format!("{url}?protocol=resp3")
+    }
+}
+
+fn new_epoch() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..8)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl RedisEngine {
+    /// Connect (commands and pushes) and start the subscription tasks.
+    pub async fn connect(opts: RedisEngineOptions) -> Result<RedisEngine, RedisStartError> {
+        let first = opts.urls.first().cloned().ok_or(RedisStartError::NoUrl)?;
+        let connect_err = |e: redis::RedisError| RedisStartError::Connect {
+            url: first.clone(),
+            message: e.to_string(),
+        };
+        let (push_tx, push_rx) = mpsc::unbounded_channel::<redis::PushInfo>();
+        let conn = if opts.cluster {
+            let client = redis::cluster::ClusterClientBuilder::new(
+                opts.urls.iter().map(|u| resp3(u)).collect::<Vec<_>>(),
+            )
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(push_tx)
+            .connection_timeout(opts.connect_timeout)
+            .response_timeout(opts.command_timeout)
+            .retries(2)
+            .build()
+            .map_err(connect_err)?;
+            Conn::Cluster(client.get_async_connection().await.map_err(connect_err)?)
+        } else {
+            let client = redis::Client::open(resp3(&first)).map_err(connect_err)?;
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(opts.connect_timeout))
+                .set_response_timeout(Some(opts.command_timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_secs(2))
+                .set_push_sender(push_tx)
+                .set_automatic_resubscription();
+            Conn::Single(
+                client
+                    .get_connection_manager_with_config(config)
+                    .await
+                    .map_err(connect_err)?,
+            )
+        };
+        let inner = Arc::new(Inner {
+            conn,
+            opts,
+            rooms: DashMap::new(),
+            scripts: Scripts {
+                publish: redis::Script::new(PUBLISH),
+                create: redis::Script::new(CREATE),
+                snapshot: redis::Script::new(SNAPSHOT),
+                history: redis::Script::new(HISTORY),
+                position: redis::Script::new(POSITION),
+                presence: redis::Script::new(PRESENCE),
+                count: redis::Script::new(COUNT),
+            },
+        });
+        let (sub_tx, sub_rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_subscriptions(inner.clone(), sub_rx));
+        tokio::spawn(route_pushes(inner.clone(), push_rx));
+        Ok(RedisEngine { inner, sub_tx })
+    }
+}
+
+impl Inner {
+    fn key(&self, room: &RoomId, part: &str) -> String {
+        format!("{}:{{{}}}:{}", self.opts.prefix, room, part)
+    }
+
+    fn channel(&self, room: &RoomId) -> String {
+        self.key(room, "ch")
+    }
+
+    /// The room a channel belongs to.
+    fn room_of(&self, channel: &str) -> Option<RoomId> {
+        let rest = channel
+            .strip_prefix(&self.opts.prefix)?
+            .strip_prefix(":{")?;
+        let room = rest.strip_suffix("}:ch")?;
+        Some(RoomId(room.to_owned()))
+    }
+
+    fn conn(&self) -> Conn {
+        self.conn.clone()
+    }
+
+    /// Read the room's position (fixing the epoch if Redis is behind what we delivered),
+    /// then replay missed events into the local broadcast.
+    async fn catch_up(&self, room: &RoomId) {
+        let last = self.rooms.get(room).and_then(|r| r.last.clone());
+        let Some((epoch, delivered)) = last else {
+            return; // Nothing delivered yet: the hub's snapshot covers it.
+        };
+        let mut conn = self.conn();
+        let keys = [self.key(room, "meta"), self.key(room, "stream")];
+        let args = [epoch.0.clone(), delivered.0.to_string(), new_epoch()];
+        let pos: Vec<Value> = match conn.run(&self.scripts.position, &keys, &args).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(%room, error = %e, "catch-up: cannot read the room's position");
+                return;
+            }
+        };
+        let (Some(Value::BulkString(e)), Some(top)) = (pos.first(), pos.get(1)) else {
+            return;
+        };
+        let now_epoch = Epoch(String::from_utf8_lossy(e).into_owned());
+        let top = Offset(redis::from_redis_value::<u64>(top.clone()).unwrap_or(0));
+        let Some(live) = self.rooms.get(room).map(|r| r.live.clone()) else {
+            return;
+        };
+        if now_epoch != epoch {
+            tracing::warn!(%room, old = %epoch, new = %now_epoch, "room history was lost in Redis; new epoch");
+            // An empty publication at the top of the new epoch: the hub resyncs its members.
+            let _ = live.send(Publication {
+                epoch: now_epoch,
+                offset: top,
+                body: Bytes::new(),
+            });
+            return;
+        }
+        if top > delivered {
+            match self.history(room, &epoch, delivered, top).await {
+                Ok(History::Events(events)) => {
+                    tracing::info!(%room, missed = events.len(), "caught up after resubscribe");
+                    for p in events {
+                        self.note_delivered(room, &p);
+                        let _ = live.send(p);
+                    }
+                }
+                _ => {
+                    tracing::warn!(%room, "catch-up: history unavailable; the next event shows the gap")
+                }
+            }
+        }
+    }
+
+    fn note_delivered(&self, room: &RoomId, p: &Publication) {
+        if let Some(mut r) = self.rooms.get_mut(room) {
+            let newer = match &r.last {
+                Some((e, o)) => e != &p.epoch || *o < p.offset,
+                None => true,
+            };
+            if newer {
+                r.last = Some((p.epoch.clone(), p.offset));
+            }
+        }
+    }
+
+    async fn history(
+        &self,
+        room: &RoomId,
+        epoch: &Epoch,
+        after: Offset,
+        until: Offset,
+    ) -> Result<History, EngineError> {
+        let mut conn = self.conn();
+        let keys = [self.key(room, "meta"), self.key(room, "stream")];
+        let args = [after.0.to_string(), until.0.to_string()];
+        let v: Vec<Value> = conn
+            .run(&self.scripts.history, &keys, &args)
+            .await
+            .map_err(unavailable)?;
+        let Some(Value::BulkString(e)) = v.first() else {
+            return Err(EngineError::RoomNotFound);
+        };
+        if e.as_slice() != epoch.0.as_bytes() {
+            return Ok(History::NotRecoverable);
+        }
+        let top = v
+            .get(1)
+            .and_then(|t| redis::from_redis_value::<u64>(t.clone()).ok())
+            .unwrap_or(0);
+        if after.0 > top {
+            return Ok(History::NotRecoverable);
+        }
+        let until = until.0.min(top);
+        let entries = match v.get(2) {
+            Some(Value::Array(entries)) => entries.clone(),
+            _ => Vec::new(),
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let Some((offset, body)) = parse_entry(entry) else {
+                return Ok(History::NotRecoverable);
+            };
+            out.push(Publication {
+                epoch: epoch.clone(),
+                offset: Offset(offset),
+                body,
+            });
+        }
+        let complete = out.len() as u64 == until.saturating_sub(after.0)
+            && out.first().is_none_or(|p| p.offset == after.next());
+        if complete {
+            Ok(History::Events(out))
+        } else {
+            Ok(History::NotRecoverable)
+        }
+    }
+}
+
+/// A stream entry `[id, [field, value, ...]]` → (offset, body).
+fn parse_entry(entry: Value) -> Option<(u64, Bytes)> {
+    let Value::Array(parts) = entry else {
+        return None;
+    };
+    let mut parts = parts.into_iter();
+    let id: String = redis::from_redis_value(parts.next()?).ok()?;
+    let offset = id.split('-').next()?.parse().ok()?;
+    let fields = match parts.next()? {
+        Value::Array(f) => f,
+        Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => return None,
+    };
+    let mut it = fields.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        if matches!(&k, Value::BulkString(b) if b == b"d") {
+            if let Value::BulkString(b) = v {
+                return Some((offset, Bytes::from(b)));
+            }
+        }
+    }
+    None
+}
+
+/// Parse `<offset>:<epoch>:<body>`.
+fn parse_payload(payload: &[u8]) -> Option<(Offset, Epoch, Bytes)> {
+    let first = payload.iter().position(|b| *b == b':')?;
+    let offset: u64 = std::str::from_utf8(&payload[..first]).ok()?.parse().ok()?;
+    let rest = &payload[first + 1..];
+    let second = rest.iter().position(|b| *b == b':')?;
+    let epoch = std::str::from_utf8(&rest[..second]).ok()?.to_owned();
+    Some((
+        Offset(offset),
+        Epoch(epoch),
+        Bytes::copy_from_slice(&rest[second + 1..]),
+    ))
+}
+
+/// Serializes (un)subscriptions so a room's SUBSCRIBE/UNSUBSCRIBE never reorder.
+async fn run_subscriptions(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<SubCmd>) {
+    while let Some(cmd) = rx.recv().await {
+        match cmd {
+            SubCmd::Hold(room, reply) => {
+                let existing = inner.rooms.get_mut(&room).map(|mut r| {
+                    r.holders += 1;
+                    r.live.subscribe()
+                });
+                if let Some(rx) = existing {
+                    let _ = reply.send(Ok(rx));
+                    continue;
+                }
+                let (live, rx) = broadcast::channel(inner.opts.broadcast_capacity);
+                inner.rooms.insert(
+                    room.clone(),
+                    RoomSub {
+                        live,
+                        holders: 1,
+                        last: None,
+                    },
+                );
+                let mut conn = inner.conn();
+                match conn.subscribe(&inner.channel(&room), true).await {
+                    Ok(()) => {
+                        let _ = reply.send(Ok(rx));
+                    }
+                    Err(e) => {
+                        inner.rooms.remove(&room);
+                        let _ = reply.send(Err(unavailable(e)));
+                    }
+                }
+            }
+            SubCmd::Release(room) => {
+                let last = match inner.rooms.get_mut(&room) {
+                    Some(mut r) => {
+                        r.holders = r.holders.saturating_sub(1);
+                        r.holders == 0
+                    }
+                    None => false,
+                };
+                if last {
+                    inner.rooms.remove(&room);
+                    let mut conn = inner.conn();
+                    if let Err(e) = conn.subscribe(&inner.channel(&room), false).await {
+                        tracing::debug!(%room, error = %e, "unsubscribe failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Drains Redis pushes as fast as they come and routes them to rooms; never blocks on a room.
+async fn route_pushes(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<redis::PushInfo>) {
+    while let Some(push) = rx.recv().await {
+        match push.kind {
+            PushKind::Message | PushKind::SMessage => {
+                let mut data = push.data.into_iter();
+                let (Some(Value::BulkString(ch)), Some(Value::BulkString(payload))) =
+                    (data.next(), data.next())
+                else {
+                    continue;
+                };
+                let Some(room) = inner.room_of(&String::from_utf8_lossy(&ch)) else {
+                    continue;
+                };
+                let Some((offset, epoch, body)) = parse_payload(&payload) else {
+                    tracing::warn!(%room, "undecodable publication");
+                    continue;
+                };
+                let p = Publication {
+                    epoch,
+                    offset,
+                    body,
+                };
+                inner.note_delivered(&room, &p);
+                if let Some(r) = inner.rooms.get(&room) {
+                    let _ = r.live.send(p);
+                }
+            }
+            PushKind::Subscribe | PushKind::SSubscribe => {
+                // (Re)confirmed subscription: replay what may have been missed meanwhile.
+                let Some(Value::BulkString(ch)) = push.data.first() else {
+                    continue;
+                };
+                if let Some(room) = inner.room_of(&String::from_utf8_lossy(ch)) {
+                    let inner = inner.clone();
+                    tokio::spawn(async move { inner.catch_up(&room).await });
+                }
+            }
+            PushKind::Disconnection => {
+                tracing::warn!("lost the Redis connection; reconnecting and resubscribing");
+            }
+            _ => {}
+        }
+    }
+}
+
+fn state_args(change: Option<&StateChange>) -> [String; 3] {
+    let s = |v: &str| v.to_owned();
+    match change {
+        None => [s(""), s(""), s("")],
+        Some(StateChange::Pin(p)) => [
+            s("pin"),
+            serde_json::to_string(p).unwrap_or_default(),
+            s(""),
+        ],
+        Some(StateChange::Unpin) => [s("unpin"), s(""), s("")],
+        Some(StateChange::Mute { user, until }) => {
+            [s("mute"), user.0.clone(), until.unwrap_or(0).to_string()]
+        }
+        Some(StateChange::Unmute { user }) => [s("unmute"), user.0.clone(), s("")],
+        Some(StateChange::Ban { user }) => [s("ban"), user.0.clone(), s("")],
+        Some(StateChange::SlowMode(secs)) => [s("slow"), secs.to_string(), s("")],
+        Some(StateChange::Likes(n)) => [s("likes"), n.to_string(), s("")],
+        Some(StateChange::Close) => [s("close"), s(""), s("")],
+    }
+}
+
+fn flat_map(v: &Value) -> Vec<(String, String)> {
+    let items: Vec<Value> = match v {
+        Value::Array(a) => a.clone(),
+        Value::Map(m) => m.iter().flat_map(|(k, v)| [k.clone(), v.clone()]).collect(),
+        _ => Vec::new(),
+    };
+    items
+        .chunks(2)
+        .filter_map(|kv| {
+            let k: String = redis::from_redis_value(kv.first()?.clone()).ok()?;
+            let v: String = redis::from_redis_value(kv.get(1)?.clone()).ok()?;
+            Some((k, v))
+        })
+        .collect()
+}
+
+#[async_trait]
+impl Engine for RedisEngine {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn create_room(
+        &self,
+        room: &RoomId,
+        title: &str,
+    ) -> Result<(RoomRecord, bool), EngineError> {
+        let i = &self.inner;
+        let mut conn = i.conn();
+        let keys = [i.key(room, "meta"), i.key(room, "stream")];
+        let args = [new_epoch(), title.to_owned(), unix_ms().to_string()];
+        let created: i64 = conn
+            .run(&i.scripts.create, &keys, &args)
+            .await
+            .map_err(unavailable)?;
+        let record = self.room(room).await?.ok_or(EngineError::RoomNotFound)?;
+        Ok((record, created == 1))
+    }
+
+    async fn room(&self, room: &RoomId) -> Result<Option<RoomRecord>, EngineError> {
+        let i = &self.inner;
+        let mut conn = i.conn();
+        let keys = [
+            i.key(room, "meta"),
+            i.key(room, "muted"),
+            i.key(room, "banned"),
+        ];
+        let v: Vec<Value> = conn
+            .run(&i.scripts.snapshot, &keys, &[])
+            .await
+            .map_err(unavailable)?;
+        let meta = v.first().map(flat_map).unwrap_or_default();
+        if meta.is_empty() {
+            return Ok(None);
+        }
+        let get = |k: &str| {
+            meta.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        let num = |k: &str| get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let mut record = RoomRecord {
+            epoch: Epoch(get("epoch").unwrap_or_default().to_owned()),
+            offset: Offset(num("offset")),
+            title: get("title").unwrap_or_default().to_owned(),
+            pinned: get("pinned").and_then(|p| serde_json::from_str::<Pinned>(p).ok()),
+            slow_mode_secs: num("slow"),
+            likes: num("likes"),
+            closed: get("closed") == Some("1"),
+            created_at: num("created_at"),
+            ..RoomRecord::default()
+        };
+        if let Some(muted) = v.get(1) {
+            for (user, until) in flat_map(muted) {
+                let until = until.parse::<u64>().ok().filter(|u| *u > 0);
+                record.muted.insert(UserId(user), until);
+            }
+        }
+        if let Some(banned) = v.get(2) {
+            let users: Vec<String> = redis::from_redis_value(banned.clone()).unwrap_or_default();
+            record.banned.extend(users.into_iter().map(UserId));
+        }
+        Ok(Some(record))
+    }
+
+    async fn publish(
+        &self,
+        room: &RoomId,
+        body: Bytes,
+        change: Option<StateChange>,
+    ) -> Result<Publication, EngineError> {
+        let i = &self.inner;
+        let mut conn = i.conn();
+        let keys = [
+            i.key(room, "meta"),
+            i.key(room, "stream"),
+            i.key(room, "muted"),
+            i.key(room, "banned"),
+        ];
+        let body_text = String::from_utf8_lossy(&body).into_owned();
+        let [op, a1, a2] = state_args(change.as_ref());
+        let publish_cmd = if i.opts.cluster {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        let args = [
+            body_text,
+            i.opts.history_size.to_string(),
+            i.opts.history_ttl.as_millis().to_string(),
+            i.channel(room),
+            publish_cmd.to_owned(),
+            op,
+            a1,
+            a2,
+        ];
+        let v: Vec<Value> = conn
+            .run(&i.scripts.publish, &keys, &args)
+            .await
+            .map_err(unavailable)?;
+        match v.first() {
+            Some(Value::Int(1)) => {}
+            Some(Value::Int(-1)) => return Err(EngineError::RoomClosed),
+            _ => return Err(EngineError::RoomNotFound),
+        }
+        let offset = v
+            .get(1)
+            .and_then(|o| redis::from_redis_value::<u64>(o.clone()).ok())
+            .unwrap_or(0);
+        let epoch = v
+            .get(2)
+            .and_then(|e| redis::from_redis_value::<String>(e.clone()).ok())
+            .unwrap_or_default();
+        Ok(Publication {
+            epoch: Epoch(epoch),
+            offset: Offset(offset),
+            body,
+        })
+    }
+
+    async fn subscribe(&self, room: &RoomId) -> Result<Subscription, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.sub_tx
+            .send(SubCmd::Hold(room.clone(), reply))
+            .map_err(|_| EngineError::Unavailable("engine stopped".into()))?;
+        let live = rx
+            .await
+            .map_err(|_| EngineError::Unavailable("engine stopped".into()))??;
+        Ok(Subscription {
+            rx: live,
+            _guard: Box::new(ReleaseGuard {
+                room: room.clone(),
+                tx: self.sub_tx.clone(),
+            }),
+        })
+    }
+
+    async fn history(
+        &self,
+        room: &RoomId,
+        epoch: &Epoch,
+        after: Offset,
+        until: Offset,
+    ) -> Result<History, EngineError> {
+        self.inner.history(room, epoch, after, until).await
+    }
+
+    async fn report_presence(
+        &self,
+        room: &RoomId,
+        node: &str,
+        count: u64,
+    ) -> Result<(), EngineError> {
+        let i = &self.inner;
+        let mut conn = i.conn();
+        let keys = [
+            i.key(room, "viewers"),
+            i.key(room, "viewers:exp"),
+            i.key(room, "uniq"),
+        ];
+        let args = [
+            node.to_owned(),
+            count.to_string(),
+            i.opts.presence_ttl.as_millis().to_string(),
+        ];
+        let _: i64 = conn
+            .run(&i.scripts.presence, &keys, &args)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn viewer_count(&self, room: &RoomId) -> Result<u64, EngineError> {
+        let i = &self.inner;
+        let mut conn = i.conn();
+        let keys = [i.key(room, "viewers"), i.key(room, "viewers:exp")];
+        conn.run(&i.scripts.count, &keys, &[])
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn record_viewer(&self, room: &RoomId, user: &UserId) -> Result<(), EngineError> {
+        let i = &self.inner;
+        let mut conn = i.conn();
+        let _: i64 = conn
+            .cmd(
+                redis::cmd("PFADD")
+                    .arg(i.key(room, "uniq"))
+                    .arg(user.as_str()),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn unique_viewers(&self, room: &RoomId) -> Result<u64, EngineError> {
+        let i = &self.inner;
+        let mut conn = i.conn();
+        conn.cmd(redis::cmd("PFCOUNT").arg(i.key(room, "uniq")))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn ready(&self) -> bool {
+        let mut conn = self.inner.conn();
+        let cmd = redis::cmd("PING");
+        let ping = conn.cmd::<String>(&cmd);
+        matches!(
+            tokio::time::timeout(self.inner.opts.command_timeout, ping).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
+struct ReleaseGuard {
+    room: RoomId,
+    tx: mpsc::UnboundedSender<SubCmd>,
+}
+
+impl Drop for ReleaseGuard {
+    fn drop(&mut self) {
+        let _ = self.tx.send(SubCmd::Release(self.room.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_and_channels_parse() {
+        let (o, e, b) = parse_payload(b"42:abc123:{\"type\":\"x\",\"t\":\"a:b\"}").expect("parses");
+        assert_eq!(o, Offset(42));
+        assert_eq!(e.0, "abc123");
+        assert_eq!(&b[..], b"{\"type\":\"x\",\"t\":\"a:b\"}");
+        assert!(parse_payload(b"nope").is_none());
+    }
+}
