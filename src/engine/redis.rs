@@ -191,6 +191,10 @@ struct RoomSub {
 
 struct Inner {
     conn: Conn,
+    /// Whether Redis answered the last health check. While false, commands fail fast with
+    /// `Unavailable` instead of queueing on a dead connection — queued commands would be
+    /// applied when Redis returns, after their senders were told they failed.
+    healthy: std::sync::atomic::AtomicBool,
     opts: RedisEngineOptions,
     rooms: DashMap<RoomId, RoomSub>,
     scripts: Scripts,
@@ -299,6 +303,7 @@ impl RedisEngine {
         };
         let inner = Arc::new(Inner {
             conn,
+            healthy: std::sync::atomic::AtomicBool::new(true),
             opts,
             rooms: DashMap::new(),
             scripts: Scripts {
@@ -314,6 +319,7 @@ impl RedisEngine {
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
         tokio::spawn(run_subscriptions(inner.clone(), sub_rx));
         tokio::spawn(route_pushes(inner.clone(), push_rx));
+        tokio::spawn(check_health(Arc::downgrade(&inner)));
         Ok(RedisEngine { inner, sub_tx })
     }
 }
@@ -340,6 +346,15 @@ impl Inner {
         self.conn.clone()
     }
 
+    /// A connection for a command, or `Unavailable` at once while Redis is unreachable.
+    fn live_conn(&self) -> Result<Conn, EngineError> {
+        if self.healthy.load(std::sync::atomic::Ordering::Relaxed) {
+            Ok(self.conn.clone())
+        } else {
+            Err(EngineError::Unavailable("Redis is unreachable".into()))
+        }
+    }
+
     /// Read the room's position (fixing the epoch if Redis is behind what we delivered),
     /// then replay missed events into the local broadcast.
     async fn catch_up(&self, room: &RoomId) {
@@ -357,14 +372,23 @@ impl Inner {
                 return;
             }
         };
+        let Some(live) = self.rooms.get(room).map(|r| r.live.clone()) else {
+            return;
+        };
         let (Some(Value::BulkString(e)), Some(top)) = (pos.first(), pos.get(1)) else {
+            // The room is gone from Redis (restarted without persistence): an empty
+            // publication from no epoch makes the hub resync, find no room, and let its
+            // members go (they rejoin: viewers learn it is gone, hosts recreate it).
+            tracing::warn!(%room, "room vanished from Redis");
+            let _ = live.send(Publication {
+                epoch: Epoch(String::new()),
+                offset: Offset(0),
+                body: Bytes::new(),
+            });
             return;
         };
         let now_epoch = Epoch(String::from_utf8_lossy(e).into_owned());
         let top = Offset(redis::from_redis_value::<u64>(top.clone()).unwrap_or(0));
-        let Some(live) = self.rooms.get(room).map(|r| r.live.clone()) else {
-            return;
-        };
         if now_epoch != epoch {
             tracing::warn!(%room, old = %epoch, new = %now_epoch, "room history was lost in Redis; new epoch");
             // An empty publication at the top of the new epoch: the hub resyncs its members.
@@ -410,7 +434,7 @@ impl Inner {
         after: Offset,
         until: Offset,
     ) -> Result<History, EngineError> {
-        let mut conn = self.conn();
+        let mut conn = self.live_conn()?;
         let keys = [self.key(room, "meta"), self.key(room, "stream")];
         let args = [after.0.to_string(), until.0.to_string()];
         let v: Vec<Value> = conn
@@ -494,6 +518,33 @@ fn parse_payload(payload: &[u8]) -> Option<(Offset, Epoch, Bytes)> {
     ))
 }
 
+/// How often Redis is pinged to decide whether commands may be sent.
+const HEALTH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Pings Redis and keeps [`Inner::healthy`] current; ends with the engine.
+async fn check_health(inner: std::sync::Weak<Inner>) {
+    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let mut conn = inner.conn();
+        let cmd = redis::cmd("PING");
+        let ok = matches!(
+            tokio::time::timeout(inner.opts.command_timeout, conn.cmd::<String>(&cmd)).await,
+            Ok(Ok(_))
+        );
+        let was = inner.healthy.swap(ok, std::sync::atomic::Ordering::Relaxed);
+        if was != ok {
+            if ok {
+                tracing::info!("Redis reachable again");
+            } else {
+                tracing::warn!("Redis unreachable: commands that need it answer `unavailable`");
+            }
+        }
+    }
+}
+
 /// Serializes (un)subscriptions so a room's SUBSCRIBE/UNSUBSCRIBE never reorder.
 async fn run_subscriptions(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<SubCmd>) {
     while let Some(cmd) = rx.recv().await {
@@ -505,6 +556,11 @@ async fn run_subscriptions(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Su
                 });
                 if let Some(rx) = existing {
                     let _ = reply.send(Ok(rx));
+                    continue;
+                }
+                if !inner.healthy.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ =
+                        reply.send(Err(EngineError::Unavailable("Redis is unreachable".into())));
                     continue;
                 }
                 let (live, rx) = broadcast::channel(inner.opts.broadcast_capacity);
@@ -642,7 +698,7 @@ impl Engine for RedisEngine {
         title: &str,
     ) -> Result<(RoomRecord, bool), EngineError> {
         let i = &self.inner;
-        let mut conn = i.conn();
+        let mut conn = i.live_conn()?;
         let keys = [i.key(room, "meta"), i.key(room, "stream")];
         let args = [new_epoch(), title.to_owned(), unix_ms().to_string()];
         let created: i64 = conn
@@ -655,7 +711,7 @@ impl Engine for RedisEngine {
 
     async fn room(&self, room: &RoomId) -> Result<Option<RoomRecord>, EngineError> {
         let i = &self.inner;
-        let mut conn = i.conn();
+        let mut conn = i.live_conn()?;
         let keys = [
             i.key(room, "meta"),
             i.key(room, "muted"),
@@ -706,7 +762,7 @@ impl Engine for RedisEngine {
         change: Option<StateChange>,
     ) -> Result<Publication, EngineError> {
         let i = &self.inner;
-        let mut conn = i.conn();
+        let mut conn = i.live_conn()?;
         let keys = [
             i.key(room, "meta"),
             i.key(room, "stream"),
@@ -788,7 +844,7 @@ impl Engine for RedisEngine {
         count: u64,
     ) -> Result<(), EngineError> {
         let i = &self.inner;
-        let mut conn = i.conn();
+        let mut conn = i.live_conn()?;
         let keys = [
             i.key(room, "viewers"),
             i.key(room, "viewers:exp"),
@@ -808,7 +864,7 @@ impl Engine for RedisEngine {
 
     async fn viewer_count(&self, room: &RoomId) -> Result<u64, EngineError> {
         let i = &self.inner;
-        let mut conn = i.conn();
+        let mut conn = i.live_conn()?;
         let keys = [i.key(room, "viewers"), i.key(room, "viewers:exp")];
         conn.run(&i.scripts.count, &keys, &[])
             .await
@@ -817,7 +873,7 @@ impl Engine for RedisEngine {
 
     async fn record_viewer(&self, room: &RoomId, user: &UserId) -> Result<(), EngineError> {
         let i = &self.inner;
-        let mut conn = i.conn();
+        let mut conn = i.live_conn()?;
         let _: i64 = conn
             .cmd(
                 redis::cmd("PFADD")
@@ -831,20 +887,16 @@ impl Engine for RedisEngine {
 
     async fn unique_viewers(&self, room: &RoomId) -> Result<u64, EngineError> {
         let i = &self.inner;
-        let mut conn = i.conn();
+        let mut conn = i.live_conn()?;
         conn.cmd(redis::cmd("PFCOUNT").arg(i.key(room, "uniq")))
             .await
             .map_err(unavailable)
     }
 
     async fn ready(&self) -> bool {
-        let mut conn = self.inner.conn();
-        let cmd = redis::cmd("PING");
-        let ping = conn.cmd::<String>(&cmd);
-        matches!(
-            tokio::time::timeout(self.inner.opts.command_timeout, ping).await,
-            Ok(Ok(_))
-        )
+        self.inner
+            .healthy
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -2,6 +2,8 @@
 //! the network, and a minimal HTTP client.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use ferry::auth::{mint, TokenRequest};
 use ferry::config::Config;
 use ferry::protocol::{Role, RoomEvent, RoomId};

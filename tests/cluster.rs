@@ -1,0 +1,363 @@
+//! A Ferry cluster: several `ferry serve` processes on one Redis. Delivery across nodes,
+//! presence across nodes, a node killed with SIGKILL, Redis restarted, Redis unreachable.
+
+mod common;
+
+use common::redis::RedisServer;
+use common::*;
+use ferry::protocol::{ErrorCode, Role, RoomEvent};
+use ferry_client::{Client, ClientError, ClientOptions, Event, Events};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferry");
+
+/// A `ferry serve` process on the Redis engine.
+struct Node {
+    addr: SocketAddr,
+    child: Child,
+}
+
+impl Node {
+    async fn start(name: &str, redis_url: &str) -> Node {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let child = Command::new(BIN)
+            .args(["serve", "--listen", &addr.to_string(), "--node-id", name])
+            .args(["--set", "engine.kind=redis"])
+            .args(["--set", "rooms.aggregate_interval=200ms"])
+            .args(["--set", "rooms.viewer_count_interval=200ms"])
+            .args(["--set", "redis.presence_ttl=2s"])
+            .args(["--set", "limits.comment_rate=1000"])
+            .args(["--set", "limits.comment_burst=1000"])
+            .args(["--set", "limits.command_rate=1000"])
+            .args(["--set", "limits.command_burst=1000"])
+            .args(["--set", "server.drain_timeout=1s"])
+            .env("FERRY_REDIS__URLS", redis_url)
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_FERRY_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(if std::env::var("TEST_FERRY_LOG").is_ok() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .expect("spawn ferry");
+        let node = Node { addr, child };
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+                    drop(s);
+                    let (st, _) = http(addr, "GET", "/readyz", None, None).await;
+                    if st == 200 {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("node ready");
+        node
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn client(urls: Vec<String>, room: &str, user: &str, role: Role) -> (Client, Events) {
+    let cfg = test_config();
+    let mut o = ClientOptions::new(urls[0].clone(), token_for(&cfg, room, user, role));
+    o.urls = urls;
+    o.min_backoff = Duration::from_millis(50);
+    o.max_backoff = Duration::from_millis(300);
+    Client::connect(o)
+}
+
+/// Publish, retrying temporary errors as a client should (Redis may be restarting).
+async fn publish_retrying(c: &Client, room: &str, text: String) {
+    tokio::time::timeout(WAIT * 3, async {
+        loop {
+            match c.comment(room, text.clone()).await {
+                Ok(_) => return,
+                Err(ClientError::Server(e))
+                    if ErrorCode::from_code(e.code).is_some_and(|c| c.is_temporary()) => {}
+                Err(ClientError::Disconnected | ClientError::Timeout) => {}
+                Err(e) => panic!("comment failed: {e:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("comment eventually accepted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comments_reach_every_node_once_in_order_and_counts_add_up() {
+    let redis = RedisServer::start(false);
+    let nodes = [
+        Node::start("a", &redis.url()).await,
+        Node::start("b", &redis.url()).await,
+        Node::start("c", &redis.url()).await,
+    ];
+    let (host, mut host_events) = client(vec![nodes[0].url()], "r", "host", Role::Host);
+    host.join("r").await.expect("host creates the room");
+    tokio::spawn(async move { while host_events.recv().await.is_some() {} });
+    let mut viewers = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for v in 0..4 {
+            let (c, e) = client(vec![node.url()], "r", &format!("v{i}-{v}"), Role::Viewer);
+            c.join("r").await.expect("join");
+            viewers.push((c, e));
+        }
+    }
+    // One chatter per node, 20 comments each, interleaved.
+    let mut chatters = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let (c, mut e) = client(vec![node.url()], "r", &format!("chatter{i}"), Role::Viewer);
+        c.join("r").await.expect("join");
+        tokio::spawn(async move { while e.recv().await.is_some() {} });
+        chatters.push(c);
+    }
+    let sends = chatters.iter().enumerate().map(|(i, c)| async move {
+        for n in 0..20 {
+            c.comment("r", format!("{i}:{n}")).await.expect("comment");
+        }
+    });
+    futures_util::future::join_all(sends).await;
+    for (c, e) in viewers.iter_mut() {
+        let got = collect_comments(e, "r", 60).await;
+        for i in 0..3 {
+            let mine: Vec<&String> = got
+                .iter()
+                .filter(|t| t.starts_with(&format!("{i}:")))
+                .collect();
+            let want: Vec<String> = (0..20).map(|n| format!("{i}:{n}")).collect();
+            assert_eq!(mine, want.iter().collect::<Vec<_>>(), "per-sender order");
+        }
+        assert_eq!(c.stats().duplicates.load(Relaxed), 0);
+        assert_eq!(c.stats().gaps.load(Relaxed), 0);
+    }
+    // 12 viewers + 3 chatters + 1 host, on three nodes, counted once each.
+    let host_token = token_for(&test_config(), "r", "host", Role::Host);
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let (_, body) = http(
+                nodes[1].addr,
+                "GET",
+                "/api/rooms/r",
+                Some(&host_token),
+                None,
+            )
+            .await;
+            let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+            if v["viewers"] == 16 && v["unique_viewers"] == 16 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("viewer counts add up across nodes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_node_clients_resume_on_another_with_no_gap() {
+    let redis = RedisServer::start(false);
+    let mut a = Node::start("a", &redis.url()).await;
+    let mut b = Node::start("b", &redis.url()).await;
+    let (host, mut he) = client(vec![a.url()], "r", "host", Role::Host);
+    host.join("r").await.expect("join");
+    tokio::spawn(async move { while he.recv().await.is_some() {} });
+    let mut viewers = Vec::new();
+    for v in 0..5 {
+        let (c, e) = client(vec![b.url(), a.url()], "r", &format!("v{v}"), Role::Viewer);
+        c.join("r").await.expect("join");
+        viewers.push((c, e));
+    }
+    let total = 120;
+    let publisher = {
+        let host = host.clone();
+        tokio::spawn(async move {
+            for i in 0..total {
+                publish_retrying(&host, "r", format!("c{i}")).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    b.kill();
+    publisher.await.expect("publisher");
+    let want: Vec<String> = (0..total).map(|i| format!("c{i}")).collect();
+    for (c, e) in viewers.iter_mut() {
+        assert_eq!(collect_comments(e, "r", total).await, want);
+        assert_eq!(c.stats().duplicates.load(Relaxed), 0);
+        assert_eq!(c.stats().gaps.load(Relaxed), 0);
+        assert_eq!(c.stats().unrecovered.load(Relaxed), 0);
+        assert!(c.stats().connects.load(Relaxed) >= 2, "moved to node a");
+    }
+    a.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_with_aof_loses_nothing_silently() {
+    let mut redis = RedisServer::start(true);
+    let a = Node::start("a", &redis.url()).await;
+    let b = Node::start("b", &redis.url()).await;
+    let (host, mut he) = client(vec![a.url()], "r", "host", Role::Host);
+    host.join("r").await.expect("join");
+    tokio::spawn(async move { while he.recv().await.is_some() {} });
+    let mut viewers = Vec::new();
+    for v in 0..3 {
+        let (c, e) = client(vec![b.url()], "r", &format!("v{v}"), Role::Viewer);
+        c.join("r").await.expect("join");
+        viewers.push((c, e));
+    }
+    let total = 100;
+    let publisher = {
+        let host = host.clone();
+        tokio::spawn(async move {
+            for i in 0..total {
+                publish_retrying(&host, "r", format!("c{i}")).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.shutdown();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.restart();
+    publisher.await.expect("publisher");
+    let want: Vec<String> = (0..total).map(|i| format!("c{i}")).collect();
+    for (c, e) in viewers.iter_mut() {
+        // AOF with appendfsync always and a clean restart lose nothing: every comment, in
+        // order, once — and the viewers never had to be told "cannot recover".
+        assert_eq!(collect_comments(e, "r", total).await, want);
+        assert_eq!(c.stats().gaps.load(Relaxed), 0);
+        assert_eq!(c.stats().duplicates.load(Relaxed), 0);
+        assert_eq!(c.stats().unrecovered.load(Relaxed), 0);
+    }
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_unreachable_for_ten_seconds() {
+    let redis = RedisServer::start(false);
+    let a = Node::start("a", &redis.url()).await;
+    let (host, mut he) = client(vec![a.url()], "r", "host", Role::Host);
+    host.join("r").await.expect("join");
+    tokio::spawn(async move { while he.recv().await.is_some() {} });
+    let (viewer, mut ve) = client(vec![a.url()], "r", "v", Role::Viewer);
+    viewer.join("r").await.expect("join");
+    host.comment("r", "before").await.expect("comment");
+    collect_comments(&mut ve, "r", 1).await;
+
+    redis.pause();
+    let started = std::time::Instant::now();
+    // Readiness fails; commands that need Redis say "unavailable, retry"; nobody is dropped.
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let (st, _) = http(a.addr, "GET", "/readyz", None, None).await;
+            if st == 503 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("readyz fails while Redis is unreachable");
+    let err = host.comment("r", "during").await.expect_err("unavailable");
+    assert_eq!(err.code(), Some(ErrorCode::Unavailable.code()), "{err:?}");
+    let (st, _) = http(a.addr, "GET", "/healthz", None, None).await;
+    assert_eq!(st, 200, "the node itself is alive");
+    let remaining = Duration::from_secs(10).saturating_sub(started.elapsed());
+    tokio::time::sleep(remaining).await;
+    redis.resume();
+
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let (st, _) = http(a.addr, "GET", "/readyz", None, None).await;
+            if st == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("ready again");
+    publish_retrying(&host, "r", "after".into()).await;
+    let got = collect_comments(&mut ve, "r", 1).await;
+    assert_eq!(got, vec!["after".to_string()]);
+    // The viewer never lost its connection.
+    assert_eq!(viewer.stats().connects.load(Relaxed), 1);
+    while let Some(e) = ve.try_recv() {
+        assert!(
+            !matches!(e, Event::Disconnected { .. }),
+            "viewer was disconnected"
+        );
+        assert!(
+            !matches!(e, Event::Room { event: RoomEvent::Comment { ref text, .. }, .. } if text == "during")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_without_persistence_is_never_a_silent_gap() {
+    // No AOF: a restart loses every room. Clients must be told, not left in a dead room.
+    let mut redis = RedisServer::start(false);
+    let a = Node::start("a", &redis.url()).await;
+    let (host, mut he) = client(vec![a.url()], "r", "host", Role::Host);
+    host.join("r").await.expect("join");
+    let (viewer, mut ve) = client(vec![a.url()], "r", "v", Role::Viewer);
+    viewer.join("r").await.expect("join");
+    for i in 0..5 {
+        host.comment("r", format!("old {i}"))
+            .await
+            .expect("comment");
+    }
+    collect_comments(&mut ve, "r", 5).await;
+    redis.restart();
+    // The viewer is moved out of the vanished room and rejoins: it is told the room is gone,
+    // or (if the host's client recreated it first) that its history cannot be recovered.
+    let told = wait_for(&mut ve, |e| match e {
+        Event::Removed { code, .. } if *code == ErrorCode::RoomNotFound.code() => Some("gone"),
+        Event::Joined { reply, .. } if reply.recovered == Some(false) => Some("unrecovered"),
+        Event::Joined { reply, .. } if reply.recovered == Some(true) => Some("WRONG"),
+        _ => None,
+    })
+    .await;
+    assert_ne!(told, "WRONG");
+    // The host's client rejoins and recreates the room on a new epoch; new comments flow.
+    let rejoined = wait_for(&mut he, |e| match e {
+        Event::Joined { reply, .. } => Some(reply.clone()),
+        _ => None,
+    })
+    .await;
+    assert_ne!(
+        rejoined.recovered,
+        Some(true),
+        "history is gone: never 'recovered'"
+    );
+    publish_retrying(&host, "r", "new".into()).await;
+    assert_eq!(viewer.stats().gaps.load(Relaxed), 0);
+}
