@@ -57,7 +57,37 @@ const USER_HZ: f64 = 100.0;
 enum TargetArg {
     Ferry,
     Baseline,
+    /// Ferry (one node, embedded engine), then the no-logic baseline; prints ratios.
     Both,
+    /// Ferry on one node with the embedded engine, then `--nodes` Ferry nodes on Redis with
+    /// the same clients spread over them; prints what the Redis engine adds.
+    Engines,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Engine {
+    Memory,
+    Redis,
+}
+
+/// One run: which server, on which engine, over how many nodes.
+#[derive(Copy, Clone, Debug)]
+struct RunSpec {
+    target: Target,
+    engine: Engine,
+    nodes: usize,
+}
+
+impl RunSpec {
+    fn label(&self) -> String {
+        match (self.target, self.engine) {
+            (Target::Baseline, _) => "baseline".to_owned(),
+            (Target::Ferry, Engine::Memory) if self.nodes == 1 => "ferry".to_owned(),
+            (Target::Ferry, Engine::Memory) => format!("ferry-memory-{}n", self.nodes),
+            (Target::Ferry, Engine::Redis) => format!("ferry-redis-{}n", self.nodes),
+        }
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
@@ -65,15 +95,6 @@ enum TargetArg {
 enum Target {
     Ferry,
     Baseline,
-}
-
-impl Target {
-    fn name(self) -> &'static str {
-        match self {
-            Target::Ferry => "ferry",
-            Target::Baseline => "baseline",
-        }
-    }
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -85,6 +106,20 @@ struct Args {
     /// Server(s) to benchmark; `both` runs ferry, then baseline, and prints ratios.
     #[arg(long, value_enum, default_value = "ferry")]
     target: TargetArg,
+    /// Ferry nodes (clients are spread over them round-robin); more than one needs
+    /// `--engine redis`. Applies to `--target ferry` and to the Redis run of `engines`.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// Ferry's engine for `--target ferry`. With `redis` the benchmark starts its own
+    /// `redis-server` on a free port and measures raw `redis-benchmark` PUBLISH on it first.
+    #[arg(long, value_enum, default_value = "memory")]
+    engine: Engine,
+    /// redis-server binary (for the Redis engine).
+    #[arg(long, default_value = "redis-server")]
+    redis_server_bin: PathBuf,
+    /// redis-benchmark binary (the raw PUBLISH baseline).
+    #[arg(long, default_value = "redis-benchmark")]
+    redis_benchmark_bin: PathBuf,
     /// Viewers in the room (receive only).
     #[arg(long, default_value_t = 10_000)]
     viewers: usize,
@@ -380,13 +415,119 @@ fn resolve_bin(target: Target, args: &Args) -> Result<PathBuf, String> {
     })
 }
 
-async fn start_server(target: Target, args: &Args) -> Result<Server, String> {
+/// The `redis-server` a Redis-engine run starts for itself (no persistence).
+struct RedisProc {
+    child: tokio::process::Child,
+    pid: String,
+    port: u16,
+    log: PathBuf,
+}
+
+impl RedisProc {
+    async fn start(args: &Args) -> Result<RedisProc, String> {
+        let port = free_port()?;
+        let log = args
+            .log_dir
+            .join(format!("fanout-bench-redis-{}.log", std::process::id()));
+        let file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let mut cmd = tokio::process::Command::new(&args.redis_server_bin);
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdin(std::process::Stdio::null())
+            .stdout(file)
+            .kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", args.redis_server_bin.display()))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| "redis-server exited at once".to_owned())?;
+        lock(&CHILDREN).push(pid);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "redis-server did not listen on {port}; see {}",
+                    log.display()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(RedisProc {
+            child,
+            pid: pid.to_string(),
+            port,
+            log,
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Raw `redis-benchmark` PUBLISH on this server: requests per second and p50/p99 (ms), with
+    /// `clients` connections and no pipelining (Ferry publishes one comment per script call).
+    fn publish_baseline(&self, args: &Args, clients: usize) -> Result<RawRedis, String> {
+        let payload = "x".repeat(args.comment_bytes.max(48) + 100);
+        let out = std::process::Command::new(&args.redis_benchmark_bin)
+            .args(["-p", &self.port.to_string(), "-n", "200000", "-c"])
+            .arg(clients.to_string())
+            .args(["--csv", "PUBLISH", "fanout-bench-raw"])
+            .arg(&payload)
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", args.redis_benchmark_bin.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        // CSV: "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("\"PUBLISH"))
+            .ok_or_else(|| format!("no PUBLISH row in redis-benchmark output: {text}"))?;
+        let cols: Vec<f64> = row
+            .split(',')
+            .skip(1)
+            .filter_map(|c| c.trim_matches('"').parse().ok())
+            .collect();
+        let col = |i: usize| cols.get(i).copied().unwrap_or(0.0);
+        Ok(RawRedis {
+            command: format!(
+                "{} -p PORT -n 200000 -c {clients} --csv PUBLISH fanout-bench-raw <{}-byte payload>",
+                args.redis_benchmark_bin.display(),
+                payload.len()
+            ),
+            requests_per_s: col(0),
+            p50_ms: col(3),
+            p99_ms: col(5),
+        })
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+        lock(&CHILDREN).retain(|p| p.to_string() != self.pid);
+    }
+}
+
+/// Raw Redis PUBLISH throughput on the same server, measured in the same run.
+#[derive(Clone, Debug, Default, Serialize)]
+struct RawRedis {
+    command: String,
+    requests_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+async fn start_server(
+    spec: RunSpec,
+    args: &Args,
+    node: usize,
+    redis: Option<&RedisProc>,
+) -> Result<Server, String> {
+    let target = spec.target;
     let bin = resolve_bin(target, args)?;
     let port = free_port()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let log = args.log_dir.join(format!(
-        "fanout-bench-{}-{}.log",
-        target.name(),
+        "fanout-bench-{}-{node}-{}.log",
+        spec.label(),
         std::process::id()
     ));
     let file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
@@ -409,6 +550,11 @@ async fn start_server(target: Target, args: &Args) -> Result<Server, String> {
             }
             for set in &args.server_set {
                 cmd.arg("--set").arg(set);
+            }
+            cmd.arg("--node-id").arg(format!("bench-{node}"));
+            if let Some(redis) = redis {
+                cmd.arg("--set").arg("engine.kind=redis");
+                cmd.env("FERRY_REDIS__URLS", redis.url());
             }
         }
         Target::Baseline => {
@@ -486,6 +632,17 @@ async fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
         .map_err(|_| "timeout".to_owned())?
 }
 
+/// [`ferry_metrics`] summed over every node.
+async fn all_ferry_metrics(addrs: &[SocketAddr]) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for addr in addrs {
+        for (k, v) in ferry_metrics(*addr).await {
+            *out.entry(k).or_insert(0.0) += v;
+        }
+    }
+    out
+}
+
 /// Interesting counters from Ferry's /metrics (summed over labels).
 async fn ferry_metrics(addr: SocketAddr) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
@@ -550,6 +707,18 @@ struct LogScan {
     messages: BTreeMap<String, u64>,
 }
 
+impl LogScan {
+    fn merge(&mut self, other: LogScan) {
+        self.lines += other.lines;
+        self.warn += other.warn;
+        self.error += other.error;
+        self.closed_by_server += other.closed_by_server;
+        for (k, v) in other.messages {
+            *self.messages.entry(k).or_insert(0) += v;
+        }
+    }
+}
+
 fn scan_log(path: &Path) -> LogScan {
     let mut scan = LogScan::default();
     let mut text = String::new();
@@ -602,7 +771,8 @@ type Ws = WebSocketStream<TcpStream>;
 /// State shared by every client task of one run.
 struct Ctx {
     target: Target,
-    addr: SocketAddr,
+    /// The nodes; client i connects to `addrs[i % len]`.
+    addrs: Vec<SocketAddr>,
     room: String,
     read_buffer: usize,
     chatters: usize,
@@ -614,6 +784,9 @@ struct Ctx {
     connect_hist: Mutex<Histogram<u64>>,
     join_hist: Mutex<Histogram<u64>>,
     send_lag: Mutex<Histogram<u64>>,
+    /// Comment sent → its `ok` reply (the publish round trip, through Redis on that engine).
+    ack_hist: Mutex<Histogram<u64>>,
+    last_ack_us: AtomicU64,
     viewers_ready: AtomicUsize,
     viewers_failed: AtomicUsize,
     chatters_ready: AtomicUsize,
@@ -632,10 +805,10 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn new(target: Target, addr: SocketAddr, args: &Args) -> Self {
+    fn new(target: Target, addrs: Vec<SocketAddr>, args: &Args) -> Self {
         Self {
             target,
-            addr,
+            addrs,
             room: args.room.clone(),
             read_buffer: args.read_buffer,
             chatters: args.chatters,
@@ -645,6 +818,8 @@ impl Ctx {
             connect_hist: Mutex::new(new_histogram()),
             join_hist: Mutex::new(new_histogram()),
             send_lag: Mutex::new(new_histogram()),
+            ack_hist: Mutex::new(new_histogram()),
+            last_ack_us: AtomicU64::new(0),
             viewers_ready: AtomicUsize::new(0),
             viewers_failed: AtomicUsize::new(0),
             chatters_ready: AtomicUsize::new(0),
@@ -668,19 +843,20 @@ impl Ctx {
 }
 
 /// TCP connect from `bind`, then the WebSocket handshake.
-async fn open(ctx: &Ctx, bind: IpAddr, token: &str) -> Result<Ws, String> {
+async fn open(ctx: &Ctx, client: usize, bind: IpAddr, token: &str) -> Result<Ws, String> {
     let started = Instant::now();
+    let addr = ctx.addrs[client % ctx.addrs.len()];
     let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     socket
         .bind(SocketAddr::new(bind, 0))
         .map_err(|e| format!("bind {bind}: {e}"))?;
     let stream = socket
-        .connect(ctx.addr)
+        .connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = lock(&ctx.tcp_hist).record(started.elapsed().as_micros().max(1) as u64);
     let _ = stream.set_nodelay(true);
-    let mut request = format!("ws://{}/ws", ctx.addr)
+    let mut request = format!("ws://{addr}/ws")
         .into_client_request()
         .map_err(|e| format!("request: {e}"))?;
     let auth = format!("Bearer {token}")
@@ -706,9 +882,9 @@ enum Joined {
 
 /// Connect and join. Ferry answers the join (`{"id":1,"ok":...}`); the baseline does not,
 /// so there the client counts as joined once its join frame is written.
-async fn connect_and_join(ctx: &Ctx, bind: IpAddr, token: &str) -> Joined {
+async fn connect_and_join(ctx: &Ctx, client: usize, bind: IpAddr, token: &str) -> Joined {
     let started = Instant::now();
-    let mut ws = match open(ctx, bind, token).await {
+    let mut ws = match open(ctx, client, bind, token).await {
         Ok(ws) => ws,
         Err(e) => return Joined::Failed(e),
     };
@@ -758,13 +934,13 @@ async fn connect_and_join(ctx: &Ctx, bind: IpAddr, token: &str) -> Joined {
 }
 
 /// Connect and join with a few retries for temporary failures.
-async fn setup(ctx: &Ctx, bind: IpAddr, token: &str) -> Result<Ws, String> {
+async fn setup(ctx: &Ctx, client: usize, bind: IpAddr, token: &str) -> Result<Ws, String> {
     let mut last = String::new();
     for attempt in 0..4u32 {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
         }
-        match connect_and_join(ctx, bind, token).await {
+        match connect_and_join(ctx, client, bind, token).await {
             Joined::Ok(ws) => return Ok(*ws),
             Joined::Retry(e) => last = e,
             Joined::Failed(e) => {
@@ -834,7 +1010,7 @@ async fn viewer(
         let Ok(_permit) = gate.acquire().await else {
             return result;
         };
-        match setup(&ctx, bind, &token).await {
+        match setup(&ctx, idx, bind, &token).await {
             Ok(ws) => ws,
             Err(e) => {
                 ctx.viewers_failed.fetch_add(1, Relaxed);
@@ -948,6 +1124,8 @@ async fn chatter(
     let mut k = id as u64;
     let mut seq = 0u64;
     let mut next_id = 2u64;
+    // Command id → actual send time (µs), for the ack round trip.
+    let mut in_flight: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
     let pad = "x".repeat(schedule.comment_bytes);
     let mut sending = k < schedule.total;
     let first_due = schedule.t0 + Duration::from_micros(schedule.offset_us(k));
@@ -977,6 +1155,9 @@ async fn chatter(
                     break Some(format!("chatter send failed: {e}"));
                 }
                 ctx.sent.fetch_add(1, Relaxed);
+                if ctx.target == Target::Ferry {
+                    in_flight.insert(next_id - 1, sent_us);
+                }
                 k += chatters;
                 if k < schedule.total {
                     due.as_mut().reset(schedule.t0 + Duration::from_micros(schedule.offset_us(k)));
@@ -996,6 +1177,15 @@ async fn chatter(
                         // Replies to comments (ids >= 2); pushes start with {"push".
                         if !line.starts_with("{\"id\":") || line.starts_with("{\"id\":1,") {
                             continue;
+                        }
+                        let now = unix_us();
+                        let id = line
+                            .get(6..)
+                            .and_then(|rest| rest.split(',').next())
+                            .and_then(|n| n.parse::<u64>().ok());
+                        if let Some(sent_us) = id.and_then(|id| in_flight.remove(&id)) {
+                            let _ = lock(&ctx.ack_hist).record(now.saturating_sub(sent_us).clamp(1, MAX_LATENCY_US));
+                            ctx.last_ack_us.fetch_max(now, Relaxed);
                         }
                         if line.contains("\"ok\":") {
                             ctx.acked_ok.fetch_add(1, Relaxed);
@@ -1029,7 +1219,10 @@ async fn chatter(
 #[derive(Clone, Debug, Default, Serialize)]
 struct Report {
     target: String,
+    engine: String,
+    nodes: usize,
     server_bin: String,
+    /// One log per node, comma-separated.
     server_log: String,
     viewers_requested: usize,
     viewers_connected: usize,
@@ -1060,6 +1253,12 @@ struct Report {
     reject_reasons: BTreeMap<String, u64>,
     send_lag_ms_p99: f64,
     send_lag_ms_max: f64,
+    /// Comment sent → `ok` reply (Ferry only): the publish round trip.
+    ack_ms_p50: f64,
+    ack_ms_p99: f64,
+    ack_ms_max: f64,
+    /// Accepted comments per second, first send → last reply.
+    comments_accepted_per_s: f64,
     deliveries_expected: u64,
     deliveries_received: u64,
     completeness_pct: f64,
@@ -1073,8 +1272,15 @@ struct Report {
     latency_from_actual_send: Percentiles,
     measure_window_s: f64,
     deliveries_per_s: f64,
+    /// Summed over all nodes.
     server_cpu_s: f64,
     server_cpu_s_per_million: f64,
+    /// The Redis server's CPU over the same window (Redis engine only).
+    redis_cpu_s: f64,
+    redis_rss_mib: f64,
+    /// Raw `redis-benchmark` PUBLISH on the same Redis, just before the nodes started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw_redis_publish: Option<RawRedis>,
     loadgen_cpu_s: f64,
     /// Whole machine over the same window: busy share of all cores, steal share, and busy CPU
     /// not accounted to the server or the load generator (other processes, kernel threads).
@@ -1106,36 +1312,97 @@ fn round(x: f64, digits: i32) -> f64 {
     (x * m).round() / m
 }
 
-async fn run_target(target: Target, args: &Args, run_index: usize) -> Result<Report, String> {
-    eprintln!("== {}: starting server", target.name());
-    let server = start_server(target, args).await?;
-    eprintln!(
-        "== {}: {} pid {} on {} (log {})",
-        target.name(),
-        server.bin.display(),
-        server.pid,
-        server.addr,
-        server.log.display()
-    );
-    let log = server.log.clone();
-    let result = drive(target, args, run_index, &server).await;
+async fn run_target(spec: RunSpec, args: &Args, run_index: usize) -> Result<Report, String> {
+    let label = spec.label();
+    let redis = match (spec.target, spec.engine) {
+        (Target::Ferry, Engine::Redis) => {
+            let redis = RedisProc::start(args).await?;
+            eprintln!(
+                "== {label}: redis-server pid {} on port {} (log {})",
+                redis.pid,
+                redis.port,
+                redis.log.display()
+            );
+            Some(redis)
+        }
+        _ => None,
+    };
+    let mut raw = None;
+    if let Some(redis) = &redis {
+        let r = redis.publish_baseline(args, 50);
+        match &r {
+            Ok(r) => eprintln!(
+                "== {label}: raw redis-benchmark PUBLISH: {:.0} requests/s (p50 {} ms, p99 {} ms)",
+                r.requests_per_s, r.p50_ms, r.p99_ms
+            ),
+            Err(e) => eprintln!("== {label}: raw redis-benchmark failed: {e}"),
+        }
+        raw = r.ok();
+    }
+    let mut servers = Vec::with_capacity(spec.nodes);
+    let mut started = Ok(());
+    for node in 0..spec.nodes {
+        match start_server(spec, args, node, redis.as_ref()).await {
+            Ok(server) => {
+                eprintln!(
+                    "== {label}: node {node}: {} pid {} on {} (log {})",
+                    server.bin.display(),
+                    server.pid,
+                    server.addr,
+                    server.log.display()
+                );
+                servers.push(server);
+            }
+            Err(e) => {
+                started = Err(e);
+                break;
+            }
+        }
+    }
+    let result = match started {
+        Ok(()) => drive(spec, args, run_index, &servers, redis.as_ref()).await,
+        Err(e) => Err(e),
+    };
+    let logs: Vec<PathBuf> = servers.iter().map(|s| s.log.clone()).collect();
     // Ferry drains for up to server.drain_timeout (10 s) on SIGTERM; allow a little more.
-    let exit = server.stop(Duration::from_secs(15)).await;
-    eprintln!("== {}: server {exit}", target.name());
+    let mut exits = Vec::new();
+    for server in servers {
+        exits.push(server.stop(Duration::from_secs(15)).await);
+    }
+    if let Some(redis) = redis {
+        redis.stop().await;
+    }
+    let exit = exits.join("; ");
+    eprintln!("== {label}: servers {exit}");
     let mut report = result?;
     report.server_exit = exit;
-    report.server_log_scan = scan_log(&log);
+    report.raw_redis_publish = raw;
+    let mut scan = LogScan::default();
+    for log in &logs {
+        scan.merge(scan_log(log));
+    }
+    report.server_log_scan = scan;
     Ok(report)
 }
 
 async fn drive(
-    target: Target,
+    spec: RunSpec,
     args: &Args,
     run_index: usize,
-    server: &Server,
+    servers: &[Server],
+    redis: Option<&RedisProc>,
 ) -> Result<Report, String> {
-    let ctx = Arc::new(Ctx::new(target, server.addr, args));
-    let pid = server.pid.as_str();
+    let target = spec.target;
+    let label = spec.label();
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let ctx = Arc::new(Ctx::new(target, addrs.clone(), args));
+    let pids: Vec<&str> = servers.iter().map(|s| s.pid.as_str()).collect();
+    let sum_kib = |key: &str| -> u64 {
+        pids.iter()
+            .map(|p| proc_status_kib(p, key).unwrap_or(0))
+            .sum()
+    };
+    let sum_cpu = || -> f64 { pids.iter().map(|p| proc_cpu_secs(p).unwrap_or(0.0)).sum() };
     let total_clients = args.viewers + args.chatters;
     let per_source = args.per_source.max(1);
     let sources = total_clients.div_ceil(per_source).max(1);
@@ -1154,9 +1421,18 @@ async fn drive(
 
     let key = jsonwebtoken::EncodingKey::from_secret(args.secret.as_bytes());
     let mut report = Report {
-        target: target.name().to_owned(),
-        server_bin: server.bin.display().to_string(),
-        server_log: server.log.display().to_string(),
+        target: label.clone(),
+        engine: format!("{:?}", spec.engine).to_lowercase(),
+        nodes: spec.nodes,
+        server_bin: servers
+            .first()
+            .map(|s| s.bin.display().to_string())
+            .unwrap_or_default(),
+        server_log: servers
+            .iter()
+            .map(|s| s.log.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
         viewers_requested: args.viewers,
         chatters_requested: args.chatters,
         source_addresses: source_ips.iter().map(|ip| ip.to_string()).collect(),
@@ -1165,7 +1441,7 @@ async fn drive(
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let overflows_before = tcp_ext("ListenOverflows").unwrap_or(0);
-    let rss_base = proc_status_kib(pid, "VmRSS").unwrap_or(0);
+    let rss_base = sum_kib("VmRSS");
 
     // Viewers.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -1194,14 +1470,14 @@ async fn drive(
         if Instant::now() > connect_deadline {
             eprintln!(
                 "== {}: connect phase timed out with {ready} joined, {failed} failed",
-                target.name()
+                label
             );
             break;
         }
         if last_print.elapsed() > Duration::from_secs(2) {
             eprintln!(
                 "   {}: viewers joined {ready}/{} (failed {failed}) after {:.1} s",
-                target.name(),
+                label,
                 args.viewers,
                 connect_start.elapsed().as_secs_f64()
             );
@@ -1214,14 +1490,14 @@ async fn drive(
     report.viewer_connect_failures = ctx.viewers_failed.load(Relaxed);
     eprintln!(
         "== {}: {} viewers joined in {:.1} s ({} failed); settling {:.1} s",
-        target.name(),
+        label,
         report.viewers_connected,
         report.connect_phase_s,
         report.viewer_connect_failures,
         args.settle
     );
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
-    let rss_idle = proc_status_kib(pid, "VmRSS").unwrap_or(0);
+    let rss_idle = sum_kib("VmRSS");
 
     // Chatters (after the idle RSS reading, so it covers viewers only).
     let mut chatter_ws = Vec::with_capacity(args.chatters);
@@ -1234,7 +1510,8 @@ async fn drive(
             let bind = bind_for(args.viewers + c);
             pending.push(tokio::spawn(async move {
                 let _permit = gate.acquire().await.ok()?;
-                match setup(&ctx, bind, &token).await {
+                // Chatter c talks to node c mod N, like viewer c.
+                match setup(&ctx, c, bind, &token).await {
                     Ok(ws) => Some(ws),
                     Err(e) => {
                         bump(&ctx.connect_errors, format!("chatter: {e}"));
@@ -1267,10 +1544,7 @@ async fn drive(
         report.connect_errors = lock(&ctx.connect_errors).clone();
         return Err(format!(
             "{}: nothing to measure: {} viewers, {} chatters connected; errors: {:?}",
-            target.name(),
-            report.viewers_connected,
-            report.chatters_connected,
-            report.connect_errors
+            label, report.viewers_connected, report.chatters_connected, report.connect_errors
         ));
     }
     // Let the join notices of the chatters go out before the clock starts.
@@ -1290,7 +1564,8 @@ async fn drive(
     };
     report.comments_scheduled = total;
     let machine_before = machine_cpu().unwrap_or_default();
-    let cpu_before = proc_cpu_secs(pid).unwrap_or(0.0);
+    let cpu_before = sum_cpu();
+    let redis_cpu_before = redis.and_then(|r| proc_cpu_secs(&r.pid)).unwrap_or(0.0);
     let self_cpu_before = proc_cpu_secs("self").unwrap_or(0.0);
     let mut chatters = Vec::with_capacity(chatter_ws.len());
     for (c, ws) in chatter_ws {
@@ -1304,11 +1579,7 @@ async fn drive(
     }
     eprintln!(
         "== {}: sending {total} comments at {}/s for {} s from {} chatters to {} viewers",
-        target.name(),
-        args.rate,
-        args.duration,
-        report.chatters_connected,
-        report.viewers_connected
+        label, args.rate, args.duration, report.chatters_connected, report.viewers_connected
     );
     let send_end = schedule.t0 + Duration::from_secs_f64(args.duration);
     let drain_deadline = send_end + Duration::from_secs_f64(args.drain);
@@ -1333,16 +1604,19 @@ async fn drive(
         if Instant::now() > drain_deadline {
             eprintln!(
                 "== {}: drain timed out: {got} of {} deliveries",
-                target.name(),
+                label,
                 accepted * viewers_joined
             );
             break;
         }
         if last_sample.elapsed() >= Duration::from_secs(1) {
             last_sample = Instant::now();
-            let (client_unread, server_unacked) = tcp_backlog(server.addr.port());
+            let (client_unread, server_unacked) = addrs
+                .iter()
+                .map(|a| tcp_backlog(a.port()))
+                .fold((0, 0), |acc, b| (acc.0 + b.0, acc.1 + b.1));
             let queued = if target == Target::Ferry {
-                ferry_metrics(server.addr)
+                all_ferry_metrics(&addrs)
                     .await
                     .get("ferry_send_queue_frames")
                     .copied()
@@ -1361,7 +1635,7 @@ async fn drive(
                 eprintln!(
                     "   {}: t={:.1} s sent {sent} acked {ok}+{err} deliveries {got}; server queued frames {queued}, \
                      unread by clients {} KiB, unacked from server {} KiB",
-                    target.name(),
+                    label,
                     Instant::now()
                         .saturating_duration_since(schedule.t0)
                         .as_secs_f64(),
@@ -1373,15 +1647,25 @@ async fn drive(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let cpu_after = proc_cpu_secs(pid).unwrap_or(0.0);
+    let cpu_after = sum_cpu();
+    let redis_cpu_after = redis.and_then(|r| proc_cpu_secs(&r.pid)).unwrap_or(0.0);
     let self_cpu_after = proc_cpu_secs("self").unwrap_or(0.0);
     let machine_after = machine_cpu().unwrap_or_default();
     let window_end_unix = unix_us();
-    let rss_after = proc_status_kib(pid, "VmRSS").unwrap_or(0);
-    let rss_peak = proc_status_kib(pid, "VmHWM").unwrap_or(0);
+    let rss_after = sum_kib("VmRSS");
+    let rss_peak = sum_kib("VmHWM");
     if target == Target::Ferry {
-        report.server_metrics = ferry_metrics(server.addr).await;
+        report.server_metrics = all_ferry_metrics(&addrs).await;
     }
+    report.redis_cpu_s = round(redis_cpu_after - redis_cpu_before, 2);
+    report.redis_rss_mib = round(
+        kib_to_mib(
+            redis
+                .and_then(|r| proc_status_kib(&r.pid, "VmRSS"))
+                .unwrap_or(0),
+        ),
+        1,
+    );
 
     // Stop every client and collect.
     let _ = stop_tx.send(true);
@@ -1450,6 +1734,12 @@ async fn drive(
         let s = lock(&ctx.send_lag);
         report.send_lag_ms_p99 = s.value_at_quantile(0.99) as f64 / 1000.0;
         report.send_lag_ms_max = s.max() as f64 / 1000.0;
+        let a = lock(&ctx.ack_hist);
+        if !a.is_empty() {
+            report.ack_ms_p50 = a.value_at_quantile(0.5) as f64 / 1000.0;
+            report.ack_ms_p99 = a.value_at_quantile(0.99) as f64 / 1000.0;
+            report.ack_ms_max = a.max() as f64 / 1000.0;
+        }
     }
     let last = ctx
         .last_delivery_us
@@ -1464,6 +1754,13 @@ async fn drive(
     } else {
         0.0
     };
+    let last_ack = ctx.last_ack_us.load(Relaxed);
+    if last_ack > schedule.t0_unix_us {
+        report.comments_accepted_per_s = round(
+            accepted as f64 / ((last_ack - schedule.t0_unix_us) as f64 / 1e6),
+            1,
+        );
+    }
     report.server_cpu_s = round(cpu_after - cpu_before, 2);
     let all_deliveries = received + report.chatter_deliveries;
     report.server_cpu_s_per_million = if all_deliveries > 0 {
@@ -1478,7 +1775,7 @@ async fn drive(
         report.machine_busy_pct = round(100.0 * busy / total, 1);
         report.machine_steal_pct = round(100.0 * (machine_after.1 - machine_before.1) / total, 1);
         report.other_cpu_s = round(
-            (busy - report.server_cpu_s - report.loadgen_cpu_s).max(0.0),
+            (busy - report.server_cpu_s - report.loadgen_cpu_s - report.redis_cpu_s).max(0.0),
             2,
         );
     }
@@ -1516,6 +1813,10 @@ fn table(r: &Report, args: &Args) -> String {
     let mut rows: Vec<(String, String)> = Vec::new();
     let mut row = |k: &str, v: String| rows.push((k.to_owned(), v));
     row("server", format!("`{}`", r.server_bin));
+    row(
+        "engine / nodes",
+        format!("{} / {} (clients spread round-robin)", r.engine, r.nodes),
+    );
     row(
         "viewers connected (joined)",
         format!("{} / {}", r.viewers_connected, r.viewers_requested),
@@ -1597,6 +1898,19 @@ fn table(r: &Report, args: &Args) -> String {
         "e2e from actual send p50 / p99 / max",
         format!("{:.2} / {:.2} / {:.2} ms", a.p50_ms, a.p99_ms, a.max_ms),
     );
+    if r.ack_ms_p99 > 0.0 {
+        row(
+            "comment ack (send → ok reply) p50 / p99 / max",
+            format!(
+                "{:.2} / {:.2} / {:.2} ms",
+                r.ack_ms_p50, r.ack_ms_p99, r.ack_ms_max
+            ),
+        );
+        row(
+            "comments accepted/s (first send → last reply)",
+            format!("{:.1}", r.comments_accepted_per_s),
+        );
+    }
     row(
         "deliveries/s (viewers)",
         format!("{:.0} over {:.2} s", r.deliveries_per_s, r.measure_window_s),
@@ -1613,6 +1927,21 @@ fn table(r: &Report, args: &Args) -> String {
         "server CPU s per 1M deliveries (viewers+chatters)",
         format!("{:.3} s", r.server_cpu_s_per_million),
     );
+    if r.engine == "redis" {
+        row(
+            "redis-server CPU during send+drain / RSS after",
+            format!("{:.2} s / {:.1} MiB", r.redis_cpu_s, r.redis_rss_mib),
+        );
+        if let Some(raw) = &r.raw_redis_publish {
+            row(
+                "raw redis-benchmark PUBLISH (same Redis, before the run)",
+                format!(
+                    "{:.0} requests/s, p50 {} ms, p99 {} ms",
+                    raw.requests_per_s, raw.p50_ms, raw.p99_ms
+                ),
+            );
+        }
+    }
     row(
         "load-generator CPU during send+drain",
         format!("{:.2} s", r.loadgen_cpu_s),
@@ -1642,7 +1971,7 @@ fn table(r: &Report, args: &Args) -> String {
         "backlog max (1 s samples): server queues / server→client in flight / unread by clients",
         format!(
             "{} frames / {:.0} KiB / {:.0} KiB",
-            if r.target == "ferry" {
+            if r.target.starts_with("ferry") {
                 format!("{:.0}", r.max_server_queued_frames)
             } else {
                 "n/a".to_owned()
@@ -1831,6 +2160,71 @@ fn comparison(f: &Report, b: &Report) -> (String, Ratios) {
     (out, ratios)
 }
 
+/// What the Redis engine (over N nodes) adds to single-node, embedded-engine delivery.
+#[derive(Serialize)]
+struct EngineDelta {
+    p50_latency_added_ms: f64,
+    p99_latency_added_ms: f64,
+    ack_p99_added_ms: f64,
+    server_cpu_per_million_ratio: f64,
+    redis_cpu_s: f64,
+    /// Ferry's accepted comments/s over raw `redis-benchmark` PUBLISH requests/s.
+    publish_rate_over_raw_publish: f64,
+}
+
+fn engine_comparison(m: &Report, r: &Report) -> (String, EngineDelta) {
+    let raw = r.raw_redis_publish.clone().unwrap_or_default();
+    let delta = EngineDelta {
+        p50_latency_added_ms: round(r.latency.p50_ms - m.latency.p50_ms, 3),
+        p99_latency_added_ms: round(r.latency.p99_ms - m.latency.p99_ms, 3),
+        ack_p99_added_ms: round(r.ack_ms_p99 - m.ack_ms_p99, 3),
+        server_cpu_per_million_ratio: ratio(r.server_cpu_s_per_million, m.server_cpu_s_per_million),
+        redis_cpu_s: r.redis_cpu_s,
+        publish_rate_over_raw_publish: if raw.requests_per_s > 0.0 {
+            round(r.comments_accepted_per_s / raw.requests_per_s, 4)
+        } else {
+            f64::NAN
+        },
+    };
+    let mut out = format!(
+        "\n### {} vs {} (embedded engine, one node)\n\n| metric | {} | {} | difference |\n|---|---|---|---|\n",
+        r.target, m.target, m.target, r.target
+    );
+    let mut line = |k: &str, a: f64, b: f64, unit: &str| {
+        out.push_str(&format!(
+            "| {k} | {a:.3} {unit} | {b:.3} {unit} | {:+.3} {unit} |\n",
+            b - a
+        ));
+    };
+    line("completeness", m.completeness_pct, r.completeness_pct, "%");
+    line("e2e latency p50", m.latency.p50_ms, r.latency.p50_ms, "ms");
+    line("e2e latency p99", m.latency.p99_ms, r.latency.p99_ms, "ms");
+    line("e2e latency max", m.latency.max_ms, r.latency.max_ms, "ms");
+    line("comment ack p99", m.ack_ms_p99, r.ack_ms_p99, "ms");
+    line("deliveries/s", m.deliveries_per_s, r.deliveries_per_s, "");
+    line(
+        "server CPU per 1M deliveries (all nodes)",
+        m.server_cpu_s_per_million,
+        r.server_cpu_s_per_million,
+        "s",
+    );
+    line("Redis CPU (send+drain)", 0.0, r.redis_cpu_s, "s");
+    if raw.requests_per_s > 0.0 {
+        out.push_str(&format!(
+            "\nRaw `redis-benchmark` PUBLISH on the same Redis in this run: {:.0} requests/s \
+             (p50 {} ms, p99 {} ms); Ferry accepted {:.1} comments/s (each one publish script), \
+             {:.4} of the raw rate. Command: `{}`\n",
+            raw.requests_per_s,
+            raw.p50_ms,
+            raw.p99_ms,
+            r.comments_accepted_per_s,
+            delta.publish_rate_over_raw_publish,
+            raw.command
+        ));
+    }
+    (out, delta)
+}
+
 #[derive(Serialize)]
 struct Machine {
     cores: usize,
@@ -1847,6 +2241,8 @@ struct Output<'a> {
     failures: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     ratios_ferry_over_baseline: Option<Ratios>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_engine_over_memory: Option<EngineDelta>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1911,11 +2307,35 @@ fn main() -> ExitCode {
         eprintln!("error: --rate, --duration, --viewers and --chatters must be positive");
         return ExitCode::from(2);
     }
-    let targets: Vec<Target> = match args.target {
-        TargetArg::Ferry => vec![Target::Ferry],
-        TargetArg::Baseline => vec![Target::Baseline],
-        TargetArg::Both => vec![Target::Ferry, Target::Baseline],
+    let single = |target| RunSpec {
+        target,
+        engine: Engine::Memory,
+        nodes: 1,
     };
+    let clustered = RunSpec {
+        target: Target::Ferry,
+        engine: Engine::Redis,
+        nodes: args.nodes.max(1),
+    };
+    let targets: Vec<RunSpec> = match args.target {
+        TargetArg::Ferry => vec![RunSpec {
+            target: Target::Ferry,
+            engine: args.engine,
+            nodes: args.nodes.max(1),
+        }],
+        TargetArg::Baseline => vec![single(Target::Baseline)],
+        TargetArg::Both => vec![single(Target::Ferry), single(Target::Baseline)],
+        TargetArg::Engines => vec![single(Target::Ferry), clustered],
+    };
+    if targets
+        .iter()
+        .any(|t| t.nodes > 1 && t.engine == Engine::Memory)
+    {
+        eprintln!(
+            "error: more than one node needs --engine redis (memory nodes do not share rooms)"
+        );
+        return ExitCode::from(2);
+    }
     // Client sockets plus slack; the server raises its own limit (and inherits a raised hard
     // limit from us).
     let needed = (args.viewers + args.chatters) as u64 + 1024;
@@ -1975,7 +2395,7 @@ fn main() -> ExitCode {
         }
         eprintln!(
             "fanout-bench: machine CPU busy before the {} run: {quiet:.1} %",
-            target.name()
+            target.label()
         );
         match runtime.block_on(run_target(*target, &args, i)) {
             Ok(mut r) => {
@@ -1983,8 +2403,8 @@ fn main() -> ExitCode {
                 reports.push(r)
             }
             Err(e) => {
-                eprintln!("fanout-bench: {} run failed: {e}", target.name());
-                failures.push(format!("{}: {e}", target.name()));
+                eprintln!("fanout-bench: {} run failed: {e}", target.label());
+                failures.push(format!("{}: {e}", target.label()));
             }
         }
         // Let the closed connections' teardown finish before the next server starts.
@@ -2016,6 +2436,15 @@ fn main() -> ExitCode {
         print!("{text}");
         ratios = Some(rt);
     }
+    let mut engine_delta = None;
+    if let (Some(m), Some(r)) = (
+        reports.iter().find(|r| r.target == "ferry"),
+        reports.iter().find(|r| r.engine == "redis"),
+    ) {
+        let (text, delta) = engine_comparison(m, r);
+        print!("{text}");
+        engine_delta = Some(delta);
+    }
     for f in &failures {
         println!("\n**run failed**: {f}");
     }
@@ -2032,6 +2461,8 @@ fn main() -> ExitCode {
             "read_buffer": args.read_buffer,
             "room": args.room,
             "server_set": args.server_set,
+            "nodes": args.nodes,
+            "engine": format!("{:?}", args.engine).to_lowercase(),
             "baseline_queue": args.baseline_queue,
         });
         let out = Output {
@@ -2040,6 +2471,7 @@ fn main() -> ExitCode {
             runs: &reports,
             failures: &failures,
             ratios_ferry_over_baseline: ratios,
+            redis_engine_over_memory: engine_delta,
         };
         match serde_json::to_string_pretty(&out) {
             Ok(text) => match std::fs::write(path, text + "\n") {
