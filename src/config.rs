@@ -20,6 +20,7 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     pub rooms: RoomsConfig,
     pub redis: RedisConfig,
+    pub commerce: CommerceConfig,
     pub log: LogConfig,
 }
 
@@ -284,6 +285,99 @@ impl Default for RedisConfig {
     }
 }
 
+/// Flash sales, the catalog, prices per market and the payment webhook.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CommerceConfig {
+    /// Embedded engine: the append-only journal of products, sales, reservations and order
+    /// events (fsynced before a buyer is answered). Empty keeps them in memory only.
+    pub journal_path: PathBuf,
+    /// HMAC-SHA256 secret the payment provider signs webhooks with. Empty disables
+    /// `POST /api/payments/webhook` (it answers 503).
+    pub webhook_secret: String,
+    /// A webhook whose signed timestamp is further than this from the server clock is refused
+    /// (replay protection).
+    #[serde(with = "humantime_serde")]
+    pub webhook_tolerance: Duration,
+    /// Stock updates to a room are published at most this often per sale.
+    #[serde(with = "humantime_serde")]
+    pub stock_update_interval: Duration,
+    /// "Someone in Hong Kong just bought this" notices at most this often per sale.
+    #[serde(with = "humantime_serde")]
+    pub social_proof_interval: Duration,
+    /// How often each node looks for lapsed reservations, sale starts and ends.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// Order events delivered to a consumer group and not acknowledged within this are
+    /// delivered again.
+    #[serde(with = "humantime_serde")]
+    pub redeliver_after: Duration,
+    /// Longest a sale may run, and longest hold a reservation may have.
+    #[serde(with = "humantime_serde")]
+    pub max_sale_duration: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_hold: Duration,
+    /// The date of the FX rates below (shown to viewers beside converted prices).
+    pub fx_date: String,
+    /// Per market code (`us`, `hk`, `mo`...): display currency, FX rate, tax and shipping.
+    pub markets: std::collections::BTreeMap<String, MarketConfig>,
+}
+
+/// How one market sees prices.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarketConfig {
+    /// ISO 4217 code of the display currency.
+    pub currency: String,
+    /// Minor units per major unit of that currency's smallest coin: 2 for USD (cents).
+    #[serde(default = "two")]
+    pub minor_digits: u32,
+    /// Units of the display currency one CNY buys (e.g. 0.1387 for USD).
+    pub per_cny: f64,
+    /// Buyer-paid tax estimate, percent of the price.
+    #[serde(default)]
+    pub tax_percent: f64,
+    /// Shipping estimate, in the display currency's minor units.
+    #[serde(default)]
+    pub shipping_minor: i64,
+}
+
+fn two() -> u32 {
+    2
+}
+
+impl Default for CommerceConfig {
+    fn default() -> Self {
+        let market =
+            |currency: &str, per_cny: f64, tax_percent: f64, shipping_minor: i64| MarketConfig {
+                currency: currency.to_owned(),
+                minor_digits: 2,
+                per_cny,
+                tax_percent,
+                shipping_minor,
+            };
+        Self {
+            journal_path: PathBuf::from("ferry-data/commerce.journal"),
+            webhook_secret: String::new(),
+            webhook_tolerance: Duration::from_secs(300),
+            stock_update_interval: Duration::from_millis(250),
+            social_proof_interval: Duration::from_secs(3),
+            sweep_interval: Duration::from_millis(200),
+            redeliver_after: Duration::from_secs(30),
+            max_sale_duration: Duration::from_secs(24 * 3600),
+            max_hold: Duration::from_secs(3600),
+            fx_date: "2026-11-20".to_owned(),
+            markets: [
+                ("cn".to_owned(), market("CNY", 1.0, 0.0, 0)),
+                ("us".to_owned(), market("USD", 0.1387, 0.0, 1500)),
+                ("hk".to_owned(), market("HKD", 1.0795, 0.0, 3000)),
+                ("mo".to_owned(), market("MOP", 1.1118, 0.0, 3000)),
+            ]
+            .into(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -464,6 +558,39 @@ impl Config {
             return bad(
                 "websocket.ping_interval",
                 "intervals and timeouts must be > 0",
+            );
+        }
+        let c = &self.commerce;
+        for (code, m) in &c.markets {
+            if !(m.per_cny.is_finite() && m.per_cny > 0.0) {
+                return bad(
+                    &format!("commerce.markets.{code}.per_cny"),
+                    "must be a positive number",
+                );
+            }
+            if !(m.tax_percent.is_finite() && (0.0..=100.0).contains(&m.tax_percent)) {
+                return bad(
+                    &format!("commerce.markets.{code}.tax_percent"),
+                    "must be 0..=100",
+                );
+            }
+            if m.minor_digits > 4 {
+                return bad(
+                    &format!("commerce.markets.{code}.minor_digits"),
+                    "must be 0..=4",
+                );
+            }
+            if m.currency.len() != 3 || !m.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+                return bad(
+                    &format!("commerce.markets.{code}.currency"),
+                    "must be an ISO 4217 code like \"USD\"",
+                );
+            }
+        }
+        if c.stock_update_interval.is_zero() || c.sweep_interval.is_zero() {
+            return bad(
+                "commerce.sweep_interval",
+                "intervals must be > 0 (commerce.sweep_interval, commerce.stock_update_interval)",
             );
         }
         if self.history.size == 0 {

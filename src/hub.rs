@@ -614,6 +614,8 @@ impl RoomTask {
             pinned: st.pinned.clone(),
             slow_mode_secs: st.slow_mode_secs,
             closed: st.closed,
+            product: st.product.clone().map(Box::new),
+            sale: st.sale.clone().map(Box::new),
         }
     }
 

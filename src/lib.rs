@@ -3,6 +3,7 @@
 //! `ferry_client::protocol`) → rooms ([`hub`], [`room`]) → the engine ([`engine`]).
 
 pub mod auth;
+pub mod commerce;
 pub mod config;
 pub mod engine;
 pub mod hub;
@@ -15,3 +16,10 @@ pub use ferry_client::protocol;
 pub mod http;
 pub mod server;
 pub mod ws;
+
+/// Wall-clock time, Unix milliseconds (0 if the clock is before 1970).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -29,8 +29,8 @@ macro_rules! string_newtype {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(&self.0)
             }
         }
@@ -62,6 +62,12 @@ string_newtype!(
     /// older epoch are never trusted.
     Epoch
 );
+
+pub mod commerce;
+use commerce::{
+    PinnedProduct, ProductId, PurchaseNotice, ReservationId, ReservationReply, SaleId, SaleReply,
+    SaleSpec, SaleView,
+};
 
 /// A position in a room's event stream. Offsets increase by exactly one per published event
 /// within an epoch; the first event of an epoch has offset 1, so offset 0 means "nothing yet".
@@ -223,6 +229,39 @@ pub enum Command {
         room: RoomId,
         seconds: u64,
     },
+    /// Show a catalog product above the chat (hosts and admins).
+    PinProduct {
+        room: RoomId,
+        product: ProductId,
+    },
+    UnpinProduct {
+        room: RoomId,
+    },
+    /// Launch a flash sale in the room (hosts and admins); replies with the sale.
+    StartSale {
+        room: RoomId,
+        sale: SaleSpec,
+    },
+    /// End a sale early (hosts and admins).
+    EndSale {
+        room: RoomId,
+        sale: SaleId,
+    },
+    /// Reserve `quantity` units of a sale. `key` is the idempotency key: the SDK makes one
+    /// per Buy press and reuses it on retries, so a double click or a retried request never
+    /// reserves twice.
+    Buy {
+        room: RoomId,
+        sale: SaleId,
+        #[serde(default = "one")]
+        quantity: u32,
+        key: String,
+    },
+    /// Give a reservation back before paying (its buyer only).
+    CancelReservation {
+        room: RoomId,
+        reservation: ReservationId,
+    },
 }
 
 fn one() -> u32 {
@@ -246,6 +285,12 @@ impl Command {
             Command::Unmute { .. } => "unmute",
             Command::Ban { .. } => "ban",
             Command::SlowMode { .. } => "slow_mode",
+            Command::PinProduct { .. } => "pin_product",
+            Command::UnpinProduct { .. } => "unpin_product",
+            Command::StartSale { .. } => "start_sale",
+            Command::EndSale { .. } => "end_sale",
+            Command::Buy { .. } => "buy",
+            Command::CancelReservation { .. } => "cancel_reservation",
         }
     }
 
@@ -264,7 +309,13 @@ impl Command {
             | Command::Mute { room, .. }
             | Command::Unmute { room, .. }
             | Command::Ban { room, .. }
-            | Command::SlowMode { room, .. } => Some(room),
+            | Command::SlowMode { room, .. }
+            | Command::PinProduct { room, .. }
+            | Command::UnpinProduct { room }
+            | Command::StartSale { room, .. }
+            | Command::EndSale { room, .. }
+            | Command::Buy { room, .. }
+            | Command::CancelReservation { room, .. } => Some(room),
         }
     }
 }
@@ -299,6 +350,8 @@ pub enum ReplyBody {
     Joined(JoinReply),
     Published(PublishReply),
     Pong(PongReply),
+    Reservation(ReservationReply),
+    Sale(SaleReply),
     Empty(EmptyReply),
 }
 
@@ -338,6 +391,12 @@ pub struct RoomState {
     pub slow_mode_secs: u64,
     #[serde(default)]
     pub closed: bool,
+    /// The product pinned in the room's showcase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product: Option<Box<PinnedProduct>>,
+    /// The room's current (or last) flash sale, with its stock at the time of the view.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sale: Option<Box<SaleView>>,
 }
 
 /// A message pinned above the chat.
@@ -462,6 +521,34 @@ pub enum RoomEvent {
         by: UserRef,
     },
     RoomClosed {},
+    ProductPinned {
+        pinned: Box<PinnedProduct>,
+    },
+    ProductUnpinned {
+        by: UserRef,
+    },
+    /// A sale was announced (it may start later: count down to `sale.starts_at`).
+    SaleScheduled {
+        sale: Box<SaleView>,
+    },
+    /// The start instant passed: buys are admitted.
+    SaleStarted {
+        sale: Box<SaleView>,
+    },
+    /// Stock changed (throttled to a few per second).
+    SaleStock {
+        sale: Box<SaleView>,
+    },
+    SaleSoldOut {
+        sale: Box<SaleView>,
+    },
+    SaleEnded {
+        sale: Box<SaleView>,
+    },
+    /// Social proof, rate-limited; names a market, never a buyer.
+    Purchase {
+        notice: PurchaseNotice,
+    },
 }
 
 /// Error codes in replies. 1000–1499: the command is wrong and retrying it unchanged will fail
@@ -483,10 +570,18 @@ pub enum ErrorCode {
     SlowMode,
     JoinRateLimited,
     Unavailable,
+    SoldOut,
+    LimitReached,
+    SaleEnded,
+    NotInMarket,
+    NotFound,
+    IdempotencyConflict,
+    ReservationFinal,
+    SaleNotStarted,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownCommand,
         ErrorCode::NotJoined,
@@ -502,6 +597,14 @@ impl ErrorCode {
         ErrorCode::SlowMode,
         ErrorCode::JoinRateLimited,
         ErrorCode::Unavailable,
+        ErrorCode::SoldOut,
+        ErrorCode::LimitReached,
+        ErrorCode::SaleEnded,
+        ErrorCode::NotInMarket,
+        ErrorCode::NotFound,
+        ErrorCode::IdempotencyConflict,
+        ErrorCode::ReservationFinal,
+        ErrorCode::SaleNotStarted,
     ];
 
     pub fn code(self) -> u16 {
@@ -521,6 +624,14 @@ impl ErrorCode {
             ErrorCode::SlowMode => 1501,
             ErrorCode::JoinRateLimited => 1502,
             ErrorCode::Unavailable => 1503,
+            ErrorCode::SoldOut => 1011,
+            ErrorCode::LimitReached => 1012,
+            ErrorCode::SaleEnded => 1013,
+            ErrorCode::NotInMarket => 1014,
+            ErrorCode::NotFound => 1015,
+            ErrorCode::IdempotencyConflict => 1016,
+            ErrorCode::ReservationFinal => 1017,
+            ErrorCode::SaleNotStarted => 1504,
         }
     }
 
@@ -541,6 +652,14 @@ impl ErrorCode {
             ErrorCode::SlowMode => "slow_mode",
             ErrorCode::JoinRateLimited => "join_rate_limited",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::SoldOut => "sold_out",
+            ErrorCode::LimitReached => "limit_reached",
+            ErrorCode::SaleEnded => "sale_ended",
+            ErrorCode::NotInMarket => "not_in_market",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::IdempotencyConflict => "idempotency_conflict",
+            ErrorCode::ReservationFinal => "reservation_final",
+            ErrorCode::SaleNotStarted => "sale_not_started",
         }
     }
 

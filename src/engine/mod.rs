@@ -20,6 +20,7 @@ pub mod redis;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use ferry_client::protocol::commerce::{PinnedProduct, SaleView};
 use ferry_client::protocol::{Epoch, Offset, Pinned, RoomId, UserId};
 use std::collections::{HashMap, HashSet};
 
@@ -52,6 +53,10 @@ pub enum StateChange {
     SlowMode(u64),
     Likes(u64),
     Close,
+    /// The showcase product (None = unpinned).
+    Product(Option<Box<PinnedProduct>>),
+    /// The room's current sale as of this event.
+    Sale(Box<SaleView>),
 }
 
 /// A room's durable state plus its stream position.
@@ -69,6 +74,8 @@ pub struct RoomRecord {
     pub banned: HashSet<UserId>,
     /// Unix ms.
     pub created_at: u64,
+    pub product: Option<PinnedProduct>,
+    pub sale: Option<SaleView>,
 }
 
 impl RoomRecord {
@@ -90,6 +97,8 @@ impl RoomRecord {
             StateChange::SlowMode(s) => self.slow_mode_secs = *s,
             StateChange::Likes(n) => self.likes = self.likes.saturating_add(*n),
             StateChange::Close => self.closed = true,
+            StateChange::Product(p) => self.product = p.as_deref().cloned(),
+            StateChange::Sale(s) => self.sale = Some((**s).clone()),
         }
     }
 }

@@ -2,7 +2,8 @@
 //! Redis Cluster).
 //!
 //! Keys of one room share the hash tag `{<room>}` so every script runs on one shard:
-//! - `<prefix>:{r}:meta`     HASH  epoch, offset, title, created_at, pinned, slow, likes, closed
+//! - `<prefix>:{r}:meta`     HASH  epoch, offset, title, created_at, pinned, slow, likes, closed,
+//!   product (pinned showcase product, JSON), sale (the room's current sale view, JSON)
 //! - `<prefix>:{r}:stream`   STREAM history, entry id `<offset>-1`, field `d` = event body
 //! - `<prefix>:{r}:muted`    HASH  user → until (Unix ms, 0 = until unmuted)
 //! - `<prefix>:{r}:banned`   SET   users
@@ -61,6 +62,9 @@ elseif op == 'unmute' then redis.call('HDEL', KEYS[3], ARGV[7])
 elseif op == 'ban' then redis.call('SADD', KEYS[4], ARGV[7])
 elseif op == 'slow' then redis.call('HSET', KEYS[1], 'slow', ARGV[7])
 elseif op == 'likes' then redis.call('HINCRBY', KEYS[1], 'likes', ARGV[7])
+elseif op == 'product' then redis.call('HSET', KEYS[1], 'product', ARGV[7])
+elseif op == 'unproduct' then redis.call('HDEL', KEYS[1], 'product')
+elseif op == 'sale' then redis.call('HSET', KEYS[1], 'sale', ARGV[7])
 elseif op == 'close' then
   redis.call('HSET', KEYS[1], 'closed', '1')
   for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
@@ -667,6 +671,17 @@ fn state_args(change: Option<&StateChange>) -> [String; 3] {
         Some(StateChange::SlowMode(secs)) => [s("slow"), secs.to_string(), s("")],
         Some(StateChange::Likes(n)) => [s("likes"), n.to_string(), s("")],
         Some(StateChange::Close) => [s("close"), s(""), s("")],
+        Some(StateChange::Product(Some(p))) => [
+            s("product"),
+            serde_json::to_string(p).unwrap_or_default(),
+            s(""),
+        ],
+        Some(StateChange::Product(None)) => [s("unproduct"), s(""), s("")],
+        Some(StateChange::Sale(sale)) => [
+            s("sale"),
+            serde_json::to_string(sale).unwrap_or_default(),
+            s(""),
+        ],
     }
 }
 
@@ -740,6 +755,8 @@ impl Engine for RedisEngine {
             likes: num("likes"),
             closed: get("closed") == Some("1"),
             created_at: num("created_at"),
+            product: get("product").and_then(|p| serde_json::from_str(p).ok()),
+            sale: get("sale").and_then(|p| serde_json::from_str(p).ok()),
             ..RoomRecord::default()
         };
         if let Some(muted) = v.get(1) {

@@ -256,11 +256,19 @@ pub fn state_change_of(event: &RoomEvent) -> Option<StateChange> {
         RoomEvent::SlowMode { seconds, .. } => StateChange::SlowMode(*seconds),
         RoomEvent::Likes { count } => StateChange::Likes(*count),
         RoomEvent::RoomClosed {} => StateChange::Close,
+        RoomEvent::ProductPinned { pinned } => StateChange::Product(Some(pinned.clone())),
+        RoomEvent::ProductUnpinned { .. } => StateChange::Product(None),
+        RoomEvent::SaleScheduled { sale }
+        | RoomEvent::SaleStarted { sale }
+        | RoomEvent::SaleStock { sale }
+        | RoomEvent::SaleSoldOut { sale }
+        | RoomEvent::SaleEnded { sale } => StateChange::Sale(sale.clone()),
         RoomEvent::Comment { .. }
         | RoomEvent::Joined { .. }
         | RoomEvent::Left { .. }
         | RoomEvent::Announcement { .. }
-        | RoomEvent::CommentDeleted { .. } => return None,
+        | RoomEvent::CommentDeleted { .. }
+        | RoomEvent::Purchase { .. } => return None,
     })
 }
 

@@ -1,0 +1,208 @@
+//! Commerce on the wire: products shown in a room, flash sales, and reservations. Part of the
+//! one protocol definition (see the parent module); `docs/protocol.md` documents every shape.
+//!
+//! Money is always an integer amount of a currency's minor units (fen for CNY, cents for USD):
+//! no floating point ever touches a price. Prices are set in CNY; each market also gets a
+//! display price in its own currency, converted with the FX rate configured on the server
+//! (and that rate's date), so every viewer sees the same numbers for the same market.
+
+use super::{RoomId, UserRef};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+string_newtype!(
+    /// A product in the merchant's catalog: `[A-Za-z0-9_.:-]{1,64}`.
+    ProductId
+);
+string_newtype!(
+    /// A flash sale (server-assigned).
+    SaleId
+);
+string_newtype!(
+    /// A reservation: stock held for one buyer until payment or its deadline.
+    ReservationId
+);
+
+/// An amount of money in a currency's minor units.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Money {
+    /// ISO 4217 code (`CNY`, `USD`, `HKD`, `MOP`...).
+    pub currency: String,
+    /// Minor units (cents, fen).
+    pub minor: i64,
+}
+
+/// What a product (or a sale) costs in one market, in that market's display currency.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MarketOffer {
+    /// Whether buyers from this market may buy it.
+    pub available: bool,
+    /// Price converted from CNY at the server's configured rate.
+    pub price: Money,
+    /// Buyer-paid tax estimate (import VAT / sales tax), in the display currency.
+    pub tax_estimate: Money,
+    /// Shipping estimate to this market, in the display currency.
+    pub shipping_estimate: Money,
+}
+
+/// A product as viewers see it: everything needed to render a product card in any market.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProductView {
+    pub id: ProductId,
+    /// In the merchant's language (`lang`); the translation feature adds translations.
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub image_url: String,
+    /// The merchant's language (BCP 47, e.g. `zh`).
+    #[serde(default)]
+    pub lang: String,
+    /// List price in CNY minor units (fen).
+    pub price_cny: i64,
+    /// Per market code (`us`, `hk`, `mo`...): availability and display price. Markets the
+    /// server has no currency for are absent.
+    pub markets: BTreeMap<String, MarketOffer>,
+    /// Date of the FX rates used for the display prices (`YYYY-MM-DD`).
+    pub fx_date: String,
+}
+
+impl ProductView {
+    /// The offer for `market`, if the product is available there.
+    pub fn offer(&self, market: &str) -> Option<&MarketOffer> {
+        self.markets.get(market).filter(|o| o.available)
+    }
+}
+
+/// Where a sale is in its life.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SaleStatus {
+    /// Announced; buys are refused until `starts_at`.
+    Scheduled,
+    /// Buys are admitted.
+    Open,
+    /// Every unit is reserved or sold (units can come back when holds lapse).
+    SoldOut,
+    /// Past `ends_at`, or ended by the host.
+    Ended,
+}
+
+/// A flash sale as viewers see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SaleView {
+    pub id: SaleId,
+    pub room: RoomId,
+    pub product: ProductView,
+    /// Units on sale.
+    pub quantity: u64,
+    /// Units not reserved or sold at the time of this view.
+    pub remaining: u64,
+    /// Sale price in CNY fen.
+    pub price_cny: i64,
+    /// Sale price per market (same shape as the product's offers).
+    pub markets: BTreeMap<String, MarketOffer>,
+    /// Most units one buyer may hold or buy in this sale.
+    pub per_buyer_limit: u32,
+    /// Server time (Unix ms) when buys open: every client counts down to this instant using
+    /// its clock offset, so New York and Macau see the same countdown.
+    pub starts_at: u64,
+    /// Server time (Unix ms) when the sale ends.
+    pub ends_at: u64,
+    /// How long a buyer has to pay after reserving, seconds.
+    pub hold_secs: u64,
+    pub status: SaleStatus,
+}
+
+/// What a host sends to launch a sale.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaleSpec {
+    pub product: ProductId,
+    pub quantity: u64,
+    /// Sale price in CNY fen.
+    pub price_cny: i64,
+    #[serde(default = "one_u32")]
+    pub per_buyer_limit: u32,
+    /// Absolute start (server Unix ms). Exactly one of `starts_at` / `starts_in_secs`; neither
+    /// means "now".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts_at: Option<u64>,
+    /// Countdown: the sale starts this many seconds after the server receives the command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts_in_secs: Option<u64>,
+    /// How long buys are admitted after the start.
+    pub duration_secs: u64,
+    /// Payment window after a reservation.
+    #[serde(default = "default_hold")]
+    pub hold_secs: u64,
+}
+
+fn one_u32() -> u32 {
+    1
+}
+
+fn default_hold() -> u64 {
+    300
+}
+
+/// How a reservation ended (or that it has not yet).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReservationState {
+    /// Stock is held until `deadline`.
+    Reserved,
+    /// Paid: the order is final.
+    Confirmed,
+    /// The hold lapsed, the buyer cancelled, or payment failed; the units went back on sale.
+    Released,
+}
+
+/// A buyer's reservation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReservationView {
+    pub id: ReservationId,
+    pub sale: SaleId,
+    pub quantity: u32,
+    /// What the buyer pays, in CNY fen (sale price × quantity).
+    pub amount_cny: i64,
+    /// The same amount in the buyer's market currency.
+    pub amount_display: Money,
+    /// The buyer's market.
+    pub market: String,
+    /// Server time (Unix ms) by which payment must be confirmed.
+    pub deadline: u64,
+    pub state: ReservationState,
+}
+
+/// Reply to `buy`: the reservation (a retried idempotency key returns the same one, in its
+/// current state).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReservationReply {
+    pub reservation: ReservationView,
+    /// True when this key had already reserved and the original reservation is returned.
+    #[serde(default)]
+    pub replayed: bool,
+}
+
+/// Reply to `start_sale` / `end_sale`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SaleReply {
+    pub sale: Box<SaleView>,
+}
+
+/// Social proof: "someone in Hong Kong just bought this" — the market only, never who.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PurchaseNotice {
+    pub sale: SaleId,
+    pub market: String,
+    /// Purchases aggregated into this notice (it is rate-limited).
+    pub count: u64,
+}
+
+/// Staff action on the room's showcase, carried by `product_pinned` / `product_unpinned`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PinnedProduct {
+    pub product: ProductView,
+    pub by: UserRef,
+}

@@ -1,0 +1,717 @@
+//! The commerce service: what the WebSocket session driver and the HTTP API call. It owns
+//! validation and permissions of commerce commands, prices per market, the room events that
+//! commerce produces (pins, sale scheduled/started/stock/sold-out/ended, social proof), and the
+//! background sweep that releases lapsed holds and announces starts and ends. The sale rules
+//! themselves live in the store ([`super::SaleStore`]), never here.
+//!
+//! Cluster behaviour: every node sweeps every live sale (releases are atomic, so two nodes
+//! sweeping the same reservation release it once); announcements and throttled updates are
+//! claimed through the store, so one node publishes each.
+
+use super::pricing::{money, product_view, sale_view};
+use super::{
+    Bought, BuyRefusal, BuyRequest, Product, ReleaseReason, Reservation, SaleRecord, SaleSnapshot,
+    SaleStore, Settled, StoreError,
+};
+use crate::config::CommerceConfig;
+use crate::engine::EngineError;
+use crate::hub::Hub;
+use ferry_client::protocol::commerce::{
+    PinnedProduct, ProductId, PurchaseNotice, ReservationId, ReservationView, SaleId, SaleSpec,
+    SaleStatus, SaleView,
+};
+use ferry_client::protocol::{ErrorCode, RoomEvent, RoomId, UserId, UserRef};
+use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a commerce command failed; each maps to a documented error code and HTTP status.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CommerceError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error(transparent)]
+    Refused(#[from] BuyRefusal),
+    #[error("the reservation is already {0}")]
+    Final(&'static str),
+    #[error("room: {0}")]
+    Room(EngineError),
+    #[error("temporarily unavailable, retry: {0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for CommerceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::SaleNotFound => CommerceError::NotFound("sale"),
+            StoreError::SaleExists => CommerceError::Invalid("sale id taken".into()),
+            StoreError::Unavailable(why) => CommerceError::Unavailable(why),
+        }
+    }
+}
+
+impl CommerceError {
+    /// The wire error code, and how long to wait before retrying (temporary errors).
+    pub fn code(&self) -> (ErrorCode, Option<u64>) {
+        match self {
+            CommerceError::Invalid(_) => (ErrorCode::BadRequest, None),
+            CommerceError::Forbidden(_) => (ErrorCode::Forbidden, None),
+            CommerceError::NotFound(_) => (ErrorCode::NotFound, None),
+            CommerceError::Final(_) => (ErrorCode::ReservationFinal, None),
+            CommerceError::Room(EngineError::RoomNotFound) => (ErrorCode::RoomNotFound, None),
+            CommerceError::Room(EngineError::RoomClosed) => (ErrorCode::RoomClosed, None),
+            CommerceError::Room(EngineError::Unavailable(_)) | CommerceError::Unavailable(_) => {
+                (ErrorCode::Unavailable, Some(1000))
+            }
+            CommerceError::Refused(r) => match r {
+                BuyRefusal::NotStarted { .. } => (ErrorCode::SaleNotStarted, None),
+                BuyRefusal::Ended => (ErrorCode::SaleEnded, None),
+                BuyRefusal::NotInMarket => (ErrorCode::NotInMarket, None),
+                BuyRefusal::SoldOut { .. } => (ErrorCode::SoldOut, None),
+                BuyRefusal::LimitReached { .. } => (ErrorCode::LimitReached, None),
+                BuyRefusal::KeyConflict => (ErrorCode::IdempotencyConflict, None),
+                BuyRefusal::BadQuantity => (ErrorCode::BadRequest, None),
+            },
+        }
+    }
+}
+
+/// Who is buying: from the verified token.
+#[derive(Clone, Debug)]
+pub struct Buyer {
+    pub user: UserId,
+    pub market: String,
+}
+
+/// Per-sale throttling state on this node.
+#[derive(Default)]
+struct Pending {
+    /// Stock changed since this node last published (or saw published) an update.
+    stock_dirty: bool,
+    /// Purchases not yet announced, and the market of the latest.
+    purchases: u64,
+    last_market: String,
+    /// Announcements this node knows were made.
+    started: bool,
+    ended: bool,
+}
+
+pub struct Commerce {
+    cfg: CommerceConfig,
+    store: Arc<dyn SaleStore>,
+    hub: Arc<Hub>,
+    pending: Mutex<HashMap<SaleId, Pending>>,
+    /// Sales that ended with no active reservations and were announced: nothing to sweep.
+    finished: Mutex<HashSet<SaleId>>,
+}
+
+fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
+fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut b = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Reservation ids start with their sale's id, so a webhook naming only the reservation
+/// finds its sale without a lookup: `<sale>.<random>`.
+pub fn sale_of(reservation: &ReservationId) -> Option<SaleId> {
+    let (sale, rest) = reservation.as_str().rsplit_once('.')?;
+    (!sale.is_empty() && !rest.is_empty()).then(|| SaleId(sale.to_owned()))
+}
+
+impl Commerce {
+    pub fn new(cfg: CommerceConfig, store: Arc<dyn SaleStore>, hub: Arc<Hub>) -> Arc<Self> {
+        Arc::new(Self {
+            cfg,
+            store,
+            hub,
+            pending: Mutex::new(HashMap::new()),
+            finished: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn SaleStore> {
+        &self.store
+    }
+
+    pub fn config(&self) -> &CommerceConfig {
+        &self.cfg
+    }
+
+    // -- catalog ----------------------------------------------------------------------
+
+    /// Create or replace a product. Switching a market off also closes it in the product's
+    /// live sales.
+    pub async fn put_product(&self, product: Product) -> Result<Product, CommerceError> {
+        if !valid_id(product.id.as_str()) {
+            return Err(CommerceError::Invalid(
+                "product id must match [A-Za-z0-9_.:-]{1,64}".into(),
+            ));
+        }
+        if product.title.trim().is_empty() || product.title.chars().count() > 200 {
+            return Err(CommerceError::Invalid(
+                "title must be 1..=200 characters".into(),
+            ));
+        }
+        if product.description.chars().count() > 5000 {
+            return Err(CommerceError::Invalid(
+                "description must be at most 5000 characters".into(),
+            ));
+        }
+        if product.price_cny < 0 {
+            return Err(CommerceError::Invalid("price_cny must be >= 0".into()));
+        }
+        if let Some(unknown) = product
+            .markets
+            .keys()
+            .find(|m| !self.cfg.markets.contains_key(*m))
+        {
+            return Err(CommerceError::Invalid(format!(
+                "unknown market `{unknown}` (configured: {})",
+                self.cfg
+                    .markets
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        self.store.put_product(product.clone()).await?;
+        let enabled = product.enabled_markets();
+        for id in self.store.sales().await? {
+            if self.finished.lock().contains(&id) {
+                continue;
+            }
+            if let Some(s) = self.store.sale(&id).await? {
+                if s.sale.product == product.id && s.sale.markets != enabled {
+                    self.store.set_sale_markets(&id, enabled.clone()).await?;
+                }
+            }
+        }
+        Ok(product)
+    }
+
+    async fn product(&self, id: &ProductId) -> Result<Product, CommerceError> {
+        self.store
+            .product(id)
+            .await?
+            .ok_or(CommerceError::NotFound("product"))
+    }
+
+    // -- room showcase ----------------------------------------------------------------
+
+    pub async fn pin_product(
+        &self,
+        room: &RoomId,
+        product: &ProductId,
+        by: &UserRef,
+    ) -> Result<(), CommerceError> {
+        let product = self.product(product).await?;
+        let event = RoomEvent::ProductPinned {
+            pinned: Box::new(PinnedProduct {
+                product: product_view(&product, &self.cfg),
+                by: by.clone(),
+            }),
+        };
+        self.hub
+            .publish(room, &event)
+            .await
+            .map_err(CommerceError::Room)?;
+        Ok(())
+    }
+
+    pub async fn unpin_product(&self, room: &RoomId, by: &UserRef) -> Result<(), CommerceError> {
+        let event = RoomEvent::ProductUnpinned { by: by.clone() };
+        self.hub
+            .publish(room, &event)
+            .await
+            .map_err(CommerceError::Room)?;
+        Ok(())
+    }
+
+    // -- sales ------------------------------------------------------------------------
+
+    pub async fn start_sale(
+        &self,
+        room: &RoomId,
+        spec: SaleSpec,
+        now: u64,
+    ) -> Result<SaleView, CommerceError> {
+        let product = self.product(&spec.product).await?;
+        if spec.quantity == 0 || spec.quantity > 10_000_000 {
+            return Err(CommerceError::Invalid(
+                "quantity must be 1..=10000000".into(),
+            ));
+        }
+        if spec.price_cny < 0 {
+            return Err(CommerceError::Invalid("price_cny must be >= 0".into()));
+        }
+        if spec.per_buyer_limit == 0 {
+            return Err(CommerceError::Invalid(
+                "per_buyer_limit must be >= 1".into(),
+            ));
+        }
+        let starts_at = match (spec.starts_at, spec.starts_in_secs) {
+            (Some(_), Some(_)) => {
+                return Err(CommerceError::Invalid(
+                    "give starts_at or starts_in_secs, not both".into(),
+                ))
+            }
+            (Some(at), None) => at.max(now),
+            (None, Some(secs)) if secs <= 86_400 => now + secs * 1000,
+            (None, Some(_)) => {
+                return Err(CommerceError::Invalid(
+                    "starts_in_secs must be <= 86400".into(),
+                ))
+            }
+            (None, None) => now,
+        };
+        if starts_at > now + 7 * 86_400_000 {
+            return Err(CommerceError::Invalid(
+                "a sale must start within 7 days".into(),
+            ));
+        }
+        let duration_ms = spec.duration_secs.saturating_mul(1000);
+        if duration_ms == 0 || duration_ms > self.cfg.max_sale_duration.as_millis() as u64 {
+            return Err(CommerceError::Invalid(format!(
+                "duration_secs must be 1..={}",
+                self.cfg.max_sale_duration.as_secs()
+            )));
+        }
+        let hold_ms = spec.hold_secs.saturating_mul(1000);
+        if hold_ms == 0 || hold_ms > self.cfg.max_hold.as_millis() as u64 {
+            return Err(CommerceError::Invalid(format!(
+                "hold_secs must be 1..={}",
+                self.cfg.max_hold.as_secs()
+            )));
+        }
+        // Make sure the room exists before the sale does.
+        match self.hub.engine().room(room).await {
+            Ok(Some(r)) if !r.closed => {}
+            Ok(Some(_)) => return Err(CommerceError::Room(EngineError::RoomClosed)),
+            Ok(None) => return Err(CommerceError::Room(EngineError::RoomNotFound)),
+            Err(e) => return Err(CommerceError::Room(e)),
+        }
+        let sale = SaleRecord {
+            id: SaleId(format!("s{}", random_hex(8))),
+            room: room.clone(),
+            product: product.id.clone(),
+            quantity: spec.quantity,
+            price_cny: spec.price_cny,
+            per_buyer_limit: spec.per_buyer_limit,
+            starts_at,
+            ends_at: starts_at + duration_ms,
+            hold_ms,
+            markets: product.enabled_markets(),
+            ended_at: None,
+            created_at: now,
+        };
+        self.store.create_sale(sale.clone()).await?;
+        let snapshot = SaleSnapshot {
+            remaining: sale.quantity,
+            reserved: 0,
+            confirmed: 0,
+            sale,
+        };
+        let view = sale_view(&snapshot, &product, &self.cfg, now);
+        let started = view.status == SaleStatus::Open;
+        let event = if started {
+            RoomEvent::SaleStarted {
+                sale: Box::new(view.clone()),
+            }
+        } else {
+            RoomEvent::SaleScheduled {
+                sale: Box::new(view.clone()),
+            }
+        };
+        if started {
+            let _ = self
+                .store
+                .claim(&format!("started:{}", view.id), 7 * 86_400_000, now)
+                .await;
+        }
+        self.pending
+            .lock()
+            .entry(view.id.clone())
+            .or_default()
+            .started = started;
+        self.hub
+            .publish(room, &event)
+            .await
+            .map_err(CommerceError::Room)?;
+        tracing::info!(sale = %view.id, %room, product = %view.product.id, quantity = view.quantity, starts_at, "sale created");
+        Ok(view)
+    }
+
+    /// The sale's current view; `room` must match when given.
+    pub async fn sale(&self, id: &SaleId, now: u64) -> Result<SaleView, CommerceError> {
+        let snap = self
+            .store
+            .sale(id)
+            .await?
+            .ok_or(CommerceError::NotFound("sale"))?;
+        let product = self.product(&snap.sale.product).await?;
+        Ok(sale_view(&snap, &product, &self.cfg, now))
+    }
+
+    pub async fn end_sale(
+        &self,
+        room: Option<&RoomId>,
+        id: &SaleId,
+        now: u64,
+    ) -> Result<SaleView, CommerceError> {
+        let snap = self
+            .store
+            .sale(id)
+            .await?
+            .ok_or(CommerceError::NotFound("sale"))?;
+        if room.is_some_and(|r| *r != snap.sale.room) {
+            return Err(CommerceError::NotFound("sale"));
+        }
+        self.store.end_sale(id, now).await?;
+        let view = self.sale(id, now).await?;
+        self.announce_end(&view, now).await;
+        Ok(view)
+    }
+
+    async fn announce_end(&self, view: &SaleView, now: u64) {
+        if let Ok(true) = self
+            .store
+            .claim(&format!("ended:{}", view.id), 7 * 86_400_000, now)
+            .await
+        {
+            let event = RoomEvent::SaleEnded {
+                sale: Box::new(view.clone()),
+            };
+            if let Err(e) = self.hub.publish(&view.room, &event).await {
+                tracing::warn!(sale = %view.id, error = %e, "cannot announce the sale's end");
+            }
+        }
+        self.pending
+            .lock()
+            .entry(view.id.clone())
+            .or_default()
+            .ended = true;
+    }
+
+    // -- buying -----------------------------------------------------------------------
+
+    /// Reserve units for `buyer`. `Ok((view, replayed))`.
+    pub async fn buy(
+        &self,
+        room: Option<&RoomId>,
+        sale: &SaleId,
+        buyer: &Buyer,
+        quantity: u32,
+        key: &str,
+        now: u64,
+    ) -> Result<(ReservationView, bool), CommerceError> {
+        if key.is_empty() || key.len() > 128 {
+            return Err(CommerceError::Invalid(
+                "an idempotency key of 1..=128 bytes is required".into(),
+            ));
+        }
+        if !(1..=1000).contains(&quantity) {
+            return Err(CommerceError::Invalid("quantity must be 1..=1000".into()));
+        }
+        if !valid_id(sale.as_str()) {
+            return Err(CommerceError::NotFound("sale"));
+        }
+        let snap = self
+            .store
+            .sale(sale)
+            .await?
+            .ok_or(CommerceError::NotFound("sale"))?;
+        if room.is_some_and(|r| *r != snap.sale.room) {
+            return Err(CommerceError::NotFound("sale"));
+        }
+        // Buyers from a market without a configured currency cannot be priced.
+        let Some(market) = self.cfg.markets.get(&buyer.market) else {
+            return Err(CommerceError::Refused(BuyRefusal::NotInMarket));
+        };
+        let amount_display = money(
+            snap.sale.price_cny.saturating_mul(i64::from(quantity)),
+            market,
+        );
+        let req = BuyRequest {
+            buyer: buyer.user.clone(),
+            market: buyer.market.clone(),
+            quantity,
+            key: key.to_owned(),
+            now,
+            new_id: ReservationId(format!("{sale}.{}", random_hex(8))),
+            amount_display,
+        };
+        match self.store.buy(sale, req).await? {
+            Ok(Bought::New(r, _)) => {
+                {
+                    let mut pending = self.pending.lock();
+                    let p = pending.entry(sale.clone()).or_default();
+                    p.stock_dirty = true;
+                    p.purchases += 1;
+                    p.last_market = r.market.clone();
+                }
+                if snap.remaining <= u64::from(quantity) {
+                    // Possibly the last units: announce a sell-out at once, not at the next tick.
+                    self.publish_stock(sale, now, true).await;
+                }
+                Ok((r.view(), false))
+            }
+            Ok(Bought::Replayed(r)) => Ok((r.view(), true)),
+            Err(refusal) => Err(CommerceError::Refused(refusal)),
+        }
+    }
+
+    /// The buyer gives a reservation back.
+    pub async fn cancel(
+        &self,
+        reservation: &ReservationId,
+        buyer: &UserId,
+        now: u64,
+    ) -> Result<ReservationView, CommerceError> {
+        let sale = sale_of(reservation).ok_or(CommerceError::NotFound("reservation"))?;
+        let r = self
+            .store
+            .reservation(&sale, reservation)
+            .await?
+            .ok_or(CommerceError::NotFound("reservation"))?;
+        if r.buyer != *buyer {
+            return Err(CommerceError::NotFound("reservation"));
+        }
+        match self
+            .store
+            .release(&sale, reservation, ReleaseReason::Cancelled, now)
+            .await?
+        {
+            Some(Settled::Now(r, _)) => {
+                self.mark_dirty(&sale);
+                Ok(r.view())
+            }
+            Some(Settled::Already(r)) => Err(CommerceError::Final(state_name(&r))),
+            None => Err(CommerceError::NotFound("reservation")),
+        }
+    }
+
+    /// A payment succeeded (`paid`) or failed, as reported by the payment webhook.
+    pub async fn settle_payment(
+        &self,
+        reservation: &ReservationId,
+        paid: bool,
+        payment_ref: &str,
+        now: u64,
+    ) -> Result<Settled, CommerceError> {
+        let sale = sale_of(reservation).ok_or(CommerceError::NotFound("reservation"))?;
+        let outcome = if paid {
+            self.store
+                .confirm(&sale, reservation, payment_ref, now)
+                .await?
+        } else {
+            self.store
+                .release(&sale, reservation, ReleaseReason::PaymentFailed, now)
+                .await?
+        };
+        let outcome = outcome.ok_or(CommerceError::NotFound("reservation"))?;
+        if let Settled::Now(r, _) = &outcome {
+            if r.state == ferry_client::protocol::commerce::ReservationState::Released {
+                self.mark_dirty(&sale);
+            }
+            tracing::info!(reservation = %r.id, state = state_name(r), "payment settled");
+        }
+        Ok(outcome)
+    }
+
+    fn mark_dirty(&self, sale: &SaleId) {
+        self.pending
+            .lock()
+            .entry(sale.clone())
+            .or_default()
+            .stock_dirty = true;
+    }
+
+    /// Publish the sale's stock (or sold-out) update if this node wins the throttle.
+    async fn publish_stock(&self, sale: &SaleId, now: u64, force_sold_out: bool) {
+        let Ok(view) = self.sale(sale, now).await else {
+            return;
+        };
+        let sold_out = view.status == SaleStatus::SoldOut;
+        if force_sold_out && !sold_out {
+            return;
+        }
+        let what = if sold_out {
+            // One sold-out notice per sell-out (units can come back and sell out again).
+            format!("soldout:{sale}:{}", view.quantity - view.remaining)
+        } else {
+            format!("stock:{sale}")
+        };
+        let ttl = if sold_out {
+            self.cfg.max_hold.as_millis() as u64 + 60_000
+        } else {
+            self.cfg.stock_update_interval.as_millis() as u64
+        };
+        match self.store.claim(&what, ttl, now).await {
+            Ok(true) => {}
+            _ => return,
+        }
+        if let Some(p) = self.pending.lock().get_mut(sale) {
+            p.stock_dirty = false;
+        }
+        let event = if sold_out {
+            RoomEvent::SaleSoldOut {
+                sale: Box::new(view),
+            }
+        } else {
+            RoomEvent::SaleStock {
+                sale: Box::new(view),
+            }
+        };
+        if let Err(e) = self.hub.publish(&event_room(&event), &event).await {
+            tracing::debug!(%sale, error = %e, "stock update not published");
+        }
+    }
+
+    // -- background -------------------------------------------------------------------
+
+    /// One sweep: release lapsed holds, announce starts and ends, flush throttled updates.
+    pub async fn sweep(&self, now: u64) {
+        let sales = match self.store.sales().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "sweep: cannot list sales");
+                return;
+            }
+        };
+        for id in sales {
+            if self.finished.lock().contains(&id) {
+                continue;
+            }
+            if let Err(e) = self.sweep_sale(&id, now).await {
+                tracing::debug!(sale = %id, error = %e, "sweep failed");
+            }
+        }
+    }
+
+    async fn sweep_sale(&self, id: &SaleId, now: u64) -> Result<(), CommerceError> {
+        let released = self.store.expire_due(id, now, 1000).await?;
+        if !released.is_empty() {
+            tracing::debug!(sale = %id, released = released.len(), "holds lapsed");
+            self.mark_dirty(id);
+        }
+        let view = self.sale(id, now).await?;
+        let (announce_start, dirty, purchases, market, ended_known) = {
+            let mut pending = self.pending.lock();
+            let p = pending.entry(id.clone()).or_default();
+            let announce_start = !p.started && now >= view.starts_at;
+            let purchases = std::mem::take(&mut p.purchases);
+            (
+                announce_start,
+                p.stock_dirty,
+                purchases,
+                p.last_market.clone(),
+                p.ended,
+            )
+        };
+        if announce_start {
+            if let Ok(true) = self
+                .store
+                .claim(&format!("started:{id}"), 7 * 86_400_000, now)
+                .await
+            {
+                let event = RoomEvent::SaleStarted {
+                    sale: Box::new(view.clone()),
+                };
+                let _ = self.hub.publish(&view.room, &event).await;
+            }
+            if let Some(p) = self.pending.lock().get_mut(id) {
+                p.started = true;
+            }
+        }
+        if view.status == SaleStatus::Ended {
+            if !ended_known {
+                self.announce_end(&view, now).await;
+            }
+            let snap = self.store.sale(id).await?;
+            if snap.is_some_and(|s| s.reserved == 0) {
+                self.finished.lock().insert(id.clone());
+                self.pending.lock().remove(id);
+            }
+            return Ok(());
+        }
+        if dirty {
+            self.publish_stock(id, now, false).await;
+        }
+        if purchases > 0 {
+            let what = format!("proof:{id}");
+            let ttl = self.cfg.social_proof_interval.as_millis() as u64;
+            if let Ok(true) = self.store.claim(&what, ttl, now).await {
+                let event = RoomEvent::Purchase {
+                    notice: PurchaseNotice {
+                        sale: id.clone(),
+                        market,
+                        count: purchases,
+                    },
+                };
+                let _ = self.hub.publish(&view.room, &event).await;
+            } else if let Some(p) = self.pending.lock().get_mut(id) {
+                // Someone else announced recently: carry ours to a later notice.
+                p.purchases += purchases;
+            }
+        }
+        Ok(())
+    }
+
+    /// Run [`Commerce::sweep`] every `commerce.sweep_interval` until the process ends.
+    pub fn spawn_sweeper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = Arc::downgrade(self);
+        let every = self.cfg.sweep_interval.max(Duration::from_millis(10));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(me) = me.upgrade() else { break };
+                me.sweep(crate::unix_ms()).await;
+            }
+        })
+    }
+
+    /// Every order event of a sale (for audits).
+    pub async fn orders(&self, sale: &SaleId) -> Result<Vec<super::OrderEvent>, CommerceError> {
+        Ok(self.store.all_orders(sale).await?)
+    }
+
+    pub async fn reservation(&self, id: &ReservationId) -> Result<Reservation, CommerceError> {
+        let sale = sale_of(id).ok_or(CommerceError::NotFound("reservation"))?;
+        self.store
+            .reservation(&sale, id)
+            .await?
+            .ok_or(CommerceError::NotFound("reservation"))
+    }
+}
+
+fn event_room(event: &RoomEvent) -> RoomId {
+    match event {
+        RoomEvent::SaleSoldOut { sale } | RoomEvent::SaleStock { sale } => sale.room.clone(),
+        _ => RoomId::default(),
+    }
+}
+
+fn state_name(r: &Reservation) -> &'static str {
+    use ferry_client::protocol::commerce::ReservationState as S;
+    match r.state {
+        S::Reserved => "reserved",
+        S::Confirmed => "confirmed",
+        S::Released => "released",
+    }
+}
