@@ -23,6 +23,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/rooms", axum::routing::post(create_room))
         .route("/api/rooms/{room}", get(room_info).delete(close_room))
+        .merge(crate::commerce_api::routes())
         .fallback(not_found)
         .with_state(state)
 }
@@ -36,7 +37,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -106,7 +107,7 @@ async fn metrics(State(app): State<AppState>) -> Response {
 }
 
 /// Authenticate a REST caller; staff only, and the token must allow the room.
-fn authorize(
+pub(crate) fn authorize(
     app: &AppState,
     headers: &HeaderMap,
     room: &RoomId,
@@ -142,7 +143,7 @@ fn authorize(
     Ok(claims)
 }
 
-fn check_room_id(room: &str) -> Result<RoomId, ApiError> {
+pub(crate) fn check_room_id(room: &str) -> Result<RoomId, ApiError> {
     let ok = !room.is_empty()
         && room.len() <= 64
         && room

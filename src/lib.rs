@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod commerce;
+pub mod commerce_api;
 pub mod config;
 pub mod engine;
 pub mod hub;

@@ -3,6 +3,9 @@
 //! elsewhere, wait up to `server.drain_timeout`).
 
 use crate::auth::{KeyError, Verifier};
+use crate::commerce::memory::MemorySaleStore;
+use crate::commerce::service::Commerce;
+use crate::commerce::SaleStore;
 use crate::config::{Config, EngineKind, DEV_SECRET};
 use crate::engine::memory::{MemoryEngine, MemoryEngineOptions};
 use crate::engine::redis::{RedisEngine, RedisEngineOptions, RedisStartError};
@@ -25,6 +28,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     pub verifier: Arc<Verifier>,
+    /// Catalog, flash sales and orders.
+    pub commerce: Arc<Commerce>,
     /// Every open connection's close signal, for draining.
     pub conns: Arc<DashMap<u64, Arc<ConnSignal>>>,
     draining: Arc<AtomicBool>,
@@ -48,6 +53,8 @@ pub enum StartError {
     Key(#[from] KeyError),
     #[error(transparent)]
     Redis(#[from] RedisStartError),
+    #[error("commerce store: {0}")]
+    Commerce(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -101,6 +108,26 @@ async fn build_engine(cfg: &Config) -> Result<Arc<dyn Engine>, StartError> {
     })
 }
 
+async fn build_sale_store(cfg: &Config) -> Result<Arc<dyn SaleStore>, StartError> {
+    let path = &cfg.commerce.journal_path;
+    let journaled = || -> Result<Arc<dyn SaleStore>, StartError> {
+        if path.as_os_str().is_empty() {
+            tracing::warn!("commerce.journal_path is empty: sales and orders are kept in memory only and lost on restart");
+            return Ok(Arc::new(MemorySaleStore::in_memory()));
+        }
+        Ok(Arc::new(
+            MemorySaleStore::open(path).map_err(StartError::Commerce)?,
+        ))
+    };
+    match cfg.engine.kind {
+        EngineKind::Memory => journaled(),
+        EngineKind::Redis => {
+            tracing::warn!("flash sales use this node's journal: on the Redis engine they are not shared between nodes yet");
+            journaled()
+        }
+    }
+}
+
 /// Bind and start serving.
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let verifier = Arc::new(Verifier::from_config(&config.auth)?);
@@ -115,11 +142,18 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         HubConfig::from_config(&config, node.clone()),
         metrics.clone(),
     );
+    let commerce = Commerce::new(
+        config.commerce.clone(),
+        build_sale_store(&config).await?,
+        hub.clone(),
+    );
+    commerce.spawn_sweeper();
     let state = AppState {
         config: Arc::new(config),
         hub,
         metrics,
         verifier,
+        commerce,
         conns: Arc::new(DashMap::new()),
         draining: Arc::new(AtomicBool::new(false)),
         next_conn: Arc::new(AtomicU64::new(1)),

@@ -7,6 +7,7 @@
 use crate::auth::Claims;
 use crate::config::LimitsConfig;
 use crate::limits::{CommentRefusal, TokenBucket};
+use ferry_client::protocol::commerce::{ProductId, ReservationId, SaleId, SaleSpec};
 use ferry_client::protocol::{
     ClientFrame, CloseCode, Command, ErrorCode, Offset, Pinned, Reply, ReplyResult, RoomEvent,
     RoomId, StreamPosition, UserId, UserRef,
@@ -59,6 +60,27 @@ pub enum Action {
         room: RoomId,
         count: u32,
     },
+    /// Hand a commerce command to the commerce service and reply with its answer.
+    Commerce {
+        id: u64,
+        room: RoomId,
+        op: CommerceOp,
+    },
+}
+
+/// Commerce commands, checked for permission; the commerce service checks the rest.
+#[derive(Debug, PartialEq)]
+pub enum CommerceOp {
+    PinProduct(ProductId),
+    UnpinProduct,
+    StartSale(Box<SaleSpec>),
+    EndSale(SaleId),
+    Buy {
+        sale: SaleId,
+        quantity: u32,
+        key: String,
+    },
+    Cancel(ReservationId),
 }
 
 /// Per-connection protocol state.
@@ -318,6 +340,47 @@ impl Session {
                             },
                         }
                     }
+                    Command::Buy {
+                        sale,
+                        quantity,
+                        key,
+                        ..
+                    } => Action::Commerce {
+                        id,
+                        room,
+                        op: CommerceOp::Buy {
+                            sale,
+                            quantity,
+                            key,
+                        },
+                    },
+                    Command::CancelReservation { reservation, .. } => Action::Commerce {
+                        id,
+                        room,
+                        op: CommerceOp::Cancel(reservation),
+                    },
+                    host_command @ (Command::PinProduct { .. }
+                    | Command::UnpinProduct { .. }
+                    | Command::StartSale { .. }
+                    | Command::EndSale { .. }) => {
+                        if !role.owns_rooms() {
+                            return error(
+                                id,
+                                ErrorCode::Forbidden,
+                                format!("`{}` needs a host or admin", host_command.name()),
+                                None,
+                            );
+                        }
+                        let op = match host_command {
+                            Command::PinProduct { product, .. } => CommerceOp::PinProduct(product),
+                            Command::StartSale { sale, .. } => {
+                                CommerceOp::StartSale(Box::new(sale))
+                            }
+                            Command::EndSale { sale, .. } => CommerceOp::EndSale(sale),
+                            _ => CommerceOp::UnpinProduct,
+                        };
+                        Action::Commerce { id, room, op }
+                    }
                     staff_command => {
                         if !role.is_staff() {
                             return error(
@@ -395,6 +458,12 @@ const KNOWN_COMMANDS: &[&str] = &[
     "unmute",
     "ban",
     "slow_mode",
+    "pin_product",
+    "unpin_product",
+    "start_sale",
+    "end_sale",
+    "buy",
+    "cancel_reservation",
 ];
 
 fn truncate(s: &str, max: usize) -> &str {

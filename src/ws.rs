@@ -5,14 +5,17 @@
 //! [`crate::hub`].
 
 use crate::auth::{AuthError, Claims};
+use crate::commerce::service::{Buyer, CommerceError};
+use crate::commerce::BuyRefusal;
 use crate::config::AutoCreate;
 use crate::hub::{ConnSignal, JoinError, Member, Outbound};
 use crate::server::AppState;
-use crate::session::{Action, Session};
+use crate::session::{Action, CommerceOp, Session};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use ferry_client::protocol::commerce::{ReservationReply, SaleReply};
 use ferry_client::protocol::{
     CloseCode, EmptyReply, ErrorCode, PongReply, PublishReply, Push, Reply, ReplyBody, ReplyResult,
     RoomId, PROTOCOL_VERSION,
@@ -401,6 +404,22 @@ impl Conn {
                 self.app.hub.like(&room, count);
                 ok_reply(id, ReplyBody::Empty(EmptyReply {}))
             }
+            Action::Commerce { id, room, op } => {
+                m.commands_in.fetch_add(1, Relaxed);
+                let now = crate::unix_ms();
+                match self.commerce(&room, op, now).await {
+                    Ok(body) => ok_reply(id, body),
+                    Err(e) => {
+                        m.errors_sent.fetch_add(1, Relaxed);
+                        let (code, mut retry) = e.code();
+                        if let CommerceError::Refused(BuyRefusal::NotStarted { starts_at }) = &e {
+                            retry = Some(starts_at.saturating_sub(now).max(1));
+                        }
+                        tracing::debug!(conn = self.id, %room, code = code.code(), error = %e, "commerce command refused");
+                        error_reply(id, code, e.to_string(), retry)
+                    }
+                }
+            }
             Action::Publish { id, room, event } => {
                 m.commands_in.fetch_add(1, Relaxed);
                 match self.app.hub.publish(&room, &event).await {
@@ -423,6 +442,57 @@ impl Conn {
             }
         };
         self.write(socket, reply).await
+    }
+}
+
+impl Conn {
+    /// Carry out a commerce command for this connection's user.
+    async fn commerce(
+        &self,
+        room: &RoomId,
+        op: CommerceOp,
+        now: u64,
+    ) -> Result<ReplyBody, CommerceError> {
+        let commerce = &self.app.commerce;
+        let user = self.session.user();
+        let empty = || ReplyBody::Empty(EmptyReply {});
+        Ok(match op {
+            CommerceOp::PinProduct(product) => {
+                commerce.pin_product(room, &product, user).await?;
+                empty()
+            }
+            CommerceOp::UnpinProduct => {
+                commerce.unpin_product(room, user).await?;
+                empty()
+            }
+            CommerceOp::StartSale(spec) => ReplyBody::Sale(SaleReply {
+                sale: Box::new(commerce.start_sale(room, *spec, now).await?),
+            }),
+            CommerceOp::EndSale(sale) => ReplyBody::Sale(SaleReply {
+                sale: Box::new(commerce.end_sale(Some(room), &sale, now).await?),
+            }),
+            CommerceOp::Buy {
+                sale,
+                quantity,
+                key,
+            } => {
+                let buyer = Buyer {
+                    user: user.id.clone(),
+                    market: self.session.claims().market.clone().unwrap_or_default(),
+                };
+                let (reservation, replayed) = commerce
+                    .buy(Some(room), &sale, &buyer, quantity, &key, now)
+                    .await?;
+                ReplyBody::Reservation(ReservationReply {
+                    reservation,
+                    replayed,
+                })
+            }
+            CommerceOp::Cancel(reservation) => ReplyBody::Reservation(ReservationReply {
+                reservation: commerce.cancel(&reservation, &user.id, now).await?,
+                replayed: false,
+            }),
+        })
     }
 }
 

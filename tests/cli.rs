@@ -82,6 +82,7 @@ async fn sigterm_drains_clients_with_a_reconnect_code() {
             "server.drain_timeout=3s",
         ])
         .env("RUST_LOG", "warn")
+        .env("FERRY_COMMERCE__JOURNAL_PATH", "")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

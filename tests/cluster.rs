@@ -39,6 +39,7 @@ impl Node {
             .args(["--set", "limits.command_burst=1000"])
             .args(["--set", "server.drain_timeout=1s"])
             .env("FERRY_REDIS__URLS", redis_url)
+            .env("FERRY_COMMERCE__JOURNAL_PATH", "")
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_FERRY_LOG").unwrap_or_else(|_| "warn".into()),

@@ -6,6 +6,9 @@
 //! [`Events`] is bounded: an application that stops reading events eventually stops reading
 //! the socket, and the server closes it as a slow consumer; the client then resumes.
 
+use crate::protocol::commerce::{
+    ProductId, ReservationId, ReservationReply, ReservationView, SaleId, SaleSpec, SaleView,
+};
 use crate::protocol::{
     close_code_reconnects, split_frame, ClientFrame, Command, ErrorBody, JoinReply, Offset,
     PongReply, Push, Reply, ReplyBody, ReplyResult, RoomEvent, RoomId, ServerFrame, StreamPosition,
@@ -406,6 +409,118 @@ impl Client {
             seconds,
         })
         .await
+    }
+
+    /// Pin a catalog product in the room's showcase (hosts and admins).
+    pub async fn pin_product(
+        &self,
+        room: impl Into<RoomId>,
+        product: impl Into<ProductId>,
+    ) -> Result<(), ClientError> {
+        self.request(Command::PinProduct {
+            room: room.into(),
+            product: product.into(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn unpin_product(&self, room: impl Into<RoomId>) -> Result<(), ClientError> {
+        self.request(Command::UnpinProduct { room: room.into() })
+            .await
+            .map(|_| ())
+    }
+
+    /// Launch a flash sale (hosts and admins).
+    pub async fn start_sale(
+        &self,
+        room: impl Into<RoomId>,
+        sale: SaleSpec,
+    ) -> Result<SaleView, ClientError> {
+        match self
+            .request(Command::StartSale {
+                room: room.into(),
+                sale,
+            })
+            .await?
+        {
+            ReplyBody::Sale(s) => Ok(*s.sale),
+            other => Err(ClientError::Protocol(format!(
+                "expected a sale, got {other:?}"
+            ))),
+        }
+    }
+
+    pub async fn end_sale(
+        &self,
+        room: impl Into<RoomId>,
+        sale: impl Into<SaleId>,
+    ) -> Result<SaleView, ClientError> {
+        match self
+            .request(Command::EndSale {
+                room: room.into(),
+                sale: sale.into(),
+            })
+            .await?
+        {
+            ReplyBody::Sale(s) => Ok(*s.sale),
+            other => Err(ClientError::Protocol(format!(
+                "expected a sale, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Reserve `quantity` units. Make one `key` per Buy press ([`new_idempotency_key`]) and
+    /// pass the same key when retrying that press: the server answers a retried key with the
+    /// original reservation (`replayed: true`), never a second one.
+    pub async fn buy(
+        &self,
+        room: impl Into<RoomId>,
+        sale: impl Into<SaleId>,
+        quantity: u32,
+        key: impl Into<String>,
+    ) -> Result<ReservationReply, ClientError> {
+        match self
+            .request(Command::Buy {
+                room: room.into(),
+                sale: sale.into(),
+                quantity,
+                key: key.into(),
+            })
+            .await?
+        {
+            ReplyBody::Reservation(r) => Ok(r),
+            other => Err(ClientError::Protocol(format!(
+                "expected a reservation, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Give a reservation back before paying.
+    pub async fn cancel_reservation(
+        &self,
+        room: impl Into<RoomId>,
+        reservation: impl Into<ReservationId>,
+    ) -> Result<ReservationView, ClientError> {
+        match self
+            .request(Command::CancelReservation {
+                room: room.into(),
+                reservation: reservation.into(),
+            })
+            .await?
+        {
+            ReplyBody::Reservation(r) => Ok(r.reservation),
+            other => Err(ClientError::Protocol(format!(
+                "expected a reservation, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Milliseconds until `at` (server time, Unix ms) on the server's clock, using the
+    /// estimated clock offset: every client counts down to the same instant. Negative once
+    /// the instant has passed.
+    pub fn ms_until(&self, at: u64) -> f64 {
+        at as f64 - self.server_now_ms()
     }
 
     /// Send one clock sample now and return the resulting estimate.
@@ -860,6 +975,14 @@ fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
     let d = exp.min(max);
     let half = d / 2;
     half + Duration::from_secs_f64(rand::rng().random::<f64>() * half.as_secs_f64())
+}
+
+/// A fresh idempotency key for one Buy press (128 random bits, hex).
+pub fn new_idempotency_key() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[cfg(test)]

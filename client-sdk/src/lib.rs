@@ -10,4 +10,6 @@ pub mod protocol;
 pub mod client;
 
 #[cfg(feature = "net")]
-pub use client::{Client, ClientError, ClientOptions, ClockEstimate, Event, Events};
+pub use client::{
+    new_idempotency_key, Client, ClientError, ClientOptions, ClockEstimate, Event, Events,
+};

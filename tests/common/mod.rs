@@ -27,8 +27,15 @@ pub fn test_config() -> Config {
     cfg.server.drain_timeout = Duration::from_secs(2);
     cfg.rooms.aggregate_interval = Duration::from_millis(100);
     cfg.rooms.viewer_count_interval = Duration::from_millis(100);
+    // Memory only unless a test asks for a journal (its own temp dir).
+    cfg.commerce.journal_path = std::path::PathBuf::new();
+    cfg.commerce.sweep_interval = Duration::from_millis(50);
+    cfg.commerce.webhook_secret = WEBHOOK_SECRET.into();
     cfg
 }
+
+/// The payment webhook secret of test servers.
+pub const WEBHOOK_SECRET: &str = "test-webhook-secret";
 
 pub struct TestServer {
     pub server: RunningServer,
@@ -91,6 +98,11 @@ pub fn metric_value(text: &str, prefix: &str) -> f64 {
 }
 
 pub fn token_for(cfg: &Config, room: &str, user: &str, role: Role) -> String {
+    token_in_market(cfg, room, user, role, "us")
+}
+
+/// A token whose `market` claim is `market`.
+pub fn token_in_market(cfg: &Config, room: &str, user: &str, role: Role, market: &str) -> String {
     mint(
         &cfg.auth,
         &TokenRequest {
@@ -99,7 +111,7 @@ pub fn token_for(cfg: &Config, room: &str, user: &str, role: Role) -> String {
             name: Some(format!("name-{user}")),
             role,
             lang: Some("en".into()),
-            market: Some("us".into()),
+            market: Some(market.into()),
             ttl: Duration::from_secs(3600),
         },
     )
@@ -201,13 +213,28 @@ pub async fn http(
     token: Option<&str>,
     body: Option<&str>,
 ) -> (u16, String) {
+    http_with(addr, method, path, token, &[], body).await
+}
+
+/// [`http`] with extra request headers.
+pub async fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(t) = token {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
     let body = body.unwrap_or("");
-    if !body.is_empty() || method == "POST" {
+    if !body.is_empty() || method == "POST" || method == "PUT" {
         req.push_str(&format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n",
             body.len()

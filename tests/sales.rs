@@ -1,0 +1,653 @@
+//! Flash sales over real sockets on the embedded engine: catalog and pinning, countdown and
+//! start, buying over the WebSocket and HTTP with idempotency keys, the buy burst that must
+//! not oversell, holds that lapse, the signed payment webhook, and a restart mid-sale.
+
+mod common;
+
+use common::*;
+use ferry::commerce_api::sign_webhook;
+use ferry::protocol::commerce::{ReservationState, SaleSpec, SaleStatus};
+use ferry::protocol::{ErrorCode, Role, RoomEvent};
+use ferry_client::{new_idempotency_key, Client, ClientError, Event, Events};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+const ROOM: &str = "shop";
+
+fn admin_token(s: &TestServer) -> String {
+    s.token("*", "ops", Role::Admin)
+}
+
+/// PUT a rattan basket (¥89, sold in us and hk, not in ae).
+async fn put_basket(s: &TestServer) {
+    let body = json!({
+        "title": "藤编篮",
+        "description": "手工藤编收纳篮",
+        "image_url": "https://img.example/basket.jpg",
+        "price_cny": 8900,
+        "stock": 1000,
+        "markets": {"us": true, "hk": true, "mo": false}
+    })
+    .to_string();
+    let (status, text) = http(
+        s.addr(),
+        "PUT",
+        "/api/products/basket",
+        Some(&s.token(ROOM, "host", Role::Host)),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+}
+
+async fn host_in_room(s: &TestServer) -> (Client, Events) {
+    let (host, events) = s.client(ROOM, "host", Role::Host);
+    host.join(ROOM)
+        .await
+        .expect("host joins (creates the room)");
+    (host, events)
+}
+
+fn spec(quantity: u64, limit: u32, starts_in_secs: Option<u64>, hold_secs: u64) -> SaleSpec {
+    SaleSpec {
+        product: "basket".into(),
+        quantity,
+        price_cny: 5900,
+        per_buyer_limit: limit,
+        starts_at: None,
+        starts_in_secs,
+        duration_secs: 300,
+        hold_secs,
+    }
+}
+
+fn code_of(e: &ClientError) -> u16 {
+    e.code().unwrap_or(0)
+}
+
+/// A viewer whose token says `market`, joined to the room.
+async fn viewer_in_market(s: &TestServer, user: &str, market: &str) -> Client {
+    let mut o = s.options(ROOM, user, Role::Viewer);
+    o.token = token_in_market(&s.config, ROOM, user, Role::Viewer, market);
+    let (c, _events) = Client::connect(o);
+    c.join(ROOM).await.expect("join");
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_products_and_sales_reach_viewers_in_their_currency() {
+    let s = TestServer::start(|_| {}).await;
+    put_basket(&s).await;
+    let (host, _host_events) = host_in_room(&s).await;
+    let (viewer, mut events) = s.client(ROOM, "v1", Role::Viewer);
+    viewer.join(ROOM).await.expect("join");
+    // Viewers cannot pin.
+    let err = viewer
+        .pin_product(ROOM, "basket")
+        .await
+        .expect_err("viewer");
+    assert_eq!(code_of(&err), ErrorCode::Forbidden.code());
+    host.pin_product(ROOM, "basket").await.expect("pin");
+    let pinned = wait_for(&mut events, |e| match e {
+        Event::Room {
+            event: RoomEvent::ProductPinned { pinned },
+            ..
+        } => Some(pinned.clone()),
+        _ => None,
+    })
+    .await;
+    let us = pinned.product.offer("us").expect("sold in us");
+    // ¥89.00 × 0.1387 = $12.34
+    assert_eq!((us.price.currency.as_str(), us.price.minor), ("USD", 1234));
+    assert_eq!(us.shipping_estimate.minor, 1500);
+    assert!(
+        pinned.product.offer("mo").is_none(),
+        "not available in Macau"
+    );
+    assert_eq!(pinned.product.fx_date, "2026-11-20");
+
+    // A sale counting down from 1 s: early buys are refused, then everyone may buy.
+    let sale = host
+        .start_sale(ROOM, spec(5, 2, Some(1), 60))
+        .await
+        .expect("start sale");
+    assert_eq!(sale.status, SaleStatus::Scheduled);
+    assert_eq!(sale.markets["us"].price.minor, 818);
+    let early = viewer
+        .buy(ROOM, sale.id.clone(), 1, new_idempotency_key())
+        .await
+        .expect_err("too early");
+    assert_eq!(code_of(&early), ErrorCode::SaleNotStarted.code());
+    match &early {
+        ClientError::Server(body) => {
+            let wait = body.retry_after_ms.expect("retry hint");
+            assert!(wait > 0 && wait <= 1_000, "{wait}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The countdown every SDK shows: the same instant on the server's clock.
+    let until = viewer.ms_until(sale.starts_at);
+    assert!(until > 0.0 && until <= 1_100.0, "{until}");
+    let started = wait_for(&mut events, |e| match e {
+        Event::Room {
+            event: RoomEvent::SaleStarted { sale },
+            ..
+        } => Some(sale.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(started.status, SaleStatus::Open);
+    let key = new_idempotency_key();
+    let first = viewer
+        .buy(ROOM, sale.id.clone(), 2, key.clone())
+        .await
+        .expect("buy");
+    assert!(!first.replayed);
+    let r = &first.reservation;
+    assert_eq!(r.state, ReservationState::Reserved);
+    assert_eq!(r.amount_cny, 11_800);
+    assert_eq!(
+        (r.amount_display.currency.as_str(), r.amount_display.minor),
+        ("USD", 1637)
+    );
+    // A double click: same key, same reservation, no second hold.
+    let again = viewer
+        .buy(ROOM, sale.id.clone(), 2, key.clone())
+        .await
+        .expect("replay");
+    assert!(again.replayed);
+    assert_eq!(again.reservation.id, r.id);
+    let over = viewer
+        .buy(ROOM, sale.id.clone(), 1, new_idempotency_key())
+        .await
+        .expect_err("limit");
+    assert_eq!(code_of(&over), ErrorCode::LimitReached.code());
+    // Stock updates reach the room (throttled), and social proof names only the market.
+    let stock = wait_for(&mut events, |e| match e {
+        Event::Room {
+            event: RoomEvent::SaleStock { sale },
+            ..
+        } if sale.remaining == 3 => Some(sale.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(stock.quantity, 5);
+    let proof = wait_for(&mut events, |e| match e {
+        Event::Room {
+            event: RoomEvent::Purchase { notice },
+            ..
+        } => Some(notice.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(proof.market, "us");
+    // A late joiner sees the pin and the sale in the join reply.
+    let (late, _late_events) = s.client(ROOM, "late", Role::Viewer);
+    let joined = late.join(ROOM).await.expect("late join");
+    let state = joined.state;
+    assert_eq!(
+        state.product.expect("pinned product").product.id.as_str(),
+        "basket"
+    );
+    let current = state.sale.expect("current sale");
+    assert_eq!(current.id, sale.id);
+    assert_eq!(current.remaining, 3);
+    // The buyer cancels: the units go back.
+    let cancelled = viewer
+        .cancel_reservation(ROOM, r.id.clone())
+        .await
+        .expect("cancel");
+    assert_eq!(cancelled.state, ReservationState::Released);
+    let twice = viewer
+        .cancel_reservation(ROOM, r.id.clone())
+        .await
+        .expect_err("already released");
+    assert_eq!(code_of(&twice), ErrorCode::ReservationFinal.code());
+    // Ending the sale stops buys.
+    let ended = host.end_sale(ROOM, sale.id.clone()).await.expect("end");
+    assert_eq!(ended.status, SaleStatus::Ended);
+    let late_buy = late
+        .buy(ROOM, sale.id.clone(), 1, new_idempotency_key())
+        .await
+        .expect_err("ended");
+    assert_eq!(code_of(&late_buy), ErrorCode::SaleEnded.code());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn markets_the_merchant_switched_off_cannot_buy() {
+    let s = TestServer::start(|_| {}).await;
+    put_basket(&s).await;
+    let (host, _e) = host_in_room(&s).await;
+    let sale = host
+        .start_sale(ROOM, spec(10, 1, None, 60))
+        .await
+        .expect("sale");
+    let mo = viewer_in_market(&s, "macau", "mo").await;
+    let err = mo
+        .buy(ROOM, sale.id.clone(), 1, new_idempotency_key())
+        .await
+        .expect_err("not in market");
+    assert_eq!(code_of(&err), ErrorCode::NotInMarket.code());
+    // The merchant switches Hong Kong off mid-sale: Hong Kong buyers are refused from then.
+    let hk = viewer_in_market(&s, "hk1", "hk").await;
+    hk.buy(ROOM, sale.id.clone(), 1, new_idempotency_key())
+        .await
+        .expect("hk may buy");
+    let body = json!({"title": "藤编篮", "price_cny": 8900, "markets": {"us": true, "hk": false}})
+        .to_string();
+    let (status, text) = http(
+        s.addr(),
+        "PUT",
+        "/api/products/basket",
+        Some(&s.token(ROOM, "host", Role::Host)),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let hk2 = viewer_in_market(&s, "hk2", "hk").await;
+    let err = hk2
+        .buy(ROOM, sale.id.clone(), 1, new_idempotency_key())
+        .await
+        .expect_err("switched off");
+    assert_eq!(code_of(&err), ErrorCode::NotInMarket.code());
+    // An unknown market in a product is refused with its name.
+    let bad = json!({"title": "x", "price_cny": 1, "markets": {"zz": true}}).to_string();
+    let (status, text) = http(
+        s.addr(),
+        "PUT",
+        "/api/products/odd",
+        Some(&s.token(ROOM, "host", Role::Host)),
+        Some(&bad),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("zz"), "{text}");
+}
+
+/// The issue's burst: 2,000 SDK clients make 10,000 buy attempts for 100 units.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_buys_from_two_thousand_clients_reserve_exactly_the_stock() {
+    let s = TestServer::start(|c| {
+        c.limits.join_rate = 100_000.0;
+        c.limits.join_burst = 100_000.0;
+    })
+    .await;
+    put_basket(&s).await;
+    let (host, _e) = host_in_room(&s).await;
+    let sale = host
+        .start_sale(ROOM, spec(100, 2, Some(3), 300))
+        .await
+        .expect("sale");
+    let mut tasks = Vec::new();
+    for b in 0..2_000u32 {
+        let mut o = s.options(ROOM, &format!("b{b}"), Role::Viewer);
+        o.read_buffer_bytes = 4096;
+        o.event_buffer = 64;
+        let (sale_id, starts_at) = (sale.id.clone(), sale.starts_at);
+        tasks.push(tokio::spawn(async move {
+            let (c, events) = Client::connect(o);
+            drop(events);
+            c.join(ROOM).await.expect("join");
+            // Everyone presses Buy at the same instant on the server's clock.
+            let wait = c.ms_until(starts_at).max(0.0);
+            tokio::time::sleep(Duration::from_millis(wait as u64 + 1)).await;
+            let mut outcomes = Vec::new();
+            for attempt in 0..5u32 {
+                // A double click on the first press: attempts 0 and 1 share a key.
+                let key = format!("press-{}", attempt.max(1));
+                loop {
+                    // A clock estimate off by a few ms can press just before the start:
+                    // the server says how long to wait, and the same key is retried.
+                    match c.buy(ROOM, sale_id.clone(), 1, key.clone()).await {
+                        Err(ClientError::Server(e))
+                            if e.code == ErrorCode::SaleNotStarted.code() =>
+                        {
+                            let wait = e.retry_after_ms.unwrap_or(10);
+                            tokio::time::sleep(Duration::from_millis(wait)).await;
+                        }
+                        other => {
+                            outcomes.push(other);
+                            break;
+                        }
+                    }
+                }
+            }
+            c.close();
+            (b, outcomes)
+        }));
+    }
+    let mut held: HashMap<u32, HashSet<String>> = HashMap::new();
+    let mut counts: HashMap<&'static str, u64> = HashMap::new();
+    for t in tasks {
+        let (b, outcomes) = t.await.expect("buyer task");
+        for o in outcomes {
+            let kind = match o {
+                Ok(r) => {
+                    held.entry(b).or_default().insert(r.reservation.id.0);
+                    if r.replayed {
+                        "replayed"
+                    } else {
+                        "reserved"
+                    }
+                }
+                Err(e) if code_of(&e) == ErrorCode::SoldOut.code() => "sold_out",
+                Err(e) if code_of(&e) == ErrorCode::LimitReached.code() => "limit_reached",
+                Err(e) => panic!("unexpected answer {e:?}"),
+            };
+            *counts.entry(kind).or_default() += 1;
+        }
+    }
+    let reservations: usize = held.values().map(HashSet::len).sum();
+    assert_eq!(reservations, 100, "{counts:?}");
+    assert_eq!(counts.get("reserved"), Some(&100), "{counts:?}");
+    assert!(held.values().all(|r| r.len() <= 2), "per-buyer limit");
+    assert_eq!(
+        counts.values().sum::<u64>(),
+        10_000,
+        "every attempt answered: {counts:?}"
+    );
+    // The order stream agrees: 100 reservations, the very ones clients were told about.
+    let (status, text) = http(
+        s.addr(),
+        "GET",
+        &format!("/api/sales/{}/orders/all", sale.id),
+        Some(&admin_token(&s)),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let audit: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(audit["remaining"], 0);
+    assert_eq!(audit["reserved"], 100);
+    let in_stream: HashSet<String> = audit["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["type"] == "reserved")
+        .map(|e| e["reservation"]["id"].as_str().expect("id").to_owned())
+        .collect();
+    let told: HashSet<String> = held.into_values().flatten().collect();
+    assert_eq!(in_stream, told);
+}
+
+async fn webhook(s: &TestServer, body: &Value, secret: &str) -> (u16, String) {
+    let text = body.to_string();
+    let sig = sign_webhook(secret, ferry::unix_ms() / 1000, text.as_bytes());
+    http_with(
+        s.addr(),
+        "POST",
+        "/api/payments/webhook",
+        None,
+        &[("Ferry-Signature", &sig)],
+        Some(&text),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_confirm_once_and_lapsed_holds_return_to_stock() {
+    let s = TestServer::start(|_| {}).await;
+    put_basket(&s).await;
+    let (host, _e) = host_in_room(&s).await;
+    let sale = host
+        .start_sale(ROOM, spec(1, 1, None, 1))
+        .await
+        .expect("sale");
+    let (a, _ae) = s.client(ROOM, "a", Role::Viewer);
+    a.join(ROOM).await.expect("join");
+    let (b, _be) = s.client(ROOM, "b", Role::Viewer);
+    b.join(ROOM).await.expect("join");
+    let held = a
+        .buy(ROOM, sale.id.clone(), 1, new_idempotency_key())
+        .await
+        .expect("a reserves the only unit")
+        .reservation;
+    let err = b
+        .buy(ROOM, sale.id.clone(), 1, new_idempotency_key())
+        .await
+        .expect_err("sold out");
+    assert_eq!(code_of(&err), ErrorCode::SoldOut.code());
+    // a does not pay within the 1 s hold: the unit goes back on sale by itself.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let late = json!({"id": "evt_late", "type": "payment.succeeded",
+        "reservation": held.id, "payment_ref": "pi_late", "amount_cny": 5900});
+    let (status, text) = webhook(&s, &late, WEBHOOK_SECRET).await;
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(v["status"], "released");
+    assert_eq!(v["refund_required"], true);
+    let got = b
+        .buy(ROOM, sale.id.clone(), 1, new_idempotency_key())
+        .await
+        .expect("b gets the returned unit")
+        .reservation;
+    // b pays in time: confirmed, and a replayed webhook gets the same answer.
+    let paid = json!({"id": "evt_1", "type": "payment.succeeded",
+        "reservation": got.id, "payment_ref": "pi_1", "amount_cny": 5900});
+    let (status, first) = webhook(&s, &paid, WEBHOOK_SECRET).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, replay) = webhook(&s, &paid, WEBHOOK_SECRET).await;
+    assert_eq!(status, 200, "{replay}");
+    assert_eq!(first, replay);
+    let v: Value = serde_json::from_str(&first).expect("json");
+    assert_eq!(v["status"], "confirmed");
+    assert_eq!(v["refund_required"], false);
+    // Expiry after confirmation changes nothing.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let (status, text) = http(
+        s.addr(),
+        "GET",
+        &format!("/api/reservations/{}", got.id),
+        Some(&s.token(ROOM, "b", Role::Viewer)),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"confirmed\""), "{text}");
+    // Forged, stale and malformed webhooks.
+    let (status, _) = webhook(&s, &paid, "wrong-secret").await;
+    assert_eq!(status, 401);
+    let text = paid.to_string();
+    let stale = sign_webhook(
+        WEBHOOK_SECRET,
+        ferry::unix_ms() / 1000 - 3_600,
+        text.as_bytes(),
+    );
+    let (status, _) = http_with(
+        s.addr(),
+        "POST",
+        "/api/payments/webhook",
+        None,
+        &[("Ferry-Signature", &stale)],
+        Some(&text),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _) = http(s.addr(), "POST", "/api/payments/webhook", None, Some(&text)).await;
+    assert_eq!(status, 401, "unsigned");
+    let (status, body) = webhook(&s, &json!({"id": 1}), WEBHOOK_SECRET).await;
+    assert_eq!(status, 400, "{body}");
+    let wrong_amount = json!({"id": "evt_2", "type": "payment.succeeded",
+        "reservation": got.id, "amount_cny": 1});
+    let (status, body) = webhook(&s, &wrong_amount, WEBHOOK_SECRET).await;
+    assert_eq!(status, 409, "{body}");
+    // The order stream records reserved, released (expired), reserved, confirmed.
+    let (_, text) = http(
+        s.addr(),
+        "GET",
+        &format!("/api/sales/{}/orders?group=erp&count=10", sale.id),
+        Some(&admin_token(&s)),
+        None,
+    )
+    .await;
+    let v: Value = serde_json::from_str(&text).expect("json");
+    let events = v["events"].as_array().expect("events");
+    let kinds: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["event"]["type"].as_str().unwrap_or("?").to_owned(),
+                e["event"]["reason"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("reserved".into(), "".into()),
+            ("released".into(), "expired".into()),
+            ("reserved".into(), "".into()),
+            ("confirmed".into(), "".into()),
+        ]
+    );
+    let ids: Vec<&str> = events.iter().filter_map(|e| e["id"].as_str()).collect();
+    let (status, text) = http(
+        s.addr(),
+        "POST",
+        &format!("/api/sales/{}/orders/ack", sale.id),
+        Some(&admin_token(&s)),
+        Some(&json!({"group": "erp", "ids": ids}).to_string()),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"acked\":4"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buying_over_http_is_idempotent_and_bad_requests_get_clear_errors() {
+    let s = TestServer::start(|_| {}).await;
+    put_basket(&s).await;
+    let (host, _e) = host_in_room(&s).await;
+    let sale = host
+        .start_sale(ROOM, spec(10, 3, None, 60))
+        .await
+        .expect("sale");
+    let token = s.token(ROOM, "web", Role::Viewer);
+    let path = format!("/api/sales/{}/buy", sale.id);
+    let buy = |key: &'static str, body: &'static str| {
+        let (path, token) = (path.clone(), token.clone());
+        let addr = s.addr();
+        async move {
+            http_with(
+                addr,
+                "POST",
+                &path,
+                Some(&token),
+                &[("Idempotency-Key", key)],
+                Some(body),
+            )
+            .await
+        }
+    };
+    let (status, first) = buy("k1", r#"{"quantity":2}"#).await;
+    assert_eq!(status, 201, "{first}");
+    let (status, again) = buy("k1", r#"{"quantity":2}"#).await;
+    assert_eq!(status, 200, "{again}");
+    let a: Value = serde_json::from_str(&first).expect("json");
+    let b: Value = serde_json::from_str(&again).expect("json");
+    assert_eq!(a["reservation"], b["reservation"]);
+    assert_eq!(b["replayed"], true);
+    let (status, body) = buy("k1", r#"{"quantity":1}"#).await;
+    assert_eq!(status, 422, "same key, different request: {body}");
+    assert!(body.contains("idempotency_conflict"), "{body}");
+    let (status, body) = http(s.addr(), "POST", &path, Some(&token), Some("{}")).await;
+    assert_eq!(status, 400, "missing key: {body}");
+    let (status, body) = buy("k2", "{not json").await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = buy("k3", r#"{"quantity":0}"#).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = http_with(
+        s.addr(),
+        "POST",
+        "/api/sales/nope/buy",
+        Some(&token),
+        &[("Idempotency-Key", "k")],
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = http(s.addr(), "POST", &path, None, Some("{}")).await;
+    assert_eq!(status, 401);
+    // Malformed sale specs are refused with the reason.
+    let (status, body) = http(
+        s.addr(),
+        "POST",
+        &format!("/api/rooms/{ROOM}/sales"),
+        Some(&s.token(ROOM, "host", Role::Host)),
+        Some(r#"{"product":"basket","quantity":0,"price_cny":1,"duration_secs":60}"#),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("quantity"), "{body}");
+    let (status, body) = http(
+        s.addr(),
+        "POST",
+        &format!("/api/rooms/{ROOM}/sales"),
+        Some(&s.token(ROOM, "v", Role::Viewer)),
+        Some(r#"{"product":"basket","quantity":1,"price_cny":1,"duration_secs":60}"#),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_sale_loses_no_reservation_and_no_confirmed_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = dir.path().join("commerce.journal");
+    let j = journal.clone();
+    let s = TestServer::start(move |c| c.commerce.journal_path = j).await;
+    put_basket(&s).await;
+    let (host, _e) = host_in_room(&s).await;
+    let sale = host
+        .start_sale(ROOM, spec(10, 5, None, 300))
+        .await
+        .expect("sale");
+    let (v, _ve) = s.client(ROOM, "v", Role::Viewer);
+    v.join(ROOM).await.expect("join");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            v.buy(ROOM, sale.id.clone(), 1, new_idempotency_key())
+                .await
+                .expect("buy")
+                .reservation
+                .id,
+        );
+    }
+    let paid =
+        json!({"id": "e", "type": "payment.succeeded", "reservation": ids[0], "payment_ref": "p"});
+    let (status, text) = webhook(&s, &paid, WEBHOOK_SECRET).await;
+    assert_eq!(status, 200, "{text}");
+    v.close();
+    host.close();
+    // Stop the server without a drain, as a crash would, and start a new one on the journal.
+    drop(s);
+    let j = journal.clone();
+    let s = TestServer::start(move |c| c.commerce.journal_path = j).await;
+    let (status, text) = http(
+        s.addr(),
+        "GET",
+        &format!("/api/sales/{}/orders/all", sale.id),
+        Some(&admin_token(&s)),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let audit: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(
+        (&audit["remaining"], &audit["reserved"], &audit["confirmed"]),
+        (&json!(7), &json!(2), &json!(1))
+    );
+    assert_eq!(audit["events"].as_array().map(Vec::len), Some(4));
+    let (status, text) = http(
+        s.addr(),
+        "GET",
+        &format!("/api/reservations/{}", ids[0]),
+        Some(&s.token(ROOM, "v", Role::Viewer)),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"confirmed\""), "{text}");
+}
