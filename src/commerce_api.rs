@@ -450,6 +450,22 @@ async fn webhook(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
+    let result = webhook_inner(&app, &headers, &bytes).await;
+    let label = match &result {
+        Ok((label, _)) => label,
+        Err(e) if e.code() == "bad_signature" => "bad_signature",
+        Err(e) if e.code() == "bad_request" => "bad_request",
+        Err(_) => "error",
+    };
+    app.commerce.metrics().webhook(label);
+    result.map(|(_, response)| response)
+}
+
+async fn webhook_inner(
+    app: &AppState,
+    headers: &HeaderMap,
+    bytes: &[u8],
+) -> Result<(&'static str, Response), ApiError> {
     let cfg = app.commerce.config();
     if cfg.webhook_secret.is_empty() {
         return Err(ApiError::new(
@@ -463,7 +479,7 @@ async fn webhook(
     if let Err(why) = check_signature(
         &cfg.webhook_secret,
         signature,
-        &bytes,
+        bytes,
         now / 1000,
         cfg.webhook_tolerance.as_secs(),
     ) {
@@ -474,7 +490,7 @@ async fn webhook(
             why,
         ));
     }
-    let event: PaymentEvent = body(&bytes)?;
+    let event: PaymentEvent = body(bytes)?;
     let paid = match event.kind.as_str() {
         "payment.succeeded" => true,
         "payment.failed" => false,
@@ -513,12 +529,20 @@ async fn webhook(
     };
     // A success for a reservation that lapsed first must be refunded by the operator.
     let refund_required = paid && r.state == ReservationState::Released;
-    Ok(Json(json!({
-        "status": status,
-        "refund_required": refund_required,
-        "reservation": r.view(),
-    }))
-    .into_response())
+    let label = if r.state == ReservationState::Confirmed {
+        "confirmed"
+    } else {
+        "released"
+    };
+    Ok((
+        label,
+        Json(json!({
+            "status": status,
+            "refund_required": refund_required,
+            "reservation": r.view(),
+        }))
+        .into_response(),
+    ))
 }
 
 // -- order events ----------------------------------------------------------------------

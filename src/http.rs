@@ -46,6 +46,13 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The documented error code (`bad_request`, `sold_out`...).
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         tracing::info!(status = self.status.as_u16(), code = self.code, message = %self.message, "api error");
@@ -92,6 +99,9 @@ async fn readyz(State(app): State<AppState>) -> Response {
     if !app.hub.engine().ready().await {
         return (StatusCode::SERVICE_UNAVAILABLE, "engine unavailable\n").into_response();
     }
+    if !app.commerce.store().ready().await {
+        return (StatusCode::SERVICE_UNAVAILABLE, "sale store unavailable\n").into_response();
+    }
     (StatusCode::OK, "ready\n").into_response()
 }
 
@@ -101,7 +111,11 @@ async fn metrics(State(app): State<AppState>) -> Response {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        app.metrics.render(app.hub.node()),
+        {
+            let mut text = app.metrics.render(app.hub.node());
+            app.commerce.metrics().render(app.hub.node(), &mut text);
+            text
+        },
     )
         .into_response()
 }

@@ -512,6 +512,34 @@ async fn payments_confirm_once_and_lapsed_holds_return_to_stock() {
     .await;
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("\"acked\":4"), "{text}");
+    // Operators see all of it on /metrics.
+    let (_, metrics) = http(s.addr(), "GET", "/metrics", None, None).await;
+    let m = |name: &str| metric_value(&metrics, name);
+    assert_eq!(
+        m("ferry_buys_total{node=\"test-node\",outcome=\"reserved\"}"),
+        2.0
+    );
+    assert_eq!(
+        m("ferry_buys_total{node=\"test-node\",outcome=\"sold_out\"}"),
+        1.0
+    );
+    assert_eq!(m("ferry_buy_seconds_count"), 3.0);
+    assert_eq!(
+        m("ferry_reservations_ended_total{node=\"test-node\",how=\"expired\"}"),
+        1.0
+    );
+    assert_eq!(
+        m("ferry_reservations_ended_total{node=\"test-node\",how=\"confirmed\"}"),
+        1.0
+    );
+    assert_eq!(
+        m("ferry_payment_webhooks_total{node=\"test-node\",result=\"confirmed\"}"),
+        2.0
+    );
+    assert_eq!(
+        m("ferry_payment_webhooks_total{node=\"test-node\",result=\"bad_signature\"}"),
+        3.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

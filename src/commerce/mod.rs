@@ -18,6 +18,7 @@
 pub mod book;
 pub mod conformance;
 pub mod memory;
+pub mod metrics;
 pub mod pricing;
 pub mod service;
 

@@ -23,6 +23,7 @@ use ferry_client::protocol::commerce::{
 use ferry_client::protocol::{ErrorCode, RoomEvent, RoomId, UserId, UserRef};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,6 +104,7 @@ struct Pending {
 
 pub struct Commerce {
     cfg: CommerceConfig,
+    metrics: super::metrics::CommerceMetrics,
     store: Arc<dyn SaleStore>,
     hub: Arc<Hub>,
     pending: Mutex<HashMap<SaleId, Pending>>,
@@ -135,6 +137,7 @@ impl Commerce {
     pub fn new(cfg: CommerceConfig, store: Arc<dyn SaleStore>, hub: Arc<Hub>) -> Arc<Self> {
         Arc::new(Self {
             cfg,
+            metrics: Default::default(),
             store,
             hub,
             pending: Mutex::new(HashMap::new()),
@@ -148,6 +151,10 @@ impl Commerce {
 
     pub fn config(&self) -> &CommerceConfig {
         &self.cfg
+    }
+
+    pub fn metrics(&self) -> &super::metrics::CommerceMetrics {
+        &self.metrics
     }
 
     // -- catalog ----------------------------------------------------------------------
@@ -418,6 +425,36 @@ impl Commerce {
         key: &str,
         now: u64,
     ) -> Result<(ReservationView, bool), CommerceError> {
+        let started = std::time::Instant::now();
+        let result = self.buy_inner(room, sale, buyer, quantity, key, now).await;
+        let outcome = match &result {
+            Ok((_, false)) => "reserved",
+            Ok((_, true)) => "replayed",
+            Err(CommerceError::Refused(r)) => match r {
+                BuyRefusal::SoldOut { .. } => "sold_out",
+                BuyRefusal::LimitReached { .. } => "limit_reached",
+                BuyRefusal::NotStarted { .. } => "not_started",
+                BuyRefusal::Ended => "ended",
+                BuyRefusal::NotInMarket => "not_in_market",
+                BuyRefusal::KeyConflict => "key_conflict",
+                BuyRefusal::BadQuantity => "invalid",
+            },
+            Err(CommerceError::Unavailable(_)) => "unavailable",
+            Err(_) => "invalid",
+        };
+        self.metrics.buy(outcome, started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn buy_inner(
+        &self,
+        room: Option<&RoomId>,
+        sale: &SaleId,
+        buyer: &Buyer,
+        quantity: u32,
+        key: &str,
+        now: u64,
+    ) -> Result<(ReservationView, bool), CommerceError> {
         if key.is_empty() || key.len() > 128 {
             return Err(CommerceError::Invalid(
                 "an idempotency key of 1..=128 bytes is required".into(),
@@ -496,6 +533,7 @@ impl Commerce {
             .await?
         {
             Some(Settled::Now(r, _)) => {
+                self.metrics.released_cancelled.fetch_add(1, Relaxed);
                 self.mark_dirty(&sale);
                 Ok(r.view())
             }
@@ -525,7 +563,14 @@ impl Commerce {
         let outcome = outcome.ok_or(CommerceError::NotFound("reservation"))?;
         if let Settled::Now(r, _) = &outcome {
             if r.state == ferry_client::protocol::commerce::ReservationState::Released {
+                match r.release_reason {
+                    Some(ReleaseReason::Expired) => &self.metrics.released_expired,
+                    _ => &self.metrics.released_payment_failed,
+                }
+                .fetch_add(1, Relaxed);
                 self.mark_dirty(&sale);
+            } else {
+                self.metrics.confirmed.fetch_add(1, Relaxed);
             }
             tracing::info!(reservation = %r.id, state = state_name(r), "payment settled");
         }
@@ -605,6 +650,9 @@ impl Commerce {
     async fn sweep_sale(&self, id: &SaleId, now: u64) -> Result<(), CommerceError> {
         let released = self.store.expire_due(id, now, 1000).await?;
         if !released.is_empty() {
+            self.metrics
+                .released_expired
+                .fetch_add(released.len() as u64, Relaxed);
             tracing::debug!(sale = %id, released = released.len(), "holds lapsed");
             self.mark_dirty(id);
         }
