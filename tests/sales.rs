@@ -679,3 +679,209 @@ async fn a_restart_mid_sale_loses_no_reservation_and_no_confirmed_order() {
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("\"confirmed\""), "{text}");
 }
+
+/// The real binary, killed with SIGKILL mid-sale while buyers keep buying: every answered
+/// reservation and every confirmed order is there after the restart, and conservation holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_sale_loses_no_answered_reservation() {
+    use std::process::{Command, Stdio};
+    const BIN: &str = env!("CARGO_BIN_EXE_ferry");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = dir.path().join("commerce.journal");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let spawn = || {
+        Command::new(BIN)
+            .args(["serve", "--listen", &addr.to_string()])
+            .args(["--set", "limits.command_rate=10000"])
+            .args(["--set", "limits.command_burst=10000"])
+            .env("FERRY_COMMERCE__JOURNAL_PATH", &journal)
+            .env("FERRY_COMMERCE__WEBHOOK_SECRET", WEBHOOK_SECRET)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ferry")
+    };
+    let up = || async {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let (status, _) = match tokio::net::TcpStream::connect(addr).await {
+                    Ok(_) => http(addr, "GET", "/readyz", None, None).await,
+                    Err(_) => (0, String::new()),
+                };
+                if status == 200 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("server up")
+    };
+    let mut child = spawn();
+    up().await;
+    let cfg = test_config();
+    let host_token = token_for(&cfg, ROOM, "host", Role::Host);
+    let body = json!({"title": "藤编篮", "price_cny": 8900, "markets": {"us": true}}).to_string();
+    let (status, text) = http(
+        addr,
+        "PUT",
+        "/api/products/basket",
+        Some(&host_token),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let mut opts = ferry_client::ClientOptions::new(format!("ws://{addr}/ws"), host_token.clone());
+    opts.max_reconnect_attempts = Some(0);
+    let (host, _he) = Client::connect(opts);
+    host.join(ROOM).await.expect("join");
+    let sale = host
+        .start_sale(ROOM, spec(1_000, 1_000, None, 300))
+        .await
+        .expect("sale");
+    host.close();
+    // Buyers over HTTP; every 5th reservation is paid. Kill the server while they run.
+    let told = std::sync::Arc::new(answers::Answers::default());
+    let mut tasks = Vec::new();
+    for b in 0..20u32 {
+        let told = told.clone();
+        let token = token_for(&cfg, ROOM, &format!("b{b}"), Role::Viewer);
+        let path = format!("/api/sales/{}/buy", sale.id);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..1_000u32 {
+                let key = format!("k{i}");
+                let Ok(Ok((status, text))) = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    try_http_with(
+                        addr,
+                        "POST",
+                        &path,
+                        Some(&token),
+                        &[("Idempotency-Key", &key)],
+                        Some("{}"),
+                    ),
+                )
+                .await
+                else {
+                    return;
+                };
+                if status != 201 {
+                    return;
+                }
+                let v: Value = serde_json::from_str(&text).expect("json");
+                let id = v["reservation"]["id"].as_str().expect("id").to_owned();
+                let paid = i % 5 == 0;
+                if paid {
+                    let event = json!({"id": format!("evt-{id}"), "type": "payment.succeeded",
+                        "reservation": id, "payment_ref": "p"})
+                    .to_string();
+                    let sig =
+                        sign_webhook(WEBHOOK_SECRET, ferry::unix_ms() / 1000, event.as_bytes());
+                    match try_http_with(
+                        addr,
+                        "POST",
+                        "/api/payments/webhook",
+                        None,
+                        &[("Ferry-Signature", &sig)],
+                        Some(&event),
+                    )
+                    .await
+                    {
+                        Ok((200, text)) if text.contains("\"confirmed\"") => told.confirmed(id),
+                        _ => return,
+                    }
+                } else {
+                    told.reserved(id);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let killed = Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let _ = child.wait();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let (reserved, confirmed) = told.take();
+    assert!(
+        reserved.len() + confirmed.len() > 20,
+        "the kill came too early to prove anything: {} answered",
+        reserved.len() + confirmed.len()
+    );
+    let mut child = spawn();
+    up().await;
+    let (status, text) = http(
+        addr,
+        "GET",
+        &format!("/api/sales/{}/orders/all", sale.id),
+        Some(&token_for(&cfg, "*", "ops", Role::Admin)),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let audit: Value = serde_json::from_str(&text).expect("json");
+    let count = |kind: &str| -> HashSet<String> {
+        audit["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter(|e| e["type"] == kind)
+            .map(|e| e["reservation"]["id"].as_str().expect("id").to_owned())
+            .collect()
+    };
+    let in_journal_reserved = count("reserved");
+    let in_journal_confirmed = count("confirmed");
+    assert!(
+        reserved.is_subset(&in_journal_reserved),
+        "an answered reservation was lost"
+    );
+    assert!(
+        confirmed.is_subset(&in_journal_confirmed),
+        "a confirmed order was lost"
+    );
+    let n = |k: &str| audit[k].as_u64().expect("counter");
+    assert_eq!(
+        n("remaining") + n("reserved") + n("confirmed"),
+        1_000,
+        "conservation"
+    );
+    assert_eq!(n("confirmed") as usize, in_journal_confirmed.len());
+    let _ = Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+mod answers {
+    //! What buyers were told, collected from many tasks.
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    pub struct Answers(Mutex<(HashSet<String>, HashSet<String>)>);
+
+    impl Answers {
+        pub fn reserved(&self, id: String) {
+            if let Ok(mut g) = self.0.lock() {
+                g.0.insert(id);
+            }
+        }
+        pub fn confirmed(&self, id: String) {
+            if let Ok(mut g) = self.0.lock() {
+                g.1.insert(id);
+            }
+        }
+        pub fn take(&self) -> (HashSet<String>, HashSet<String>) {
+            self.0.lock().map(|g| g.clone()).unwrap_or_default()
+        }
+    }
+}

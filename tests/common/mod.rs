@@ -225,7 +225,22 @@ pub async fn http_with(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    try_http_with(addr, method, path, token, headers, body)
+        .await
+        .expect("http request")
+}
+
+/// [`http_with`] that reports a refused or dropped connection instead of panicking (for
+/// servers being killed under the request).
+pub async fn try_http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<(u16, String), String> {
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(t) = token {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
@@ -242,15 +257,21 @@ pub async fn http_with(
     }
     req.push_str("\r\n");
     req.push_str(body);
-    stream.write_all(req.as_bytes()).await.expect("write");
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.expect("read");
+    stream
+        .read_to_end(&mut raw)
+        .await
+        .map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&raw).to_string();
     let status = text
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .expect("status line");
+        .ok_or_else(|| format!("no status line in {text:?}"))?;
     let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let body = if head
         .to_ascii_lowercase()
@@ -260,7 +281,7 @@ pub async fn http_with(
     } else {
         rest.to_owned()
     };
-    (status, body)
+    Ok((status, body))
 }
 
 fn dechunk(mut s: &str) -> String {
