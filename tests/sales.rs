@@ -131,9 +131,9 @@ async fn pinned_products_and_sales_reach_viewers_in_their_currency() {
     assert!(until > 0.0 && until <= 1_100.0, "{until}");
     let started = wait_for(&mut events, |e| match e {
         Event::Room {
-            event: RoomEvent::SaleStarted { sale },
+            event: RoomEvent::SaleStarted { stock },
             ..
-        } => Some(sale.clone()),
+        } => Some(stock.clone()),
         _ => None,
     })
     .await;
@@ -166,13 +166,13 @@ async fn pinned_products_and_sales_reach_viewers_in_their_currency() {
     // Stock updates reach the room (throttled), and social proof names only the market.
     let stock = wait_for(&mut events, |e| match e {
         Event::Room {
-            event: RoomEvent::SaleStock { sale },
+            event: RoomEvent::SaleStock { stock },
             ..
-        } if sale.remaining == 3 => Some(sale.clone()),
+        } if stock.remaining == 3 => Some(stock.clone()),
         _ => None,
     })
     .await;
-    assert_eq!(stock.quantity, 5);
+    assert_eq!((stock.quantity, &stock.sale), (5, &sale.id));
     let proof = wait_for(&mut events, |e| match e {
         Event::Room {
             event: RoomEvent::Purchase { notice },

@@ -66,7 +66,7 @@ string_newtype!(
 pub mod commerce;
 use commerce::{
     PinnedProduct, ProductId, PurchaseNotice, ReservationId, ReservationReply, SaleId, SaleReply,
-    SaleSpec, SaleView,
+    SaleSpec, SaleStock, SaleView,
 };
 
 /// A position in a room's event stream. Offsets increase by exactly one per published event
@@ -533,17 +533,17 @@ pub enum RoomEvent {
     },
     /// The start instant passed: buys are admitted.
     SaleStarted {
-        sale: Box<SaleView>,
+        stock: SaleStock,
     },
-    /// Stock changed (throttled to a few per second).
+    /// Stock changed (throttled to a few per second): just the counters.
     SaleStock {
-        sale: Box<SaleView>,
+        stock: SaleStock,
     },
     SaleSoldOut {
-        sale: Box<SaleView>,
+        stock: SaleStock,
     },
     SaleEnded {
-        sale: Box<SaleView>,
+        stock: SaleStock,
     },
     /// Social proof, rate-limited; names a market, never a buyer.
     Purchase {

@@ -333,27 +333,11 @@ impl Commerce {
             sale,
         };
         let view = sale_view(&snapshot, &product, &self.cfg, now);
-        let started = view.status == SaleStatus::Open;
-        let event = if started {
-            RoomEvent::SaleStarted {
-                sale: Box::new(view.clone()),
-            }
-        } else {
-            RoomEvent::SaleScheduled {
-                sale: Box::new(view.clone()),
-            }
+        // The full view goes out once; started, stock, sold-out and ended events carry only
+        // the counters (every viewer gets them, at the busiest moments of the sale).
+        let event = RoomEvent::SaleScheduled {
+            sale: Box::new(view.clone()),
         };
-        if started {
-            let _ = self
-                .store
-                .claim(&format!("started:{}", view.id), 7 * 86_400_000, now)
-                .await;
-        }
-        self.pending
-            .lock()
-            .entry(view.id.clone())
-            .or_default()
-            .started = started;
         self.hub
             .publish(room, &event)
             .await
@@ -400,7 +384,7 @@ impl Commerce {
             .await
         {
             let event = RoomEvent::SaleEnded {
-                sale: Box::new(view.clone()),
+                stock: view.stock(),
             };
             if let Err(e) = self.hub.publish(&view.room, &event).await {
                 tracing::warn!(sale = %view.id, error = %e, "cannot announce the sale's end");
@@ -591,6 +575,7 @@ impl Commerce {
             return;
         };
         let sold_out = view.status == SaleStatus::SoldOut;
+        let room = view.room.clone();
         if force_sold_out && !sold_out {
             return;
         }
@@ -614,14 +599,14 @@ impl Commerce {
         }
         let event = if sold_out {
             RoomEvent::SaleSoldOut {
-                sale: Box::new(view),
+                stock: view.stock(),
             }
         } else {
             RoomEvent::SaleStock {
-                sale: Box::new(view),
+                stock: view.stock(),
             }
         };
-        if let Err(e) = self.hub.publish(&event_room(&event), &event).await {
+        if let Err(e) = self.hub.publish(&room, &event).await {
             tracing::debug!(%sale, error = %e, "stock update not published");
         }
     }
@@ -677,7 +662,7 @@ impl Commerce {
                 .await
             {
                 let event = RoomEvent::SaleStarted {
-                    sale: Box::new(view.clone()),
+                    stock: view.stock(),
                 };
                 let _ = self.hub.publish(&view.room, &event).await;
             }
@@ -745,13 +730,6 @@ impl Commerce {
             .reservation(&sale, id)
             .await?
             .ok_or(CommerceError::NotFound("reservation"))
-    }
-}
-
-fn event_room(event: &RoomEvent) -> RoomId {
-    match event {
-        RoomEvent::SaleSoldOut { sale } | RoomEvent::SaleStock { sale } => sale.room.clone(),
-        _ => RoomId::default(),
     }
 }
 

@@ -218,6 +218,91 @@ pub async fn state_changes_apply_with_their_event(e: &dyn Engine) {
     let rec = e.room(&r).await.expect("room").expect("exists");
     assert_eq!(rec.pinned, None);
     assert!(!rec.muted.contains_key(&viewer));
+    commerce_state_applies(e, &r).await;
+}
+
+/// The showcase product and the current sale live in the room's state; stock updates patch
+/// the sale's counters.
+async fn commerce_state_applies(e: &dyn Engine, r: &RoomId) {
+    use ferry_client::protocol::commerce::{
+        PinnedProduct, ProductView, SaleStatus, SaleStock, SaleView,
+    };
+    let product = ProductView {
+        id: "basket".into(),
+        title: "藤编篮".into(),
+        description: String::new(),
+        image_url: String::new(),
+        lang: "zh".into(),
+        price_cny: 8900,
+        markets: Default::default(),
+        fx_date: "2026-11-20".into(),
+    };
+    let by = UserRef {
+        id: UserId("h".into()),
+        name: "Host".into(),
+        role: Role::Host,
+    };
+    let pinned = PinnedProduct {
+        product: product.clone(),
+        by,
+    };
+    e.publish(
+        r,
+        body(9),
+        Some(StateChange::Product(Some(Box::new(pinned.clone())))),
+    )
+    .await
+    .expect("pin product");
+    let sale = SaleView {
+        id: "s1".into(),
+        room: r.clone(),
+        product,
+        quantity: 100,
+        remaining: 100,
+        price_cny: 5900,
+        markets: Default::default(),
+        per_buyer_limit: 2,
+        starts_at: 1_795_313_637_269,
+        ends_at: 1_795_313_937_269,
+        hold_secs: 300,
+        status: SaleStatus::Open,
+    };
+    e.publish(r, body(10), Some(StateChange::Sale(Box::new(sale.clone()))))
+        .await
+        .expect("sale");
+    let stock = |remaining, status| SaleStock {
+        sale: "s1".into(),
+        quantity: 100,
+        remaining,
+        status,
+    };
+    e.publish(
+        r,
+        body(11),
+        Some(StateChange::SaleStock(stock(40, SaleStatus::Open))),
+    )
+    .await
+    .expect("stock");
+    let rec = e.room(r).await.expect("room").expect("exists");
+    assert_eq!(rec.product, Some(pinned));
+    let mut expected = sale.clone();
+    expected.remaining = 40;
+    assert_eq!(rec.sale, Some(expected));
+    // Stock for another sale does not touch this one; a new view replaces the patch.
+    let mut other = stock(0, SaleStatus::SoldOut);
+    other.sale = "s2".into();
+    e.publish(r, body(12), Some(StateChange::SaleStock(other)))
+        .await
+        .expect("stock");
+    e.publish(r, body(13), Some(StateChange::Sale(Box::new(sale.clone()))))
+        .await
+        .expect("sale again");
+    e.publish(r, body(14), Some(StateChange::Product(None)))
+        .await
+        .expect("unpin product");
+    let rec = e.room(r).await.expect("room").expect("exists");
+    assert_eq!(rec.sale, Some(sale));
+    assert_eq!(rec.product, None);
 }
 
 pub async fn closed_rooms_refuse_publications(e: &dyn Engine) {

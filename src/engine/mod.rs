@@ -20,7 +20,7 @@ pub mod redis;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use ferry_client::protocol::commerce::{PinnedProduct, SaleView};
+use ferry_client::protocol::commerce::{PinnedProduct, SaleStock, SaleView};
 use ferry_client::protocol::{Epoch, Offset, Pinned, RoomId, UserId};
 use std::collections::{HashMap, HashSet};
 
@@ -57,6 +57,8 @@ pub enum StateChange {
     Product(Option<Box<PinnedProduct>>),
     /// The room's current sale as of this event.
     Sale(Box<SaleView>),
+    /// New stock counters for the room's current sale.
+    SaleStock(SaleStock),
 }
 
 /// A room's durable state plus its stream position.
@@ -99,6 +101,12 @@ impl RoomRecord {
             StateChange::Close => self.closed = true,
             StateChange::Product(p) => self.product = p.as_deref().cloned(),
             StateChange::Sale(s) => self.sale = Some((**s).clone()),
+            StateChange::SaleStock(stock) => {
+                if let Some(sale) = self.sale.as_mut().filter(|s| s.id == stock.sale) {
+                    sale.remaining = stock.remaining;
+                    sale.status = stock.status;
+                }
+            }
         }
     }
 }

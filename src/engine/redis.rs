@@ -3,7 +3,8 @@
 //!
 //! Keys of one room share the hash tag `{<room>}` so every script runs on one shard:
 //! - `<prefix>:{r}:meta`     HASH  epoch, offset, title, created_at, pinned, slow, likes, closed,
-//!   product (pinned showcase product, JSON), sale (the room's current sale view, JSON)
+//!   product (pinned showcase product, JSON), sale (the room's current sale view, JSON),
+//!   sale_stock (the latest stock counters of that sale, JSON; patches `sale` on read)
 //! - `<prefix>:{r}:stream`   STREAM history, entry id `<offset>-1`, field `d` = event body
 //! - `<prefix>:{r}:muted`    HASH  user → until (Unix ms, 0 = until unmuted)
 //! - `<prefix>:{r}:banned`   SET   users
@@ -64,7 +65,10 @@ elseif op == 'slow' then redis.call('HSET', KEYS[1], 'slow', ARGV[7])
 elseif op == 'likes' then redis.call('HINCRBY', KEYS[1], 'likes', ARGV[7])
 elseif op == 'product' then redis.call('HSET', KEYS[1], 'product', ARGV[7])
 elseif op == 'unproduct' then redis.call('HDEL', KEYS[1], 'product')
-elseif op == 'sale' then redis.call('HSET', KEYS[1], 'sale', ARGV[7])
+elseif op == 'sale' then
+  redis.call('HSET', KEYS[1], 'sale', ARGV[7])
+  redis.call('HDEL', KEYS[1], 'sale_stock')
+elseif op == 'salestock' then redis.call('HSET', KEYS[1], 'sale_stock', ARGV[7])
 elseif op == 'close' then
   redis.call('HSET', KEYS[1], 'closed', '1')
   for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
@@ -677,6 +681,11 @@ fn state_args(change: Option<&StateChange>) -> [String; 3] {
             s(""),
         ],
         Some(StateChange::Product(None)) => [s("unproduct"), s(""), s("")],
+        Some(StateChange::SaleStock(stock)) => [
+            s("salestock"),
+            serde_json::to_string(stock).unwrap_or_default(),
+            s(""),
+        ],
         Some(StateChange::Sale(sale)) => [
             s("sale"),
             serde_json::to_string(sale).unwrap_or_default(),
@@ -759,6 +768,10 @@ impl Engine for RedisEngine {
             sale: get("sale").and_then(|p| serde_json::from_str(p).ok()),
             ..RoomRecord::default()
         };
+        // Stock updates are stored apart from the (larger) sale view they patch.
+        if let Some(stock) = get("sale_stock").and_then(|p| serde_json::from_str(p).ok()) {
+            record.apply(&StateChange::SaleStock(stock));
+        }
         if let Some(muted) = v.get(1) {
             for (user, until) in flat_map(muted) {
                 let until = until.parse::<u64>().ok().filter(|u| *u > 0);

@@ -258,11 +258,11 @@ pub fn state_change_of(event: &RoomEvent) -> Option<StateChange> {
         RoomEvent::RoomClosed {} => StateChange::Close,
         RoomEvent::ProductPinned { pinned } => StateChange::Product(Some(pinned.clone())),
         RoomEvent::ProductUnpinned { .. } => StateChange::Product(None),
-        RoomEvent::SaleScheduled { sale }
-        | RoomEvent::SaleStarted { sale }
-        | RoomEvent::SaleStock { sale }
-        | RoomEvent::SaleSoldOut { sale }
-        | RoomEvent::SaleEnded { sale } => StateChange::Sale(sale.clone()),
+        RoomEvent::SaleScheduled { sale } => StateChange::Sale(sale.clone()),
+        RoomEvent::SaleStarted { stock }
+        | RoomEvent::SaleStock { stock }
+        | RoomEvent::SaleSoldOut { stock }
+        | RoomEvent::SaleEnded { stock } => StateChange::SaleStock(stock.clone()),
         RoomEvent::Comment { .. }
         | RoomEvent::Joined { .. }
         | RoomEvent::Left { .. }

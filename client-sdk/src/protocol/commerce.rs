@@ -114,6 +114,28 @@ pub struct SaleView {
     pub status: SaleStatus,
 }
 
+/// A sale's stock at one moment: what `sale_stock` carries. Kept small because every viewer
+/// gets it a few times a second during a sale.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SaleStock {
+    pub sale: SaleId,
+    pub quantity: u64,
+    pub remaining: u64,
+    pub status: SaleStatus,
+}
+
+impl SaleView {
+    /// This view's counters, as `sale_stock` (and started, sold-out, ended) events carry them.
+    pub fn stock(&self) -> SaleStock {
+        SaleStock {
+            sale: self.id.clone(),
+            quantity: self.quantity,
+            remaining: self.remaining,
+            status: self.status,
+        }
+    }
+}
+
 /// What a host sends to launch a sale.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
