@@ -32,7 +32,7 @@ pub fn routes() -> Router<AppState> {
             "/api/rooms/{room}/product",
             post(pin_product).delete(unpin_product),
         )
-        .route("/api/rooms/{room}/sales", post(start_sale))
+        .route("/api/rooms/{room}/sales", post(start_sale).get(room_sales))
         .route("/api/sales/{id}", get(get_sale))
         .route("/api/sales/{id}/end", post(end_sale))
         .route("/api/sales/{id}/buy", post(buy))
@@ -125,13 +125,33 @@ async fn put_product(
             }
         }
     }
-    let product: Product = serde_json::from_value(value).map_err(|e| {
+    let mut product: Product = serde_json::from_value(value).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_request",
             format!("invalid product: {e}"),
         )
     })?;
+    // The catalog is shared: a product belongs to the host who created it.
+    let existing = app
+        .commerce
+        .store()
+        .product(&product.id)
+        .await
+        .map_err(CommerceError::from)?;
+    product.merchant = match existing {
+        Some(p) if !p.merchant.is_empty() && p.merchant != claims.sub => {
+            if claims.role != ferry_client::protocol::Role::Admin {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "this product belongs to another merchant",
+                ));
+            }
+            p.merchant
+        }
+        _ => claims.sub.clone(),
+    };
     let product = app.commerce.put_product(product).await?;
     tracing::info!(product = %product.id, user = %claims.sub, "product saved");
     let view = crate::commerce::pricing::product_view(&product, app.commerce.config());
@@ -222,13 +242,49 @@ async fn start_sale(
     Ok((StatusCode::CREATED, Json(json!({ "sale": sale }))).into_response())
 }
 
+/// Every sale of a room, newest last (staff of the room).
+async fn room_sales(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+) -> Result<Response, ApiError> {
+    let room = check_room_id(&room)?;
+    authorize(&app, &headers, &room, false)?;
+    let now = crate::unix_ms();
+    let mut sales = Vec::new();
+    for id in app
+        .commerce
+        .store()
+        .sales()
+        .await
+        .map_err(CommerceError::from)?
+    {
+        let Some(snap) = app
+            .commerce
+            .store()
+            .sale(&id)
+            .await
+            .map_err(CommerceError::from)?
+        else {
+            continue;
+        };
+        if snap.sale.room == room {
+            sales.push(app.commerce.sale(&id, now).await?);
+        }
+    }
+    Ok(Json(json!({ "sales": sales })).into_response())
+}
+
 async fn get_sale(
     State(app): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    verify(&app, &headers)?;
+    let claims = verify(&app, &headers)?;
     let sale = app.commerce.sale(&SaleId(id), crate::unix_ms()).await?;
+    if !claims.allows_room(&sale.room) {
+        return Err(CommerceError::NotFound("sale").into());
+    }
     Ok(Json(json!({ "sale": sale, "server_time": crate::unix_ms() })).into_response())
 }
 
@@ -239,6 +295,7 @@ async fn end_sale(
 ) -> Result<Response, ApiError> {
     let id = SaleId(id);
     let now = crate::unix_ms();
+    verify(&app, &headers)?;
     let room = app.commerce.sale(&id, now).await?.room;
     authorize(&app, &headers, &room, true)?;
     let sale = app.commerce.end_sale(None, &id, now).await?;
@@ -357,7 +414,12 @@ async fn cancel(
     let claims = verify(&app, &headers)?;
     let view = app
         .commerce
-        .cancel(&reservation_id(id)?, &claims.user_id(), crate::unix_ms())
+        .cancel(
+            None,
+            &reservation_id(id)?,
+            &claims.user_id(),
+            crate::unix_ms(),
+        )
         .await?;
     Ok(Json(json!({ "reservation": view })).into_response())
 }
@@ -518,9 +580,19 @@ async fn webhook_inner(
         .commerce
         .settle_payment(&id, paid, &event.payment_ref, now)
         .await?;
-    let r = match settled {
-        Settled::Now(r, _) | Settled::Already(r) => r,
+    let (r, already) = match settled {
+        Settled::Now(r, _) => (r, false),
+        Settled::Already(r) => (r, true),
     };
+    // A second, different payment for an order already paid: the buyer was charged twice.
+    let duplicate_payment = paid
+        && already
+        && r.state == ReservationState::Confirmed
+        && !event.payment_ref.is_empty()
+        && r.payment_ref.as_deref() != Some(event.payment_ref.as_str());
+    if duplicate_payment {
+        tracing::warn!(reservation = %id, event = %event.id, payment = %event.payment_ref, "second payment for a confirmed reservation: refund it");
+    }
     tracing::info!(reservation = %id, event = %event.id, state = ?r.state, "payment webhook processed");
     let status = match r.state {
         ReservationState::Confirmed => "confirmed",
@@ -528,7 +600,7 @@ async fn webhook_inner(
         ReservationState::Reserved => "reserved",
     };
     // A success for a reservation that lapsed first must be refunded by the operator.
-    let refund_required = paid && r.state == ReservationState::Released;
+    let refund_required = paid && r.state == ReservationState::Released || duplicate_payment;
     let label = if r.state == ReservationState::Confirmed {
         "confirmed"
     } else {
@@ -539,6 +611,7 @@ async fn webhook_inner(
         Json(json!({
             "status": status,
             "refund_required": refund_required,
+            "duplicate_payment": duplicate_payment,
             "reservation": r.view(),
         }))
         .into_response(),
@@ -579,9 +652,16 @@ async fn read_orders(
     State(app): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(q): Query<ReadQuery>,
+    query: Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     admin(&app, &headers)?;
+    let Query(q) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{e} (expected ?group=NAME&count=N)"),
+        )
+    })?;
     check_group(&q.group)?;
     let events = app
         .commerce

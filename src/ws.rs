@@ -489,7 +489,9 @@ impl Conn {
                 })
             }
             CommerceOp::Cancel(reservation) => ReplyBody::Reservation(ReservationReply {
-                reservation: commerce.cancel(&reservation, &user.id, now).await?,
+                reservation: commerce
+                    .cancel(Some(room), &reservation, &user.id, now)
+                    .await?,
                 replayed: false,
             }),
         })

@@ -149,7 +149,7 @@ async fn pinned_products_and_sales_reach_viewers_in_their_currency() {
     assert_eq!(r.amount_cny, 11_800);
     assert_eq!(
         (r.amount_display.currency.as_str(), r.amount_display.minor),
-        ("USD", 1637)
+        ("USD", 1636)
     );
     // A double click: same key, same reservation, no second hold.
     let again = viewer
@@ -433,6 +433,16 @@ async fn payments_confirm_once_and_lapsed_holds_return_to_stock() {
     let v: Value = serde_json::from_str(&first).expect("json");
     assert_eq!(v["status"], "confirmed");
     assert_eq!(v["refund_required"], false);
+    // A second, different payment for the same order: flagged for a refund.
+    let double = json!({"id": "evt_9", "type": "payment.succeeded",
+        "reservation": got.id, "payment_ref": "pi_other", "amount_cny": 5900});
+    let (status, text) = webhook(&s, &double, WEBHOOK_SECRET).await;
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(
+        (&v["status"], &v["refund_required"], &v["duplicate_payment"]),
+        (&json!("confirmed"), &json!(true), &json!(true))
+    );
     // Expiry after confirmation changes nothing.
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     let (status, text) = http(
@@ -534,7 +544,7 @@ async fn payments_confirm_once_and_lapsed_holds_return_to_stock() {
     );
     assert_eq!(
         m("ferry_payment_webhooks_total{node=\"test-node\",result=\"confirmed\"}"),
-        2.0
+        3.0
     );
     assert_eq!(
         m("ferry_payment_webhooks_total{node=\"test-node\",result=\"bad_signature\"}"),
@@ -617,6 +627,62 @@ async fn buying_over_http_is_idempotent_and_bad_requests_get_clear_errors() {
     )
     .await;
     assert_eq!(status, 403, "{body}");
+    // Another host cannot overwrite this merchant's product; an admin can.
+    let other = json!({"title": "cheap copy", "price_cny": 1}).to_string();
+    let (status, body) = http(
+        s.addr(),
+        "PUT",
+        "/api/products/basket",
+        Some(&s.token(ROOM, "rival", Role::Host)),
+        Some(&other),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = http(
+        s.addr(),
+        "PUT",
+        "/api/products/basket",
+        Some(&admin_token(&s)),
+        Some(&json!({"title": "藤编篮", "price_cny": 8900, "markets": {"us": true}}).to_string()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"merchant\":\"host\""), "{body}");
+    // The room's sales, for its staff.
+    let (status, body) = http(
+        s.addr(),
+        "GET",
+        &format!("/api/rooms/{ROOM}/sales"),
+        Some(&s.token(ROOM, "host", Role::Host)),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(sale.id.as_str()), "{body}");
+    // Order reads without a group get a JSON error naming what is expected.
+    let (status, body) = http(
+        s.addr(),
+        "GET",
+        &format!("/api/sales/{}/orders", sale.id),
+        Some(&admin_token(&s)),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("bad_request") && body.contains("group"),
+        "{body}"
+    );
+    // A sale is invisible to tokens of other rooms.
+    let (status, _) = http(
+        s.addr(),
+        "GET",
+        &format!("/api/sales/{}", sale.id),
+        Some(&s.token("elsewhere", "x", Role::Viewer)),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,6 +56,7 @@ fn product(id: &str) -> Product {
             ("ae".to_owned(), false),
         ]
         .into(),
+        merchant: "m1".into(),
     }
 }
 

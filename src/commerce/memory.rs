@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 use tokio::sync::oneshot;
 
 /// One journal line (short-lived: built, encoded, dropped; size differences do not matter).
@@ -43,6 +45,11 @@ enum Entry {
         group: String,
         ids: Vec<String>,
     },
+    /// A long-lived claim (sale started/ended announced), so a restart does not repeat it.
+    Claim {
+        what: String,
+        until: u64,
+    },
 }
 
 /// A consumer group's progress through one sale's order events.
@@ -50,8 +57,12 @@ enum Entry {
 struct Group {
     /// Next event index (0-based) never delivered to the group.
     next: usize,
-    /// Delivered, unacknowledged: index → (last delivery ms, deliveries).
+    /// Delivered, unacknowledged: index → (last delivery ms, deliveries); 0 ms = due now.
     pending: BTreeMap<usize, (u64, u64)>,
+    /// While replaying the journal: every acknowledged index (turned into `next` and
+    /// `pending` once replay ends, so unacknowledged events below the highest ack are
+    /// delivered again rather than skipped).
+    replay_acked: BTreeSet<usize>,
 }
 
 #[derive(Default)]
@@ -76,6 +87,9 @@ pub struct MemorySaleStore {
     state: Mutex<State>,
     journal: Option<std::sync::mpsc::Sender<Write_>>,
     path: Option<PathBuf>,
+    /// Set when a journal write failed: memory may now hold changes the disk lacks, so the
+    /// store refuses everything (and `/readyz` fails) until restarted from the journal.
+    poisoned: Arc<AtomicBool>,
 }
 
 fn event_id(index: usize) -> String {
@@ -93,6 +107,7 @@ impl MemorySaleStore {
             state: Mutex::new(State::default()),
             journal: None,
             path: None,
+            poisoned: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -128,6 +143,7 @@ impl MemorySaleStore {
                 valid_len += n as u64;
             }
         }
+        state.finish_replay();
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -136,16 +152,48 @@ impl MemorySaleStore {
         file.set_len(valid_len)
             .map_err(|e| format!("cannot truncate {}: {e}", path.display()))?;
         let (tx, rx) = std::sync::mpsc::channel::<Write_>();
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let flag = poisoned.clone();
         std::thread::Builder::new()
             .name("ferry-journal".into())
-            .spawn(move || writer(file, rx))
+            .spawn(move || writer(file, rx, flag))
             .map_err(|e| format!("cannot start the journal writer: {e}"))?;
         tracing::info!(path = %path.display(), sales = state.books.len(), products = state.products.len(), "commerce journal replayed");
         Ok(Self {
             state: Mutex::new(state),
             journal: Some(tx),
             path: Some(path.to_owned()),
+            poisoned,
         })
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.poisoned.load(Relaxed) {
+            return Err(StoreError::Unavailable(
+                "a journal write failed; restart the node to recover from the journal".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Wait until everything queued so far is on disk (before showing it to anyone).
+    async fn barrier(&self) -> Result<(), StoreError> {
+        let Some(tx) = &self.journal else {
+            return Ok(());
+        };
+        let (done, rx) = oneshot::channel();
+        if tx
+            .send(Write_ {
+                line: Vec::new(),
+                done,
+            })
+            .is_err()
+        {
+            return Err(StoreError::Unavailable(
+                "the journal writer has stopped".into(),
+            ));
+        }
+        Self::durable(Some(rx)).await
     }
 
     /// Queue an entry (call with the state lock held, so journal order = change order).
@@ -182,8 +230,14 @@ impl MemorySaleStore {
     }
 }
 
-/// The writer thread: append everything queued, fsync once, answer every waiter.
-fn writer(mut file: std::fs::File, rx: std::sync::mpsc::Receiver<Write_>) {
+/// The writer thread: append everything queued, fsync once, answer every waiter. An empty
+/// line is a barrier: it writes nothing and is answered once what was queued before it is
+/// on disk (earlier batches were fsynced before this one started).
+fn writer(
+    mut file: std::fs::File,
+    rx: std::sync::mpsc::Receiver<Write_>,
+    poisoned: Arc<AtomicBool>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -196,12 +250,19 @@ fn writer(mut file: std::fs::File, rx: std::sync::mpsc::Receiver<Write_>) {
         for w in &batch {
             buf.extend_from_slice(&w.line);
         }
-        let result = file
-            .write_all(&buf)
-            .and_then(|()| file.sync_data())
-            .map_err(|e| format!("journal write failed: {e}"));
+        let result = if poisoned.load(Relaxed) {
+            Err("the journal failed earlier; restart the node".to_owned())
+        } else if buf.is_empty() {
+            Ok(())
+        } else {
+            file.write_all(&buf)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| format!("journal write failed: {e}"))
+        };
         if let Err(e) = &result {
-            tracing::error!(error = %e, "commerce journal write failed");
+            if !poisoned.swap(true, Relaxed) {
+                tracing::error!(error = %e, "commerce journal write failed; the sale store refuses requests until restarted");
+            }
         }
         for w in batch {
             let _ = w.done.send(result.clone());
@@ -238,11 +299,27 @@ impl State {
             }
             Entry::Ack { sale, group, ids } => {
                 let g = self.groups.entry((sale, group)).or_default();
-                for id in ids {
-                    if let Some(i) = event_index(&id) {
-                        g.pending.remove(&i);
-                        g.next = g.next.max(i + 1);
-                    }
+                g.replay_acked
+                    .extend(ids.iter().filter_map(|id| event_index(id)));
+            }
+            Entry::Claim { what, until } => {
+                self.claims.insert(what, until);
+            }
+        }
+    }
+
+    /// After replay: a group resumes after its highest acknowledged event, and every event
+    /// below it that was never acknowledged is pending, due for delivery at once.
+    fn finish_replay(&mut self) {
+        for g in self.groups.values_mut() {
+            let acked = std::mem::take(&mut g.replay_acked);
+            let Some(top) = acked.last().copied() else {
+                continue;
+            };
+            g.next = g.next.max(top + 1);
+            for i in 0..g.next {
+                if !acked.contains(&i) {
+                    g.pending.entry(i).or_insert((0, 1));
                 }
             }
         }
@@ -265,6 +342,7 @@ impl SaleStore for MemorySaleStore {
     }
 
     async fn put_product(&self, product: Product) -> Result<(), StoreError> {
+        self.check()?;
         let rx = {
             let mut st = self.state.lock();
             let rx = self.queue(&Entry::Product {
@@ -285,6 +363,7 @@ impl SaleStore for MemorySaleStore {
     }
 
     async fn create_sale(&self, sale: SaleRecord) -> Result<(), StoreError> {
+        self.check()?;
         let rx = {
             let mut st = self.state.lock();
             if st.books.contains_key(&sale.id) {
@@ -307,6 +386,7 @@ impl SaleStore for MemorySaleStore {
     }
 
     async fn end_sale(&self, id: &SaleId, now: u64) -> Result<SaleSnapshot, StoreError> {
+        self.check()?;
         let (rx, snap) = {
             let mut st = self.state.lock();
             let book = st.books.get_mut(id).ok_or(StoreError::SaleNotFound)?;
@@ -324,6 +404,7 @@ impl SaleStore for MemorySaleStore {
         id: &SaleId,
         markets: BTreeSet<String>,
     ) -> Result<(), StoreError> {
+        self.check()?;
         let rx = {
             let mut st = self.state.lock();
             let book = st.books.get_mut(id).ok_or(StoreError::SaleNotFound)?;
@@ -339,6 +420,7 @@ impl SaleStore for MemorySaleStore {
         sale: &SaleId,
         req: BuyRequest,
     ) -> Result<Result<Bought, BuyRefusal>, StoreError> {
+        self.check()?;
         let (rx, outcome) = {
             let mut st = self.state.lock();
             let book = st.books.get_mut(sale).ok_or(StoreError::SaleNotFound)?;
@@ -359,7 +441,12 @@ impl SaleStore for MemorySaleStore {
             };
             (rx, outcome)
         };
-        Self::durable(rx).await?;
+        match rx {
+            Some(rx) => Self::durable(Some(rx)).await?,
+            // A replayed reservation may have been created a moment ago, its fsync still
+            // pending: wait for it before showing it.
+            None => self.barrier().await?,
+        }
         Ok(outcome)
     }
 
@@ -390,6 +477,8 @@ impl SaleStore for MemorySaleStore {
         sale: &SaleId,
         id: &ReservationId,
     ) -> Result<Option<Reservation>, StoreError> {
+        self.check()?;
+        self.barrier().await?;
         Ok(self
             .state
             .lock()
@@ -404,6 +493,7 @@ impl SaleStore for MemorySaleStore {
         now: u64,
         max: usize,
     ) -> Result<Vec<Reservation>, StoreError> {
+        self.check()?;
         let (rx, released) = {
             let mut st = self.state.lock();
             let Some(book) = st.books.get_mut(sale) else {
@@ -439,6 +529,9 @@ impl SaleStore for MemorySaleStore {
         redeliver_after_ms: u64,
         now: u64,
     ) -> Result<Vec<DeliveredOrderEvent>, StoreError> {
+        self.check()?;
+        // An order system must never see an event the disk does not have yet.
+        self.barrier().await?;
         let mut st = self.state.lock();
         if !st.books.contains_key(sale) {
             return Err(StoreError::SaleNotFound);
@@ -454,7 +547,8 @@ impl SaleStore for MemorySaleStore {
                 if picked.len() >= count {
                     break;
                 }
-                if now.saturating_sub(*last) >= redeliver_after_ms {
+                // `last == 0`: restored from the journal, never delivered by this process.
+                if *last == 0 || now.saturating_sub(*last) >= redeliver_after_ms {
                     *last = now;
                     *n += 1;
                     picked.push((*i, *n));
@@ -485,6 +579,7 @@ impl SaleStore for MemorySaleStore {
         group: &str,
         ids: &[String],
     ) -> Result<u64, StoreError> {
+        self.check()?;
         let (rx, acked) = {
             let mut st = self.state.lock();
             if !st.books.contains_key(sale) {
@@ -516,6 +611,8 @@ impl SaleStore for MemorySaleStore {
     }
 
     async fn all_orders(&self, sale: &SaleId) -> Result<Vec<OrderEvent>, StoreError> {
+        self.check()?;
+        self.barrier().await?;
         Ok(self
             .state
             .lock()
@@ -526,22 +623,33 @@ impl SaleStore for MemorySaleStore {
     }
 
     async fn claim(&self, what: &str, ttl_ms: u64, now: u64) -> Result<bool, StoreError> {
-        let mut st = self.state.lock();
-        if st.claims.len() > 10_000 {
-            st.claims.retain(|_, until| *until > now);
-        }
-        match st.claims.get(what) {
-            Some(until) if *until > now => Ok(false),
-            _ => {
-                st.claims
-                    .insert(what.to_owned(), now.saturating_add(ttl_ms));
-                Ok(true)
+        self.check()?;
+        let until = now.saturating_add(ttl_ms);
+        let rx = {
+            let mut st = self.state.lock();
+            if st.claims.len() > 10_000 {
+                st.claims.retain(|_, held| *held > now);
             }
-        }
+            if st.claims.get(what).is_some_and(|held| *held > now) {
+                return Ok(false);
+            }
+            st.claims.insert(what.to_owned(), until);
+            // Announcements must not repeat after a restart; throttles may.
+            if ttl_ms >= 60_000 {
+                self.queue(&Entry::Claim {
+                    what: what.to_owned(),
+                    until,
+                })
+            } else {
+                None
+            }
+        };
+        Self::durable(rx).await?;
+        Ok(true)
     }
 
     async fn ready(&self) -> bool {
-        true
+        !self.poisoned.load(Relaxed)
     }
 }
 
@@ -551,6 +659,7 @@ impl MemorySaleStore {
         sale: &SaleId,
         step: impl FnOnce(&mut SaleBook) -> Option<Settled>,
     ) -> Result<Option<Settled>, StoreError> {
+        self.check()?;
         let (rx, outcome) = {
             let mut st = self.state.lock();
             let book = st.books.get_mut(sale).ok_or(StoreError::SaleNotFound)?;
@@ -571,7 +680,84 @@ impl MemorySaleStore {
             };
             (rx, outcome)
         };
-        Self::durable(rx).await?;
+        match rx {
+            Some(rx) => Self::durable(Some(rx)).await?,
+            // Already settled, perhaps a moment ago by a call still waiting for its fsync.
+            None => self.barrier().await?,
+        }
         Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_client::protocol::commerce::Money;
+    use ferry_client::protocol::{RoomId, UserId};
+
+    #[tokio::test]
+    async fn unacknowledged_events_below_the_highest_ack_survive_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j");
+        let sale = SaleRecord {
+            id: SaleId("s".into()),
+            room: RoomId("r".into()),
+            product: ProductId("p".into()),
+            quantity: 10,
+            price_cny: 100,
+            per_buyer_limit: 10,
+            starts_at: 0,
+            ends_at: 1_000_000,
+            hold_ms: 60_000,
+            markets: ["us".to_owned()].into(),
+            ended_at: None,
+            created_at: 0,
+        };
+        {
+            let store = MemorySaleStore::open(&path).expect("open");
+            store.create_sale(sale.clone()).await.expect("sale");
+            for i in 0..3 {
+                let req = BuyRequest {
+                    buyer: UserId(format!("b{i}")),
+                    market: "us".into(),
+                    quantity: 1,
+                    key: "k".into(),
+                    now: 10,
+                    new_id: ReservationId(format!("s.{i}")),
+                    amount_display: Money {
+                        currency: "USD".into(),
+                        minor: 14,
+                    },
+                };
+                store
+                    .buy(&sale.id, req)
+                    .await
+                    .expect("buy")
+                    .expect("reserved");
+            }
+            let read = store
+                .read_orders(&sale.id, "erp", 10, 30_000, 100)
+                .await
+                .expect("read");
+            assert_eq!(read.len(), 3);
+            // Only the last one is acknowledged.
+            let acked = store
+                .ack_orders(&sale.id, "erp", &[read[2].id.clone()])
+                .await
+                .expect("ack");
+            assert_eq!(acked, 1);
+        }
+        let store = MemorySaleStore::open(&path).expect("reopen");
+        let again = store
+            .read_orders(&sale.id, "erp", 10, 30_000, 200)
+            .await
+            .expect("read");
+        let ids: Vec<&str> = again.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, vec!["0-1", "0-2"]);
+        // Announcement claims survive too; short throttles need not.
+        assert!(store.claim("ended:s", 600_000, 300).await.expect("claim"));
+        drop(store);
+        let store = MemorySaleStore::open(&path).expect("reopen");
+        assert!(!store.claim("ended:s", 600_000, 400).await.expect("claim"));
     }
 }

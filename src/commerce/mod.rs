@@ -53,6 +53,10 @@ pub struct Product {
     /// Market code → whether the merchant sells there.
     #[serde(default)]
     pub markets: BTreeMap<String, bool>,
+    /// The user who created the product (set by the server): only they, or an admin, may
+    /// change it.
+    #[serde(default)]
+    pub merchant: String,
 }
 
 fn default_lang() -> String {

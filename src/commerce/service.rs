@@ -462,10 +462,13 @@ impl Commerce {
         let Some(market) = self.cfg.markets.get(&buyer.market) else {
             return Err(CommerceError::Refused(BuyRefusal::NotInMarket));
         };
-        let amount_display = money(
-            snap.sale.price_cny.saturating_mul(i64::from(quantity)),
-            market,
-        );
+        // The unit price the viewer saw, times the quantity (converting the total instead
+        // could differ by a rounding step from what was displayed).
+        let unit = money(snap.sale.price_cny, market);
+        let amount_display = ferry_client::protocol::commerce::Money {
+            currency: unit.currency,
+            minor: unit.minor.saturating_mul(i64::from(quantity)),
+        };
         let req = BuyRequest {
             buyer: buyer.user.clone(),
             market: buyer.market.clone(),
@@ -495,14 +498,21 @@ impl Commerce {
         }
     }
 
-    /// The buyer gives a reservation back.
+    /// The buyer gives a reservation back (`room`, when given, must be the sale's).
     pub async fn cancel(
         &self,
+        room: Option<&RoomId>,
         reservation: &ReservationId,
         buyer: &UserId,
         now: u64,
     ) -> Result<ReservationView, CommerceError> {
         let sale = sale_of(reservation).ok_or(CommerceError::NotFound("reservation"))?;
+        if let Some(room) = room {
+            let snap = self.store.sale(&sale).await?;
+            if snap.is_none_or(|s| s.sale.room != *room) {
+                return Err(CommerceError::NotFound("reservation"));
+            }
+        }
         let r = self
             .store
             .reservation(&sale, reservation)
@@ -579,18 +589,11 @@ impl Commerce {
         if force_sold_out && !sold_out {
             return;
         }
-        let what = if sold_out {
-            // One sold-out notice per sell-out (units can come back and sell out again).
-            format!("soldout:{sale}:{}", view.quantity - view.remaining)
-        } else {
-            format!("stock:{sale}")
-        };
-        let ttl = if sold_out {
-            self.cfg.max_hold.as_millis() as u64 + 60_000
-        } else {
-            self.cfg.stock_update_interval.as_millis() as u64
-        };
-        match self.store.claim(&what, ttl, now).await {
+        // Sold-out notices share the stock throttle: a sale that sells out, gets units back
+        // and sells out again announces each change (the dirty flag keeps a throttled change
+        // for the next sweep).
+        let ttl = self.cfg.stock_update_interval.as_millis() as u64;
+        match self.store.claim(&format!("stock:{sale}"), ttl, now).await {
             Ok(true) => {}
             _ => return,
         }
