@@ -19,6 +19,7 @@ pub mod book;
 pub mod conformance;
 pub mod memory;
 pub mod pricing;
+pub mod redis;
 pub mod service;
 
 use async_trait::async_trait;
