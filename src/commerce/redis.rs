@@ -798,7 +798,7 @@ impl SaleStore for RedisSaleStore {
         // The listing is outside the sale's slot: added after the sale exists, and again
         // on a duplicate create, so a crash between the two steps heals on retry.
         let index = [i.global("sales")];
-        i.eval(&i.scripts.index, &index, &[sale.id.0.clone()])
+        i.eval(&i.scripts.index, &index, std::slice::from_ref(&sale.id.0))
             .await?;
         match int(&created) {
             Some(1) => {
