@@ -264,8 +264,8 @@ impl Rng {
         self.next() % n
     }
 
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
+    fn pick<T: Clone>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize].clone()
     }
 }
 
@@ -310,19 +310,15 @@ async fn redis_store_answers_exactly_like_the_embedded_store() {
         let sale_id = if rng.below(50) == 0 {
             missing.clone()
         } else {
-            rng.pick(&sales).clone()
+            rng.pick(&sales)
         };
         let what = rng.below(100);
         let ctx = format!("step {step} (now {now}, sale {sale_id}, op {what})");
         if what < 45 {
-            let mut req = buy_req(
-                *rng.pick(&buyers),
-                *rng.pick(&keys),
-                &format!("r{step}"),
-                now,
-            );
+            let (buyer, key) = (rng.pick(&buyers), rng.pick(&keys));
+            let mut req = buy_req(buyer, key, &format!("r{step}"), now);
             req.quantity = rng.below(4) as u32;
-            req.market = (*rng.pick(&markets)).to_owned();
+            req.market = rng.pick(&markets).to_owned();
             let m = mem.buy(&sale_id, req.clone()).await;
             let r = red.buy(&sale_id, req.clone()).await;
             assert_eq!(m, r, "{ctx}");
@@ -343,7 +339,7 @@ async fn redis_store_answers_exactly_like_the_embedded_store() {
                 ids.push((sale_id.clone(), req.new_id.clone()));
             }
         } else if what < 70 && !ids.is_empty() {
-            let (s, id) = rng.pick(&ids).clone();
+            let (s, id) = rng.pick(&ids);
             let id = if rng.below(10) == 0 {
                 ReservationId("unknown".into())
             } else {
@@ -363,7 +359,7 @@ async fn redis_store_answers_exactly_like_the_embedded_store() {
                     Err(_) => "confirm: error",
                 });
             } else {
-                let reason = *rng.pick(&[
+                let reason = rng.pick(&[
                     ReleaseReason::Cancelled,
                     ReleaseReason::PaymentFailed,
                     ReleaseReason::Expired,
@@ -387,7 +383,7 @@ async fn redis_store_answers_exactly_like_the_embedded_store() {
                 seen.insert("expired");
             }
         } else if what < 92 {
-            let group = (*rng.pick(&groups)).to_owned();
+            let group = rng.pick(&groups).to_owned();
             let count = rng.below(5) as usize;
             let m = mem.read_orders(&sale_id, &group, count, 1_000, now).await;
             let r = red.read_orders(&sale_id, &group, count, 1_000, now).await;
