@@ -15,13 +15,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Options for tests. The command timeout is generous: the conformance suite fires 10,000
+/// buys from 2,000 tasks at once through a debug build on a small shared machine, where a
+/// reply can sit behind thousands of others in the client for seconds. The restart and
+/// pause tests set short timeouts of their own.
 fn options(urls: Vec<String>, cluster: bool) -> RedisSaleStoreOptions {
     RedisSaleStoreOptions {
         urls,
         cluster,
         prefix: "sales-test".into(),
         connect_timeout: Duration::from_secs(2),
-        command_timeout: Duration::from_secs(2),
+        command_timeout: Duration::from_secs(10),
     }
 }
 

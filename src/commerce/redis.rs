@@ -427,11 +427,11 @@ fn int(v: &Value) -> Option<i64> {
     }
 }
 
-fn array(v: Value) -> Option<Vec<Value>> {
+fn array(v: Value, what: &str) -> Result<Vec<Value>, StoreError> {
     match v {
-        Value::Array(a) => Some(a),
-        Value::Nil => Some(Vec::new()),
-        _ => None,
+        Value::Array(a) => Ok(a),
+        Value::Nil => Ok(Vec::new()),
+        other => Err(bad_reply(what, &other)),
     }
 }
 
@@ -492,11 +492,11 @@ fn parse_snapshot(v: Value) -> Result<Option<SaleSnapshot>, StoreError> {
     if matches!(v, Value::Nil) {
         return Ok(None);
     }
-    let parts = array(v.clone()).ok_or_else(|| bad_reply("a sale snapshot", &v))?;
-    let (Some(def), Some(stock)) = (parts.first(), parts.get(1)) else {
-        return Err(bad_reply("a sale snapshot", &v));
+    let mut parts = array(v, "a sale snapshot")?.into_iter();
+    let (Some(def), Some(stock)) = (parts.next(), parts.next()) else {
+        return Err(bad_reply("a sale snapshot", &"too short"));
     };
-    let def = array(def.clone()).ok_or_else(|| bad_reply("a sale snapshot", &v))?;
+    let def = array(def, "a sale snapshot")?;
     let mut json = None;
     let mut ended_at = None;
     let mut markets = BTreeSet::new();
@@ -512,11 +512,11 @@ fn parse_snapshot(v: Value) -> Result<Option<SaleSnapshot>, StoreError> {
             markets.insert(m.to_owned());
         }
     }
-    let json = json.ok_or_else(|| bad_reply("a sale snapshot (no json)", &v))?;
+    let json = json.ok_or_else(|| bad_reply("a sale snapshot (no json)", &def))?;
     let mut sale: SaleRecord = parse_json("sale", json)?;
     sale.ended_at = ended_at;
     sale.markets = markets;
-    let stock = array(stock.clone()).ok_or_else(|| bad_reply("a sale snapshot", &v))?;
+    let stock = array(stock, "a sale snapshot")?;
     let counter = |i: usize| {
         stock
             .get(i)
@@ -680,19 +680,19 @@ impl Inner {
                     .arg("hold_ms"),
             )
             .await?;
-        let parts = array(v.clone()).ok_or_else(|| bad_reply("HMGET", &v))?;
+        let parts = array(v, "HMGET")?;
         let (Some(price), Some(hold)) = (parts.first(), parts.get(1)) else {
-            return Err(bad_reply("HMGET", &v));
+            return Err(bad_reply("HMGET", &parts));
         };
         if matches!(price, Value::Nil) {
             self.terms.remove(sale);
             return Err(StoreError::SaleNotFound);
         }
         let terms = Terms {
-            price_cny: int(price).ok_or_else(|| bad_reply("HMGET", &v))?,
+            price_cny: int(price).ok_or_else(|| bad_reply("HMGET", &parts))?,
             hold_ms: int(hold)
                 .and_then(|h| u64::try_from(h).ok())
-                .ok_or_else(|| bad_reply("HMGET", &v))?,
+                .ok_or_else(|| bad_reply("HMGET", &parts))?,
         };
         self.terms.insert(sale.clone(), terms);
         Ok(terms)
@@ -707,7 +707,7 @@ impl Inner {
         now: u64,
     ) -> Result<Option<Settled>, StoreError> {
         let v = self.eval(script, &self.settle_keys(sale), args).await?;
-        let parts = array(v.clone()).ok_or_else(|| bad_reply("a settle script", &v))?;
+        let parts = array(v, "a settle script")?;
         match parts.first().and_then(text) {
             Some("missing") => Err(StoreError::SaleNotFound),
             Some("none") => Ok(None),
@@ -715,7 +715,7 @@ impl Inner {
                 let json = parts
                     .get(1)
                     .and_then(bytes)
-                    .ok_or_else(|| bad_reply("a settle script", &v))?;
+                    .ok_or_else(|| bad_reply("a settle script", &parts))?;
                 let r: Reservation = parse_json("reservation", json)?;
                 if tag == "already" {
                     Ok(Some(Settled::Already(r)))
@@ -724,7 +724,7 @@ impl Inner {
                     Ok(Some(Settled::Now(r, Box::new(event))))
                 }
             }
-            _ => Err(bad_reply("a settle script", &v)),
+            _ => Err(bad_reply("a settle script", &parts)),
         }
     }
 }
@@ -769,10 +769,10 @@ impl SaleStore for RedisSaleStore {
     async fn products(&self) -> Result<Vec<Product>, StoreError> {
         let i = &self.inner;
         let v = i.cmd(redis::cmd("HVALS").arg(i.global("products"))).await?;
-        let items = array(v.clone()).ok_or_else(|| bad_reply("HVALS", &v))?;
+        let items = array(v, "HVALS")?;
         let mut out = Vec::with_capacity(items.len());
         for item in &items {
-            let b = bytes(item).ok_or_else(|| bad_reply("HVALS", &v))?;
+            let b = bytes(item).ok_or_else(|| bad_reply("HVALS", &items))?;
             out.push(parse_json::<Product>("product", b)?);
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -827,13 +827,13 @@ impl SaleStore for RedisSaleStore {
         let v = i
             .cmd(redis::cmd("ZRANGE").arg(i.global("sales")).arg(0).arg(-1))
             .await?;
-        let items = array(v.clone()).ok_or_else(|| bad_reply("ZRANGE", &v))?;
+        let items = array(v, "ZRANGE")?;
         items
             .iter()
             .map(|x| {
                 text(x)
                     .map(|s| SaleId(s.to_owned()))
-                    .ok_or_else(|| bad_reply("ZRANGE", &v))
+                    .ok_or_else(|| bad_reply("ZRANGE", &items))
             })
             .collect()
     }
@@ -904,12 +904,12 @@ impl SaleStore for RedisSaleStore {
                 r.deadline.to_string(),
             ];
             let v = i.eval(&i.scripts.buy, &keys, &args).await?;
-            let parts = array(v.clone()).ok_or_else(|| bad_reply("buy", &v))?;
+            let parts = array(v, "buy")?;
             let num = |n: usize| {
                 parts
                     .get(n)
                     .and_then(int)
-                    .ok_or_else(|| bad_reply("buy", &v))
+                    .ok_or_else(|| bad_reply("buy", &parts))
             };
             let refusal = match parts.first().and_then(text) {
                 Some("new") => {
@@ -920,7 +920,7 @@ impl SaleStore for RedisSaleStore {
                     let json = parts
                         .get(1)
                         .and_then(bytes)
-                        .ok_or_else(|| bad_reply("buy", &v))?;
+                        .ok_or_else(|| bad_reply("buy", &parts))?;
                     return Ok(Ok(Bought::Replayed(parse_json("reservation", json)?)));
                 }
                 Some("stale") if !refresh => {
@@ -935,17 +935,17 @@ impl SaleStore for RedisSaleStore {
                 Some("bad_quantity") => BuyRefusal::BadQuantity,
                 Some("ended") => BuyRefusal::Ended,
                 Some("not_started") => BuyRefusal::NotStarted {
-                    starts_at: u64::try_from(num(1)?).map_err(|_| bad_reply("buy", &v))?,
+                    starts_at: u64::try_from(num(1)?).map_err(|_| bad_reply("buy", &parts))?,
                 },
                 Some("not_in_market") => BuyRefusal::NotInMarket,
                 Some("limit") => BuyRefusal::LimitReached {
-                    limit: u32::try_from(num(1)?).map_err(|_| bad_reply("buy", &v))?,
-                    held: u32::try_from(num(2)?).map_err(|_| bad_reply("buy", &v))?,
+                    limit: u32::try_from(num(1)?).map_err(|_| bad_reply("buy", &parts))?,
+                    held: u32::try_from(num(2)?).map_err(|_| bad_reply("buy", &parts))?,
                 },
                 Some("sold_out") => BuyRefusal::SoldOut {
-                    remaining: u64::try_from(num(1)?).map_err(|_| bad_reply("buy", &v))?,
+                    remaining: u64::try_from(num(1)?).map_err(|_| bad_reply("buy", &parts))?,
                 },
-                _ => return Err(bad_reply("buy", &v)),
+                _ => return Err(bad_reply("buy", &parts)),
             };
             return Ok(Err(refusal));
         }
@@ -1015,11 +1015,11 @@ impl SaleStore for RedisSaleStore {
         let v = i
             .eval(&i.scripts.expire, &i.settle_keys(sale), &args)
             .await?;
-        let items = array(v.clone()).ok_or_else(|| bad_reply("expire", &v))?;
+        let items = array(v, "expire")?;
         items
             .iter()
             .map(|x| {
-                let b = bytes(x).ok_or_else(|| bad_reply("expire", &v))?;
+                let b = bytes(x).ok_or_else(|| bad_reply("expire", &items))?;
                 parse_json("reservation", b)
             })
             .collect()
@@ -1047,30 +1047,30 @@ impl SaleStore for RedisSaleStore {
             now.to_string(),
         ];
         let v = i.eval(&i.scripts.read, &keys, &args).await?;
-        let parts = array(v.clone()).ok_or_else(|| bad_reply("read orders", &v))?;
+        let parts = array(v, "read orders")?;
         match parts.first().and_then(text) {
             Some("ok") => {}
             Some("missing") => return Err(StoreError::SaleNotFound),
-            _ => return Err(bad_reply("read orders", &v)),
+            _ => return Err(bad_reply("read orders", &parts)),
         }
         let entries = parts
             .get(1)
             .cloned()
-            .and_then(array)
-            .ok_or_else(|| bad_reply("read orders", &v))?;
+            .map(|e| array(e, "read orders"))
+            .ok_or_else(|| bad_reply("read orders", &parts))??;
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
-            let e = array(entry).ok_or_else(|| bad_reply("read orders", &v))?;
+            let e = array(entry, "read orders")?;
             let (Some(id), Some(n), Some(json)) = (
                 e.first().and_then(text),
                 e.get(1).and_then(int),
                 e.get(2).and_then(bytes),
             ) else {
-                return Err(bad_reply("read orders", &v));
+                return Err(bad_reply("read orders", &parts));
             };
             out.push(DeliveredOrderEvent {
                 id: id.to_owned(),
-                deliveries: u64::try_from(n).map_err(|_| bad_reply("read orders", &v))?,
+                deliveries: u64::try_from(n).map_err(|_| bad_reply("read orders", &parts))?,
                 event: parse_json("order event", json)?,
             });
         }
@@ -1124,28 +1124,26 @@ impl SaleStore for RedisSaleStore {
                         .arg(RANGE_PAGE),
                 )
                 .await?;
-            let entries = array(v.clone()).ok_or_else(|| bad_reply("XRANGE", &v))?;
+            let entries = array(v, "XRANGE")?;
             let page = entries.len();
             let mut last = None;
             for entry in entries {
-                let e = array(entry).ok_or_else(|| bad_reply("XRANGE", &v))?;
-                let id = e
-                    .first()
-                    .and_then(text)
-                    .ok_or_else(|| bad_reply("XRANGE", &v))?;
-                let fields = e
-                    .get(1)
-                    .cloned()
-                    .and_then(array)
-                    .ok_or_else(|| bad_reply("XRANGE", &v))?;
+                let mut e = array(entry, "XRANGE")?.into_iter();
+                let (Some(id), Some(fields)) = (e.next(), e.next()) else {
+                    return Err(bad_reply("XRANGE", &"an entry without fields"));
+                };
+                let id = text(&id)
+                    .ok_or_else(|| bad_reply("XRANGE", &id))?
+                    .to_owned();
+                let fields = array(fields, "XRANGE")?;
                 let json = fields
                     .chunks(2)
                     .find(|kv| kv.first().and_then(text) == Some("event"))
                     .and_then(|kv| kv.get(1))
                     .and_then(bytes)
-                    .ok_or_else(|| bad_reply("XRANGE", &v))?;
+                    .ok_or_else(|| bad_reply("XRANGE", &fields))?;
                 out.push(parse_json("order event", json)?);
-                last = Some(id.to_owned());
+                last = Some(id);
             }
             match last {
                 Some(id) if page == RANGE_PAGE => start = format!("({id}"),
