@@ -102,7 +102,8 @@ if (d[3] and tonumber(d[3]) <= now) or now >= tonumber(d[2]) then return {'ended
 if now < tonumber(d[1]) then return {'not_started', d[1]} end
 if redis.call('HEXISTS', KEYS[1], 'm:' .. ARGV[3]) ~= 1 then return {'not_in_market'} end
 local held = tonumber(redis.call('HGET', KEYS[5], ARGV[2]) or '0')
-if held + qty > tonumber(d[4]) then return {'limit', d[4], held} end
+-- the book adds held + quantity as u32, saturating
+if math.min(held + qty, 4294967295) > tonumber(d[4]) then return {'limit', d[4], held} end
 local remaining = tonumber(redis.call('HGET', KEYS[2], 'remaining'))
 if remaining < qty then return {'sold_out', remaining} end
 if d[5] ~= ARGV[8] or d[6] ~= ARGV[9] then return {'stale'} end
@@ -331,6 +332,13 @@ impl Conn {
         match self {
             Conn::Single(c) => inv.invoke_async(c).await,
             Conn::Cluster(c) => inv.invoke_async(c).await,
+        }
+    }
+
+    async fn load(&mut self, script: &redis::Script) -> redis::RedisResult<String> {
+        match self {
+            Conn::Single(c) => script.load_async(c).await,
+            Conn::Cluster(c) => script.load_async(c).await,
         }
     }
 
@@ -580,6 +588,7 @@ impl RedisSaleStore {
             scripts: Scripts::new(),
             terms: DashMap::new(),
         });
+        inner.preload().await;
         tokio::spawn(check_health(Arc::downgrade(&inner)));
         Ok(RedisSaleStore { inner })
     }
@@ -605,6 +614,32 @@ async fn check_health(inner: std::sync::Weak<Inner>) {
 }
 
 impl Inner {
+    /// Load every script (on every master of a cluster), so the first burst of calls does
+    /// not all meet `NOSCRIPT` at once. Best effort: a call that meets `NOSCRIPT` later
+    /// (Redis restarted) loads its script and retries by itself.
+    async fn preload(&self) {
+        let s = &self.scripts;
+        for script in [
+            &s.buy,
+            &s.confirm,
+            &s.release,
+            &s.expire,
+            &s.snapshot,
+            &s.end,
+            &s.markets,
+            &s.create,
+            &s.index,
+            &s.read,
+            &s.ack,
+        ] {
+            let mut conn = self.conn.clone();
+            let loaded = tokio::time::timeout(self.opts.command_timeout, conn.load(script)).await;
+            if !matches!(loaded, Ok(Ok(_))) {
+                tracing::debug!("sale store: could not preload a script");
+            }
+        }
+    }
+
     fn key(&self, sale: &SaleId, part: &str) -> String {
         format!("{}:{{sale:{}}}:{}", self.opts.prefix, sale, part)
     }
