@@ -154,6 +154,27 @@ async fn main() {
         }
     }
 
+    // 0. Reference points on this machine, same connections: PING, and a script that does
+    //    nothing with the same keys and arguments (the cost of EVALSHA itself).
+    let csv_rps = |out: std::io::Result<std::process::Output>, prefix: &str| {
+        out.ok()
+            .and_then(|o| {
+                let text = String::from_utf8_lossy(&o.stdout).into_owned();
+                let row = text.lines().find(|l| l.starts_with(prefix))?.to_owned();
+                // The test name may hold JSON (with commas): count fields from the right.
+                let cols: Vec<&str> = row.rsplitn(8, ',').collect();
+                cols.get(6)?.trim_matches('"').parse::<f64>().ok()
+            })
+            .unwrap_or(0.0)
+    };
+    let ping_rps = csv_rps(
+        Command::new("redis-benchmark")
+            .args(["-p", &port.to_string(), "-c", &concurrency.to_string()])
+            .args(["-n", "200000", "--csv", "-t", "ping_mbulk"])
+            .output(),
+        "\"PING_MBULK",
+    );
+
     // 1. Raw EVALSHA of the buy script, same keys and argument sizes, same connections.
     let sha = cli(port, &["script", "load", BUY_SCRIPT]);
     let sample = Reservation {
@@ -177,51 +198,46 @@ async fn main() {
     };
     let json = serde_json::to_string(&sample).unwrap_or_default();
     let raw_requests = 300_000u64;
-    let mut bench = Command::new("redis-benchmark");
-    bench
-        .args(["-p", &port.to_string(), "-c", &concurrency.to_string()])
-        .args([
-            "-n",
-            &raw_requests.to_string(),
-            "-r",
-            "100000000000",
-            "--csv",
-        ])
-        .args(["EVALSHA", &sha, "7"])
-        .args(keys("raw"))
-        .args([
-            "1799999700000",
-            "b:__rand_int__",
-            "us",
-            "1",
-            "i:__rand_int__",
-        ])
-        .args([
-            "r:__rand_int__",
-            &json,
-            &PRICE.to_string(),
-            &HOLD_MS.to_string(),
-        ])
-        .arg("1800000000000");
+    let evalsha = |sha: &str, n: u64, pipeline: u32| {
+        let mut bench = Command::new("redis-benchmark");
+        bench
+            .args(["-p", &port.to_string(), "-c", &concurrency.to_string()])
+            .args(["-P", &pipeline.to_string()])
+            .args(["-n", &n.to_string(), "-r", "100000000000", "--csv"])
+            .args(["EVALSHA", sha, "7"])
+            .args(keys("raw"))
+            .args([
+                "1799999700000",
+                "b:__rand_int__",
+                "us",
+                "1",
+                "i:__rand_int__",
+            ])
+            .args([
+                "r:__rand_int__",
+                &json,
+                &PRICE.to_string(),
+                &HOLD_MS.to_string(),
+            ])
+            .arg("1800000000000");
+        bench.output()
+    };
+    let noop = cli(port, &["script", "load", "return 1"]);
+    let noop_rps = csv_rps(evalsha(&noop, 200_000, 1), "\"EVALSHA");
     let cpu_before = proc_cpu_secs(redis.id());
     let t = Instant::now();
-    let out = bench.output();
+    let out = evalsha(&sha, raw_requests, 1);
     let raw_elapsed = t.elapsed().as_secs_f64();
     let raw_cpu = proc_cpu_secs(redis.id()) - cpu_before;
-    let raw_rps = out
-        .ok()
-        .and_then(|o| {
-            let text = String::from_utf8_lossy(&o.stdout).into_owned();
-            let row = text
-                .lines()
-                .find(|l| l.starts_with("\"EVALSHA"))?
-                .to_owned();
-            // The test name holds the JSON (with commas): count fields from the right.
-            let cols: Vec<&str> = row.rsplitn(8, ',').collect();
-            cols.get(6)?.trim_matches('"').parse::<f64>().ok()
-        })
-        .unwrap_or(0.0);
+    let raw_rps = csv_rps(out, "\"EVALSHA");
+    // Pipelined (16 per connection), as the store's multiplexed connection sends them:
+    // the script's own cost, with little per-request network overhead.
+    let cpu_before = proc_cpu_secs(redis.id());
+    let t = Instant::now();
+    let piped_rps = csv_rps(evalsha(&sha, raw_requests, 16), "\"EVALSHA");
+    let piped_cpu = 100.0 * (proc_cpu_secs(redis.id()) - cpu_before) / t.elapsed().as_secs_f64();
     let raw_reserved = QUANTITY - remaining(&store, "raw").await;
+    let raw_requests = 2 * raw_requests;
 
     // 2. The store: `concurrency` tasks buying back to back from one sale.
     let id = SaleId("store".into());
@@ -287,6 +303,8 @@ async fn main() {
     };
     println!("| measurement ({mode}, {concurrency} connections/tasks) | value |");
     println!("|---|---|");
+    println!("| raw `redis-benchmark` PING (reference) | {ping_rps:.0} requests/s |");
+    println!("| raw `redis-benchmark` EVALSHA of `return 1`, same keys and args (reference) | {noop_rps:.0} requests/s |");
     println!(
         "| raw `redis-benchmark` EVALSHA of the buy script (7 keys, 10 args, {}-byte JSON) | {raw_rps:.0} requests/s ({raw_reserved} of {raw_requests} reserved) |",
         json.len()
@@ -295,6 +313,7 @@ async fn main() {
         "| redis-server CPU during the raw run | {:.0} % of one core |",
         100.0 * raw_cpu / raw_elapsed
     );
+    println!("| raw EVALSHA of the buy script, pipelined `-P 16` | {piped_rps:.0} requests/s (redis-server CPU {piped_cpu:.0} % of one core) |");
     println!(
         "| store `buy` calls ({seconds} s) | {rate:.0} /s ({n} reserved, {} other; sale counters say {store_reserved}) |",
         other.load(Relaxed)
@@ -310,12 +329,9 @@ async fn main() {
         100.0 * store_cpu / elapsed
     );
     println!(
-        "| store rate / raw script rate | {:.2} |",
-        if raw_rps > 0.0 {
-            rate / raw_rps
-        } else {
-            f64::NAN
-        }
+        "| store rate / raw script rate (unpipelined; pipelined) | {:.2}; {:.2} |",
+        rate / raw_rps.max(1.0),
+        rate / piped_rps.max(1.0)
     );
     let _ = redis.kill();
     let _ = redis.wait();

@@ -86,7 +86,7 @@ impl From<&RedisEngineOptions> for RedisSaleStoreOptions {
 ///
 /// Public so benchmarks can run the exact script with `redis-benchmark` (`EVALSHA`).
 pub const BUY_SCRIPT: &str = r#"
-local d = redis.call('HMGET', KEYS[1], 'starts_at', 'ends_at', 'ended_at', 'limit', 'price_cny', 'hold_ms')
+local d = redis.call('HMGET', KEYS[1], 'starts_at', 'ends_at', 'ended_at', 'limit', 'price_cny', 'hold_ms', 'm:' .. ARGV[3])
 if not d[1] then return {'missing'} end
 local qty = tonumber(ARGV[4])
 local prior = redis.call('HGET', KEYS[4], ARGV[5])
@@ -100,7 +100,7 @@ if qty < 1 then return {'bad_quantity'} end
 local now = tonumber(ARGV[1])
 if (d[3] and tonumber(d[3]) <= now) or now >= tonumber(d[2]) then return {'ended'} end
 if now < tonumber(d[1]) then return {'not_started', d[1]} end
-if redis.call('HEXISTS', KEYS[1], 'm:' .. ARGV[3]) ~= 1 then return {'not_in_market'} end
+if not d[7] then return {'not_in_market'} end
 local held = tonumber(redis.call('HGET', KEYS[5], ARGV[2]) or '0')
 -- the book adds held + quantity as u32, saturating
 if math.min(held + qty, 4294967295) > tonumber(d[4]) then return {'limit', d[4], held} end
