@@ -37,6 +37,11 @@
 //! for a refresh if they differ. Integers compared inside Lua are doubles: exact below 2^53
 //! (Unix ms until the year 287,000; any real stock, limit or price).
 //!
+//! Durability is Redis's: with `appendonly yes` + `appendfsync always` an answered step is
+//! on disk before the answer (a test kills Redis mid-sale and checks nothing answered is
+//! lost). A sale's throughput is bounded by its one shard's core: `examples/sale_buy_bench.rs`
+//! measures it against `redis-benchmark` EVALSHA of [`BUY_SCRIPT`].
+//!
 //! Failures reaching Redis (connection, timeout, unexpected reply) are
 //! [`StoreError::Unavailable`]; every call is bounded by the command timeout, and while a
 //! background ping fails, calls fail fast instead of queueing on a dead connection.
