@@ -20,6 +20,7 @@ pub mod conformance;
 pub mod memory;
 pub mod metrics;
 pub mod pricing;
+pub mod redis;
 pub mod service;
 
 use async_trait::async_trait;
