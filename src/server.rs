@@ -4,6 +4,7 @@
 
 use crate::auth::{KeyError, Verifier};
 use crate::commerce::memory::MemorySaleStore;
+use crate::commerce::redis::{RedisSaleStore, RedisSaleStoreOptions};
 use crate::commerce::service::Commerce;
 use crate::commerce::SaleStore;
 use crate::config::{Config, EngineKind, DEV_SECRET};
@@ -122,8 +123,18 @@ async fn build_sale_store(cfg: &Config) -> Result<Arc<dyn SaleStore>, StartError
     match cfg.engine.kind {
         EngineKind::Memory => journaled(),
         EngineKind::Redis => {
-            tracing::warn!("flash sales use this node's journal: on the Redis engine they are not shared between nodes yet");
-            journaled()
+            // Sales, reservations and order events live in Redis, shared by every node.
+            let r = &cfg.redis;
+            Ok(Arc::new(
+                RedisSaleStore::connect(RedisSaleStoreOptions {
+                    urls: r.urls.clone(),
+                    cluster: r.cluster,
+                    prefix: r.prefix.clone(),
+                    connect_timeout: r.connect_timeout,
+                    command_timeout: r.command_timeout,
+                })
+                .await?,
+            ))
         }
     }
 }
