@@ -171,7 +171,9 @@ pub fn render(report: &Report) -> String {
         tool = escape(&report.tool),
     );
     if !report.thresholds.is_empty() {
-        html.push_str("<h2>Thresholds</h2><table><tr><th>threshold</th><th>measured</th><th>result</th></tr>");
+        html.push_str(
+            "<h2>Thresholds</h2><table><tr><th>threshold</th><th>measured</th><th>result</th></tr>",
+        );
         for th in &report.thresholds {
             let _ = write!(
                 html,
@@ -253,11 +255,7 @@ pub fn render(report: &Report) -> String {
     }
     html.push_str("<h2>All metrics</h2><table><tr><th>metric</th><th>value</th></tr>");
     for (k, v) in &report.metrics {
-        let _ = write!(
-            html,
-            "<tr><td>{}</td><td>{v:.3}</td></tr>",
-            escape(k)
-        );
+        let _ = write!(html, "<tr><td>{}</td><td>{v:.3}</td></tr>", escape(k));
     }
     html.push_str("</table>");
     if !report.errors.is_empty() {
@@ -293,7 +291,10 @@ mod tests {
             .collect();
         let html = render(&report);
         assert!(html.contains("<svg") && html.contains("<polyline"));
-        assert!(!html.contains("<script"), "no script, and names are escaped");
+        assert!(
+            !html.contains("<script"),
+            "no script, and names are escaped"
+        );
         assert!(!html.contains("src="), "no external resources");
         assert!(html.contains("&lt;script&gt;"));
     }

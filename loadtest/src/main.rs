@@ -24,7 +24,11 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_WATCHDOG: i32 = 3;
 
 #[derive(Parser, Debug)]
-#[command(name = "ferry-loadtest", version, about = "Load-test harness for Ferry")]
+#[command(
+    name = "ferry-loadtest",
+    version,
+    about = "Load-test harness for Ferry"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,9 +39,7 @@ enum Command {
     /// Run a scenario file.
     Run(RunArgs),
     /// Check a scenario file and print its arrival schedule summary.
-    Check {
-        scenario: PathBuf,
-    },
+    Check { scenario: PathBuf },
 }
 
 #[derive(clap::Args, Debug)]

@@ -207,10 +207,7 @@ impl Ctx {
         let urls: Vec<String> = (0..n).map(|k| self.urls[(index + k) % n].clone()).collect();
         let mut opts = ClientOptions::new(urls[0].clone(), token);
         opts.urls = urls;
-        opts.bind = Some(system::source_address(
-            index,
-            self.scenario.run.per_source,
-        ));
+        opts.bind = Some(system::source_address(index, self.scenario.run.per_source));
         opts.read_buffer_bytes = 4096;
         opts.event_buffer = 256;
         opts.request_timeout = self.scenario.run.join_timeout;
@@ -244,7 +241,13 @@ pub fn comment_text(intended_unix_us: u64, viewer: usize, seq: u64, bytes: usize
 }
 
 /// Read a session's events until the client stops; counts deliveries and latencies.
-async fn consume(ctx: Arc<Ctx>, room: usize, session: Arc<Session>, mut events: Events, intended: Instant) {
+async fn consume(
+    ctx: Arc<Ctx>,
+    room: usize,
+    session: Arc<Session>,
+    mut events: Events,
+    intended: Instant,
+) {
     let mut connected = false;
     let mut first_connect = true;
     while let Some(event) = events.recv().await {
@@ -305,7 +308,10 @@ async fn consume(ctx: Arc<Ctx>, room: usize, session: Arc<Session>, mut events: 
             Event::Removed { code, .. } => ctx.error(format!("removed from room: {code}")),
             Event::Closed { code, reason } => {
                 if !session.closing.load(Relaxed) {
-                    ctx.error(format!("client gave up: {code:?} {}", short_reason(&reason)));
+                    ctx.error(format!(
+                        "client gave up: {code:?} {}",
+                        short_reason(&reason)
+                    ));
                 }
                 break;
             }
@@ -396,13 +402,17 @@ async fn open_session(
     }
 }
 
-fn joined_now(ctx: &Ctx) {
+/// A viewer is in its room; `first` for its arrival (not a churn comeback), which is what
+/// the join rate is measured over.
+fn joined_now(ctx: &Ctx, first: bool) {
     let now = ctx.c.viewers_in_room.fetch_add(1, Relaxed) + 1;
     ctx.c.viewers_peak.fetch_max(now, Relaxed);
     ctx.c.joins.fetch_add(1, Relaxed);
-    let t = ctx.since_start_us();
-    fetch_min(&ctx.c.first_join_us, t);
-    fetch_max(&ctx.c.last_join_us, t);
+    if first {
+        let t = ctx.since_start_us();
+        fetch_min(&ctx.c.first_join_us, t);
+        fetch_max(&ctx.c.last_join_us, t);
+    }
 }
 
 /// Close a session on purpose, keeping its SDK counters.
@@ -480,7 +490,7 @@ async fn viewer(ctx: Arc<Ctx>, index: usize, intended: Instant) {
         }
     };
     ctx.join.record(intended.elapsed());
-    joined_now(&ctx);
+    joined_now(&ctx, true);
     *lock(&record.session) = Some(session.clone());
 
     let plan = plan_for(&ctx.scenario, index);
@@ -493,14 +503,11 @@ async fn viewer(ctx: Arc<Ctx>, index: usize, intended: Instant) {
     let mut seq = 0u64;
     let mut generation = 0u32;
     let mut stop_sending = ctx.stop_sending.clone();
-    loop {
-        let Some(next) = [next_comment, next_like, next_churn]
-            .into_iter()
-            .flatten()
-            .min()
-        else {
-            break;
-        };
+    while let Some(next) = [next_comment, next_like, next_churn]
+        .into_iter()
+        .flatten()
+        .min()
+    {
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
             _ = stop_sending.wait_for(|s| *s) => break,
@@ -531,7 +538,7 @@ async fn viewer(ctx: Arc<Ctx>, index: usize, intended: Instant) {
                 Ok(s) => {
                     ctx.rejoin.record(next.elapsed());
                     ctx.c.churn_reconnects.fetch_add(1, Relaxed);
-                    joined_now(&ctx);
+                    joined_now(&ctx, false);
                     session = s;
                     *lock(&record.session) = Some(session.clone());
                 }
@@ -656,7 +663,13 @@ struct ProgressState {
     server_rss_max: Option<f64>,
 }
 
-async fn progress(ctx: Arc<Ctx>, pid: Option<u32>, print: bool, state: Arc<Mutex<ProgressState>>, mut done: watch::Receiver<bool>) {
+async fn progress(
+    ctx: Arc<Ctx>,
+    pid: Option<u32>,
+    print: bool,
+    state: Arc<Mutex<ProgressState>>,
+    mut done: watch::Receiver<bool>,
+) {
     let mut last_t = ctx.start;
     let mut last = [0u64; 5];
     let (mut last_cpu, _) = sample_server(pid);
@@ -862,7 +875,8 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
     // Likes and joins are aggregated per interval (1 s by default): let the last ones land,
     // then read every room's final position and wait for every viewer to reach it.
     let drain_deadline = (sending_stopped + scenario.run.drain).min(deadline);
-    tokio::time::sleep_until((sending_stopped + Duration::from_millis(1500)).min(drain_deadline)).await;
+    tokio::time::sleep_until((sending_stopped + Duration::from_millis(1500)).min(drain_deadline))
+        .await;
     let positions = tokio::time::timeout_at(deadline, probe_positions(&ctx))
         .await
         .unwrap_or_default();
@@ -889,7 +903,8 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
     }
     // Sessions whose epoch differs from the final one were moved to a new epoch: told.
     for v in lock(&ctx.viewers).iter() {
-        if let (Some(s), Some(Some((epoch, _)))) = (lock(&v.session).clone(), positions.get(v.room)) {
+        if let (Some(s), Some(Some((epoch, _)))) = (lock(&v.session).clone(), positions.get(v.room))
+        {
             if s.joined.load(Relaxed) && *lock(&s.epoch) != *epoch {
                 s.told_unrecoverable.store(true, Relaxed);
             }
@@ -988,13 +1003,20 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
         );
     }
     put("join_retries", c.join_retries.load(Relaxed) as f64);
-    if let Some(v) = per_s(joins, &c.first_join_us, &c.last_join_us) {
+    // Arrivals only: the first join to the last first join (churn comebacks excluded).
+    if let Some(v) = per_s(first_joins, &c.first_join_us, &c.last_join_us) {
         put("joins_per_s", v);
     }
     let comments_sent = c.comments_sent.load(Relaxed);
     put("comments_sent", comments_sent as f64);
-    put("comments_accepted", c.comments_accepted.load(Relaxed) as f64);
-    put("comments_rejected", c.comments_rejected.load(Relaxed) as f64);
+    put(
+        "comments_accepted",
+        c.comments_accepted.load(Relaxed) as f64,
+    );
+    put(
+        "comments_rejected",
+        c.comments_rejected.load(Relaxed) as f64,
+    );
     put("likes_sent", c.likes_sent.load(Relaxed) as f64);
     put("likes_accepted", c.likes_accepted.load(Relaxed) as f64);
     put("churn_reconnects", c.churn_reconnects.load(Relaxed) as f64);
@@ -1006,7 +1028,10 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
     ) {
         put("deliveries_per_s", v);
     }
-    put("comment_deliveries", c.comment_deliveries.load(Relaxed) as f64);
+    put(
+        "comment_deliveries",
+        c.comment_deliveries.load(Relaxed) as f64,
+    );
     if let Some(v) = per_s(
         c.comment_deliveries.load(Relaxed),
         &c.first_comment_delivery_us,
@@ -1035,7 +1060,10 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
     put("silent_gaps", gaps as f64);
     put("duplicates", duplicates as f64);
     put("unrecovered", unrecovered as f64);
-    put("server_disconnects", c.server_disconnects.load(Relaxed) as f64);
+    put(
+        "server_disconnects",
+        c.server_disconnects.load(Relaxed) as f64,
+    );
     put("errors", c.errors.load(Relaxed) as f64);
     let st = lock(&progress_state);
     if let (Some(a), Some(b)) = (st.server_cpu_first, st.server_cpu_last) {

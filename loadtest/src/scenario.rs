@@ -463,10 +463,12 @@ duration = "2s"
             let err = Scenario::from_toml(&text).expect_err("unknown key");
             assert!(err.to_string().contains(name), "{err}");
         }
-        let bad_phase = "name = \"t\"\n[[phases]]\nkind = \"hold\"\nrate = 1\nduration = \"1s\"\nramp = 3\n";
+        let bad_phase =
+            "name = \"t\"\n[[phases]]\nkind = \"hold\"\nrate = 1\nduration = \"1s\"\nramp = 3\n";
         let err = Scenario::from_toml(bad_phase).expect_err("unknown phase key");
         assert!(err.to_string().contains("ramp"), "{err}");
-        let bad_behaviour = format!("{MINIMAL}[[behaviours]]\nkind = \"chat\"\nshare = 0.1\nrate = 1\nspeed = 2\n");
+        let bad_behaviour =
+            format!("{MINIMAL}[[behaviours]]\nkind = \"chat\"\nshare = 0.1\nrate = 1\nspeed = 2\n");
         let err = Scenario::from_toml(&bad_behaviour).expect_err("unknown behaviour key");
         assert!(err.to_string().contains("speed"), "{err}");
         let unknown_kind = format!("{MINIMAL}[[behaviours]]\nkind = \"buy\"\n");
@@ -475,7 +477,8 @@ duration = "2s"
 
     #[test]
     fn invalid_values_name_their_key() {
-        let text = format!("{MINIMAL}[[behaviours]]\nkind = \"likes\"\nshare = 2\nevery = \"1s\"\n");
+        let text =
+            format!("{MINIMAL}[[behaviours]]\nkind = \"likes\"\nshare = 2\nevery = \"1s\"\n");
         let err = Scenario::from_toml(&text).expect_err("share > 1");
         assert!(err.to_string().contains("behaviours[0].share"), "{err}");
         let text = format!("thresholds = [\"joins_p99 < 3\"]\n{MINIMAL}");
