@@ -149,6 +149,8 @@ impl Report {
             "server_cpu_pct",
             "server_rss_max_mib",
             "loadgen_cpu_s",
+            "machine_busy_pct",
+            "other_cpu_s",
         ];
         for name in counters {
             if let Some(v) = self.metrics.get(name) {

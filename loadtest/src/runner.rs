@@ -675,6 +675,8 @@ async fn progress(
     let (mut last_cpu, _) = sample_server(pid);
     lock(&state).server_cpu_first = last_cpu;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    // A late tick (busy machine) is taken late, not followed by a burst of catch-up ticks.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     loop {
         tokio::select! {
@@ -849,6 +851,7 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
         done,
     ));
     let loadgen_cpu_before = system::process_cpu_secs("self");
+    let machine_before = system::machine_cpu_secs();
     let mut notes = Vec::new();
 
     // Arrivals, then hold, bounded by the deadline.
@@ -921,6 +924,10 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
     let duration = ctx.start.elapsed();
     let loadgen_cpu = match (loadgen_cpu_before, system::process_cpu_secs("self")) {
         (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    let machine_used = match (machine_before, system::machine_cpu_secs()) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => Some((b1 - b0, t1 - t0)),
         _ => None,
     };
 
@@ -1079,6 +1086,19 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
     if let Some(l) = loadgen_cpu {
         put("loadgen_cpu_s", round3(l));
     }
+    let mut other_cpu = None;
+    if let Some((busy, total)) = machine_used {
+        put("machine_busy_pct", round3(100.0 * busy / total));
+        // Everything but the load generator and the local server: interference.
+        let ours = loadgen_cpu.unwrap_or(0.0)
+            + match (st.server_cpu_first, st.server_cpu_last) {
+                (Some(a), Some(b)) => b - a,
+                _ => 0.0,
+            };
+        let other = (busy - ours).max(0.0);
+        put("other_cpu_s", round3(other));
+        other_cpu = Some(other);
+    }
     let samples = st.samples.clone();
     drop(st);
 
@@ -1093,6 +1113,12 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
              saturated, latencies include its own queueing",
             loadgen_cpu.unwrap_or_default(),
             duration.as_secs_f64()
+        ));
+    }
+    if let Some(other) = other_cpu.filter(|o| *o > 1.0 + 0.05 * duration.as_secs_f64()) {
+        notes.push(format!(
+            "other processes used {other:.1} s of CPU during the run (interference: the \
+             figures understate what this machine can do)"
         ));
     }
     let errors = lock(&ctx.errors).clone();

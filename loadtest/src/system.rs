@@ -106,6 +106,24 @@ pub fn process_rss_mib(pid: &str) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// Machine-wide CPU time from `/proc/stat`, seconds: (busy, total) over all cores.
+pub fn machine_cpu_secs() -> Option<(f64, f64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = v.as_slice() else {
+        return None;
+    };
+    let busy = user + nice + system + irq + softirq + steal;
+    let total = busy + idle + iowait;
+    Some((busy as f64 / USER_HZ, total as f64 / USER_HZ))
+}
+
 /// Cores and memory of this machine (for the report).
 pub fn machine() -> (usize, f64) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -294,5 +312,7 @@ mod tests {
     fn proc_sampling_reads_this_process() {
         assert!(process_cpu_secs("self").is_some());
         assert!(process_rss_mib("self").is_some_and(|m| m > 0.0));
+        let (busy, total) = machine_cpu_secs().expect("/proc/stat");
+        assert!(busy <= total && total > 0.0);
     }
 }

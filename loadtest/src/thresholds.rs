@@ -70,7 +70,7 @@ pub const LATENCY_METRICS: [&str; 6] = [
 ];
 
 /// Every other metric of the report's `metrics` map (documented in `docs/loadtest.md`).
-pub const PLAIN_METRICS: [&str; 31] = [
+pub const PLAIN_METRICS: [&str; 33] = [
     "viewers_scheduled",
     "viewers_joined",
     "viewers_peak",
@@ -102,6 +102,8 @@ pub const PLAIN_METRICS: [&str; 31] = [
     "server_cpu_pct",
     "server_rss_max_mib",
     "loadgen_cpu_s",
+    "machine_busy_pct",
+    "other_cpu_s",
 ];
 
 /// Whether `name` is a metric a report can contain.
