@@ -121,7 +121,8 @@ pub fn line_chart(title: &str, unit: &str, series: &[Series<'_>]) -> String {
                 path.join(" ")
             );
         }
-        let lx = MARGIN_LEFT + 150.0 + 130.0 * i as f64;
+        // Legend on the right of the title line, one 130 px slot per series.
+        let lx = WIDTH - MARGIN_RIGHT - 130.0 * (series.len() - i) as f64;
         let _ = write!(
             svg,
             r#"<rect x="{lx:.1}" y="7" width="10" height="10" fill="{colour}"/><text x="{:.1}" y="16" font-size="11">{}</text>"#,

@@ -151,6 +151,7 @@ impl Report {
             "loadgen_cpu_s",
             "machine_busy_pct",
             "other_cpu_s",
+            "softirq_cpu_s",
         ];
         for name in counters {
             if let Some(v) = self.metrics.get(name) {

@@ -927,7 +927,7 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
         _ => None,
     };
     let machine_used = match (machine_before, system::machine_cpu_secs()) {
-        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => Some((b1 - b0, t1 - t0)),
+        (Some((b0, i0, t0)), Some((b1, i1, t1))) if t1 > t0 => Some((b1 - b0, i1 - i0, t1 - t0)),
         _ => None,
     };
 
@@ -1087,15 +1087,16 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
         put("loadgen_cpu_s", round3(l));
     }
     let mut other_cpu = None;
-    if let Some((busy, total)) = machine_used {
+    if let Some((busy, interrupts, total)) = machine_used {
         put("machine_busy_pct", round3(100.0 * busy / total));
+        put("softirq_cpu_s", round3(interrupts));
         // Everything but the load generator and the local server: interference.
         let ours = loadgen_cpu.unwrap_or(0.0)
             + match (st.server_cpu_first, st.server_cpu_last) {
                 (Some(a), Some(b)) => b - a,
                 _ => 0.0,
             };
-        let other = (busy - ours).max(0.0);
+        let other = (busy - interrupts - ours).max(0.0);
         put("other_cpu_s", round3(other));
         other_cpu = Some(other);
     }

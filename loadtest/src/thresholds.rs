@@ -70,7 +70,7 @@ pub const LATENCY_METRICS: [&str; 6] = [
 ];
 
 /// Every other metric of the report's `metrics` map (documented in `docs/loadtest.md`).
-pub const PLAIN_METRICS: [&str; 33] = [
+pub const PLAIN_METRICS: [&str; 34] = [
     "viewers_scheduled",
     "viewers_joined",
     "viewers_peak",
@@ -104,6 +104,7 @@ pub const PLAIN_METRICS: [&str; 33] = [
     "loadgen_cpu_s",
     "machine_busy_pct",
     "other_cpu_s",
+    "softirq_cpu_s",
 ];
 
 /// Whether `name` is a metric a report can contain.
