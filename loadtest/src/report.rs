@@ -149,6 +149,7 @@ impl Report {
             "server_cpu_pct",
             "server_rss_max_mib",
             "loadgen_cpu_s",
+            "loadgen_rss_mib",
             "machine_busy_pct",
             "other_cpu_s",
             "softirq_cpu_s",

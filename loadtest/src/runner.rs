@@ -922,6 +922,8 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
         aborted = true;
     }
     let duration = ctx.start.elapsed();
+    // Measured while every client is still open: what holding them costs the generator.
+    let loadgen_rss = system::process_rss_mib("self");
     let loadgen_cpu = match (loadgen_cpu_before, system::process_cpu_secs("self")) {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
@@ -1085,6 +1087,9 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
     }
     if let Some(l) = loadgen_cpu {
         put("loadgen_cpu_s", round3(l));
+    }
+    if let Some(r) = loadgen_rss {
+        put("loadgen_rss_mib", round3(r));
     }
     let mut other_cpu = None;
     if let Some((busy, interrupts, total)) = machine_used {

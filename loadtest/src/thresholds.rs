@@ -70,7 +70,7 @@ pub const LATENCY_METRICS: [&str; 6] = [
 ];
 
 /// Every other metric of the report's `metrics` map (documented in `docs/loadtest.md`).
-pub const PLAIN_METRICS: [&str; 34] = [
+pub const PLAIN_METRICS: [&str; 35] = [
     "viewers_scheduled",
     "viewers_joined",
     "viewers_peak",
@@ -105,6 +105,7 @@ pub const PLAIN_METRICS: [&str; 34] = [
     "machine_busy_pct",
     "other_cpu_s",
     "softirq_cpu_s",
+    "loadgen_rss_mib",
 ];
 
 /// Whether `name` is a metric a report can contain.
