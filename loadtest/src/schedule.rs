@@ -19,8 +19,9 @@ pub struct ArrivalSchedule {
 impl ArrivalSchedule {
     /// The schedule of `phases`, stopping at `cap` arrivals.
     pub fn new(phases: &[Phase], cap: usize) -> Self {
-        let mut offsets = Vec::new();
+        let mut offsets: Vec<Duration> = Vec::new();
         let mut phase_start = 0.0f64;
+        let mut capped = false;
         // Arrivals counted so far, as the real-valued integral of the rate.
         let mut before = 0.0f64;
         'phases: for phase in phases {
@@ -33,6 +34,7 @@ impl ArrivalSchedule {
             let mut k = offsets.len() as f64;
             while k < after - 1e-9 {
                 if offsets.len() >= cap {
+                    capped = true;
                     break 'phases;
                 }
                 let x = (k - before).max(0.0);
@@ -43,10 +45,12 @@ impl ArrivalSchedule {
             before = after;
             phase_start += length;
         }
-        Self {
-            offsets,
-            span: Duration::from_secs_f64(phase_start),
-        }
+        // Capped: arrivals end with the last one; otherwise with the phases.
+        let span = match offsets.last() {
+            Some(last) if capped => *last,
+            _ => Duration::from_secs_f64(phase_start),
+        };
+        Self { offsets, span }
     }
 
     /// Arrival offsets from the start of the run.
@@ -62,7 +66,7 @@ impl ArrivalSchedule {
         self.offsets.is_empty()
     }
 
-    /// Total length of the phases (arrivals may end earlier when capped).
+    /// When arrivals end: the phases' total length, or the last arrival when capped.
     pub fn span(&self) -> Duration {
         self.span
     }
@@ -168,5 +172,6 @@ mod tests {
             42,
         );
         assert_eq!(s.len(), 42);
+        assert_eq!(s.span(), s.offsets()[41]);
     }
 }
