@@ -1,0 +1,1210 @@
+//! Running a scenario: viewers arrive on the open-model schedule, each one a Rust SDK client
+//! (`ferry_client::Client`) bound to its own source address, joins its room and behaves; a
+//! progress task samples counters, latencies and the server process once a second; at the
+//! end a probe reads every room's final position and the run waits (bounded) until every
+//! viewer received every event up to it, then judges completeness and thresholds.
+//!
+//! Timing is honest: join and connect times run from the viewer's *scheduled* arrival, and
+//! comment latency from the comment's *scheduled* send time (carried in the comment text),
+//! so a load generator or server that falls behind shows up as latency.
+
+use crate::metrics::{lock, round3, LatencyRecorder, Percentiles};
+use crate::report::{MachineInfo, Report, Sample, ScenarioInfo, ServerInfo};
+use crate::scenario::{pick_weighted, spread, Behaviour, Scenario, ScenarioError};
+use crate::schedule::ArrivalSchedule;
+use crate::system::{self, SpawnConfig, SpawnedServer, TargetError};
+use crate::thresholds::evaluate;
+use ferry_client::protocol::RoomEvent;
+use ferry_client::{Client, ClientError, ClientOptions, Event, Events};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
+
+/// Ferry's development HS256 secret (`auth.hs256_secret` default).
+pub const DEV_SECRET: &str = "ferry-dev-secret-change-me";
+/// Prefix of the timing marker at the start of every comment the harness sends.
+const MARKER: &str = "lt|";
+/// Distinct error kinds kept; the rest are counted under "other".
+const MAX_ERROR_KINDS: usize = 64;
+
+/// How to run a scenario (the command line's choices).
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Nodes to load (round-robin). Empty: the scenario's `targets`, or the spawned server.
+    pub targets: Vec<String>,
+    /// Start a Ferry node for the run and stop it afterwards.
+    pub spawn: Option<SpawnConfig>,
+    /// Sample this local server process's CPU and RSS (implied with `spawn`).
+    pub server_pid: Option<u32>,
+    /// Print a progress line to stderr every second.
+    pub progress: bool,
+    /// The scenario file, for the report.
+    pub scenario_file: Option<String>,
+    /// HS256 secret the viewers' tokens are signed with.
+    pub secret: String,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            targets: Vec::new(),
+            spawn: None,
+            server_pid: None,
+            progress: false,
+            scenario_file: None,
+            secret: DEV_SECRET.to_owned(),
+        }
+    }
+}
+
+/// Why a run could not be carried out (as opposed to a run whose thresholds failed).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error("no target: pass --target ws://127.0.0.1:PORT/ws, --spawn PATH, or set `targets` in the scenario")]
+    NoTargets,
+    #[error("cannot start the server: {0}")]
+    Spawn(String),
+    #[error("{0}")]
+    Resources(String),
+    #[error("cannot mint tokens: {0}")]
+    Token(String),
+}
+
+#[derive(Default)]
+struct Counters {
+    connections_open: AtomicI64,
+    viewers_in_room: AtomicI64,
+    viewers_peak: AtomicI64,
+    joins: AtomicU64,
+    join_failures: AtomicU64,
+    join_retries: AtomicU64,
+    comments_sent: AtomicU64,
+    comments_accepted: AtomicU64,
+    comments_rejected: AtomicU64,
+    likes_sent: AtomicU64,
+    likes_accepted: AtomicU64,
+    churn_reconnects: AtomicU64,
+    deliveries: AtomicU64,
+    comment_deliveries: AtomicU64,
+    server_disconnects: AtomicU64,
+    errors: AtomicU64,
+    /// SDK counters of sessions already closed (churn).
+    closed_gaps: AtomicU64,
+    closed_duplicates: AtomicU64,
+    closed_unrecovered: AtomicU64,
+    /// µs since the start: first/last join, first/last delivery, first/last comment delivery.
+    first_join_us: AtomicU64,
+    last_join_us: AtomicU64,
+    first_delivery_us: AtomicU64,
+    last_delivery_us: AtomicU64,
+    first_comment_delivery_us: AtomicU64,
+    last_comment_delivery_us: AtomicU64,
+}
+
+/// One connection's life in its room, shared by its viewer task and its event consumer.
+struct Session {
+    client: Client,
+    joined: AtomicBool,
+    join_offset: AtomicU64,
+    last_offset: AtomicU64,
+    /// Room events with an offset up to the room's cutoff, received since the join.
+    received: AtomicU64,
+    epoch: Mutex<String>,
+    /// A resume was answered `recovered: false`: the viewer was told, not silently lost.
+    told_unrecoverable: AtomicBool,
+    /// We are closing it on purpose (churn or the end of the run).
+    closing: AtomicBool,
+}
+
+struct Viewer {
+    room: usize,
+    session: Mutex<Option<Arc<Session>>>,
+}
+
+struct Ctx {
+    scenario: Scenario,
+    urls: Vec<String>,
+    key: jsonwebtoken::EncodingKey,
+    start: Instant,
+    start_unix_us: u64,
+    rooms: Vec<String>,
+    /// Per room: the last offset that counts (u64::MAX until the final probe).
+    cutoffs: Vec<AtomicU64>,
+    stop_sending: watch::Receiver<bool>,
+    stop_all: watch::Receiver<bool>,
+    connecting: Semaphore,
+    c: Counters,
+    join: LatencyRecorder,
+    connect: LatencyRecorder,
+    comment_latency: LatencyRecorder,
+    comment_ack: LatencyRecorder,
+    like_ack: LatencyRecorder,
+    rejoin: LatencyRecorder,
+    errors: Mutex<BTreeMap<String, u64>>,
+    viewers: Mutex<Vec<Arc<Viewer>>>,
+}
+
+fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+impl Ctx {
+    fn since_start_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    fn error(&self, kind: impl Into<String>) {
+        self.c.errors.fetch_add(1, Relaxed);
+        let mut kind: String = kind.into();
+        kind.truncate(100);
+        let mut errors = lock(&self.errors);
+        if !errors.contains_key(&kind) && errors.len() >= MAX_ERROR_KINDS {
+            kind = "other".into();
+        }
+        *errors.entry(kind).or_insert(0) += 1;
+    }
+
+    fn mint(&self, index: usize, generation: u32) -> Result<String, String> {
+        #[derive(Serialize)]
+        struct Claims<'a> {
+            sub: String,
+            name: String,
+            role: &'a str,
+            room: String,
+            exp: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            lang: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            market: Option<&'a str>,
+        }
+        let mix = &self.scenario.mix;
+        let claims = Claims {
+            sub: format!("lt-{index}"),
+            name: format!("viewer {index}.{generation}"),
+            role: "viewer",
+            room: format!("{}-*", self.scenario.rooms.prefix),
+            exp: unix_us() / 1_000_000 + 6 * 3600,
+            lang: pick_weighted(&mix.languages, index, 0.11),
+            market: pick_weighted(&mix.markets, index, 0.37),
+        };
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &self.key)
+            .map_err(|e| e.to_string())
+    }
+
+    fn client_options(&self, index: usize, token: String) -> ClientOptions {
+        let n = self.urls.len().max(1);
+        // Start at this viewer's node; reconnects rotate through the others.
+        let urls: Vec<String> = (0..n).map(|k| self.urls[(index + k) % n].clone()).collect();
+        let mut opts = ClientOptions::new(urls[0].clone(), token);
+        opts.urls = urls;
+        opts.bind = Some(system::source_address(index, self.scenario.run.per_source));
+        opts.read_buffer_bytes = 4096;
+        opts.event_buffer = 256;
+        opts.request_timeout = self.scenario.run.join_timeout;
+        // One clock sample burst at connect is the SDK's behaviour; no periodic ones.
+        opts.ping_interval = Duration::from_secs(3600);
+        opts.max_reconnect_attempts = Some(30);
+        opts
+    }
+}
+
+fn fetch_max(a: &AtomicU64, v: u64) {
+    a.fetch_max(v, Relaxed);
+}
+
+fn fetch_min(a: &AtomicU64, v: u64) {
+    a.fetch_min(v, Relaxed);
+}
+
+/// The intended send time (Unix µs) in a harness comment.
+pub fn parse_marker(text: &str) -> Option<u64> {
+    text.strip_prefix(MARKER)?.split('|').next()?.parse().ok()
+}
+
+/// A harness comment: the marker with the intended send time, then padding to `bytes`.
+pub fn comment_text(intended_unix_us: u64, viewer: usize, seq: u64, bytes: usize) -> String {
+    let mut text = format!("{MARKER}{intended_unix_us}|{viewer}|{seq}|");
+    while text.len() < bytes {
+        text.push('x');
+    }
+    text
+}
+
+/// Read a session's events until the client stops; counts deliveries and latencies.
+async fn consume(
+    ctx: Arc<Ctx>,
+    room: usize,
+    session: Arc<Session>,
+    mut events: Events,
+    intended: Instant,
+) {
+    let mut connected = false;
+    let mut first_connect = true;
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Connected { .. } => {
+                if first_connect {
+                    ctx.connect.record(intended.elapsed());
+                    first_connect = false;
+                }
+                connected = true;
+                ctx.c.connections_open.fetch_add(1, Relaxed);
+            }
+            Event::Joined { reply, .. } => match reply.recovered {
+                None => {
+                    session.join_offset.store(reply.position.offset.0, Relaxed);
+                    session.last_offset.store(reply.position.offset.0, Relaxed);
+                    *lock(&session.epoch) = reply.position.epoch.0.clone();
+                }
+                Some(false) => session.told_unrecoverable.store(true, Relaxed),
+                Some(true) => {}
+            },
+            Event::Room {
+                position, event, ..
+            } => {
+                let now_us = ctx.since_start_us();
+                ctx.c.deliveries.fetch_add(1, Relaxed);
+                fetch_min(&ctx.c.first_delivery_us, now_us);
+                fetch_max(&ctx.c.last_delivery_us, now_us);
+                if position.offset.0 <= ctx.cutoffs[room].load(Relaxed) {
+                    session.received.fetch_add(1, Relaxed);
+                }
+                session.last_offset.store(position.offset.0, Relaxed);
+                if let RoomEvent::Comment { text, .. } = &event {
+                    if let Some(intended_us) = parse_marker(text) {
+                        let latency = unix_us().saturating_sub(intended_us);
+                        ctx.comment_latency.record(Duration::from_micros(latency));
+                        ctx.c.comment_deliveries.fetch_add(1, Relaxed);
+                        fetch_min(&ctx.c.first_comment_delivery_us, now_us);
+                        fetch_max(&ctx.c.last_comment_delivery_us, now_us);
+                    }
+                }
+            }
+            Event::Disconnected { code, reason, .. } => {
+                if connected {
+                    connected = false;
+                    ctx.c.connections_open.fetch_sub(1, Relaxed);
+                }
+                if !session.closing.load(Relaxed) {
+                    match code {
+                        Some(code) => {
+                            ctx.c.server_disconnects.fetch_add(1, Relaxed);
+                            ctx.error(format!("disconnect: close {code}"));
+                        }
+                        None => ctx.error(format!("disconnect: {}", short_reason(&reason))),
+                    }
+                }
+            }
+            Event::Removed { code, .. } => ctx.error(format!("removed from room: {code}")),
+            Event::Closed { code, reason } => {
+                if !session.closing.load(Relaxed) {
+                    ctx.error(format!(
+                        "client gave up: {code:?} {}",
+                        short_reason(&reason)
+                    ));
+                }
+                break;
+            }
+            Event::Viewers { .. } => {}
+        }
+    }
+    if connected {
+        ctx.c.connections_open.fetch_sub(1, Relaxed);
+    }
+}
+
+/// An error reason without addresses and numbers that would make every error distinct.
+fn short_reason(reason: &str) -> String {
+    let cleaned: String = reason
+        .split_whitespace()
+        .filter(|w| !w.chars().any(|c| c.is_ascii_digit()) || w.starts_with('('))
+        .collect::<Vec<_>>()
+        .join(" ");
+    cleaned.chars().take(80).collect()
+}
+
+/// Connect a new SDK client for viewer `index` and join its room, retrying temporary
+/// refusals until the join timeout (counted from `intended`).
+async fn open_session(
+    ctx: &Arc<Ctx>,
+    index: usize,
+    room: usize,
+    generation: u32,
+    intended: Instant,
+) -> Result<Arc<Session>, String> {
+    let token = ctx.mint(index, generation)?;
+    let (client, events) = Client::connect(ctx.client_options(index, token));
+    let session = Arc::new(Session {
+        client: client.clone(),
+        joined: AtomicBool::new(false),
+        join_offset: AtomicU64::new(0),
+        last_offset: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+        epoch: Mutex::new(String::new()),
+        told_unrecoverable: AtomicBool::new(false),
+        closing: AtomicBool::new(false),
+    });
+    tokio::spawn(consume(
+        ctx.clone(),
+        room,
+        session.clone(),
+        events,
+        intended,
+    ));
+    let deadline = intended + ctx.scenario.run.join_timeout;
+    let mut stop = ctx.stop_all.clone();
+    let outcome = loop {
+        if Instant::now() >= deadline {
+            break Err("join timeout".to_owned());
+        }
+        let attempt = tokio::select! {
+            r = tokio::time::timeout_at(deadline, client.join(ctx.rooms[room].as_str())) => r,
+            _ = stop.wait_for(|s| *s) => break Err("run stopped".to_owned()),
+        };
+        match attempt {
+            Err(_) => break Err("join timeout".to_owned()),
+            Ok(Ok(_)) => break Ok(()),
+            Ok(Err(ClientError::Server(e))) if (1500..2000).contains(&e.code) => {
+                ctx.c.join_retries.fetch_add(1, Relaxed);
+                ctx.error(format!("join retried: {}", e.name));
+                let wait = Duration::from_millis(e.retry_after_ms.unwrap_or(100).max(10));
+                tokio::time::sleep(wait).await;
+            }
+            Ok(Err(ClientError::Server(e))) => break Err(format!("refused: {}", e.name)),
+            Ok(Err(ClientError::Disconnected)) => {
+                // Not connected (yet or any more): the SDK is reconnecting; ask again.
+                ctx.c.join_retries.fetch_add(1, Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(Err(e)) => break Err(short_reason(&e.to_string())),
+        }
+    };
+    match outcome {
+        Ok(()) => {
+            session.joined.store(true, Relaxed);
+            Ok(session)
+        }
+        Err(e) => {
+            session.closing.store(true, Relaxed);
+            client.close();
+            Err(e)
+        }
+    }
+}
+
+/// A viewer is in its room; `first` for its arrival (not a churn comeback), which is what
+/// the join rate is measured over.
+fn joined_now(ctx: &Ctx, first: bool) {
+    let now = ctx.c.viewers_in_room.fetch_add(1, Relaxed) + 1;
+    ctx.c.viewers_peak.fetch_max(now, Relaxed);
+    ctx.c.joins.fetch_add(1, Relaxed);
+    if first {
+        let t = ctx.since_start_us();
+        fetch_min(&ctx.c.first_join_us, t);
+        fetch_max(&ctx.c.last_join_us, t);
+    }
+}
+
+/// Close a session on purpose, keeping its SDK counters.
+fn retire(ctx: &Ctx, session: &Session) {
+    if session.closing.swap(true, Relaxed) {
+        return;
+    }
+    let stats = session.client.stats();
+    ctx.c
+        .closed_gaps
+        .fetch_add(stats.gaps.load(Relaxed), Relaxed);
+    ctx.c
+        .closed_duplicates
+        .fetch_add(stats.duplicates.load(Relaxed), Relaxed);
+    ctx.c
+        .closed_unrecovered
+        .fetch_add(stats.unrecovered.load(Relaxed), Relaxed);
+    if session.joined.load(Relaxed) {
+        ctx.c.viewers_in_room.fetch_sub(1, Relaxed);
+    }
+    session.client.close();
+}
+
+/// What one viewer does besides watching.
+#[derive(Default)]
+struct Plan {
+    chat: Option<(Duration, usize)>,
+    likes: Option<(Duration, u32)>,
+    churn: Option<Duration>,
+}
+
+fn plan_for(scenario: &Scenario, index: usize) -> Plan {
+    let mut plan = Plan::default();
+    for (k, behaviour) in scenario.behaviours.iter().enumerate() {
+        let in_share = |share: f64| spread(index, 0.173 * (k as f64 + 1.0)) < share;
+        match behaviour {
+            Behaviour::Watch {} => {}
+            Behaviour::Chat {
+                share,
+                rate,
+                text_bytes,
+            } if in_share(*share) => {
+                plan.chat = Some((Duration::from_secs_f64(1.0 / rate), *text_bytes));
+            }
+            Behaviour::Likes {
+                share,
+                every,
+                count,
+            } if in_share(*share) => plan.likes = Some((*every, *count)),
+            Behaviour::Churn { share, every } if in_share(*share) => plan.churn = Some(*every),
+            _ => {}
+        }
+    }
+    plan
+}
+
+/// One viewer from arrival to the end of the run.
+async fn viewer(ctx: Arc<Ctx>, index: usize, intended: Instant) {
+    let room = index % ctx.rooms.len();
+    let record = Arc::new(Viewer {
+        room,
+        session: Mutex::new(None),
+    });
+    lock(&ctx.viewers).push(record.clone());
+    let opened = {
+        let _permit = ctx.connecting.acquire().await;
+        open_session(&ctx, index, room, 0, intended).await
+    };
+    let mut session = match opened {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.c.join_failures.fetch_add(1, Relaxed);
+            ctx.error(format!("join failed: {e}"));
+            return;
+        }
+    };
+    ctx.join.record(intended.elapsed());
+    joined_now(&ctx, true);
+    *lock(&record.session) = Some(session.clone());
+
+    let plan = plan_for(&ctx.scenario, index);
+    let joined_at = Instant::now();
+    // Spread each viewer's first action over one period so viewers do not act in lockstep.
+    let first = |period: Duration, salt: f64| joined_at + period.mul_f64(spread(index, salt));
+    let mut next_comment = plan.chat.map(|(period, _)| first(period, 0.5));
+    let mut next_like = plan.likes.map(|(every, _)| first(every, 0.7));
+    let mut next_churn = plan.churn.map(|every| first(every, 0.9) + every / 2);
+    let mut seq = 0u64;
+    let mut generation = 0u32;
+    let mut stop_sending = ctx.stop_sending.clone();
+    while let Some(next) = [next_comment, next_like, next_churn]
+        .into_iter()
+        .flatten()
+        .min()
+    {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = stop_sending.wait_for(|s| *s) => break,
+        }
+        if *stop_sending.borrow() {
+            break;
+        }
+        if next_comment == Some(next) {
+            if let Some((period, bytes)) = plan.chat {
+                seq += 1;
+                send_comment(&ctx, &session, room, index, seq, next, bytes);
+                next_comment = Some(next + period);
+            }
+        } else if next_like == Some(next) {
+            if let Some((every, count)) = plan.likes {
+                send_likes(&ctx, &session, room, next, count);
+                next_like = Some(next + every);
+            }
+        } else if next_churn == Some(next) {
+            let Some(every) = plan.churn else { break };
+            retire(&ctx, &session);
+            generation += 1;
+            let reopened = {
+                let _permit = ctx.connecting.acquire().await;
+                open_session(&ctx, index, room, generation, next).await
+            };
+            match reopened {
+                Ok(s) => {
+                    ctx.rejoin.record(next.elapsed());
+                    ctx.c.churn_reconnects.fetch_add(1, Relaxed);
+                    joined_now(&ctx, false);
+                    session = s;
+                    *lock(&record.session) = Some(session.clone());
+                }
+                Err(e) => {
+                    ctx.error(format!("rejoin after churn failed: {e}"));
+                    *lock(&record.session) = None;
+                    return;
+                }
+            }
+            next_churn = Some(next + every);
+        }
+    }
+}
+
+fn send_comment(
+    ctx: &Arc<Ctx>,
+    session: &Arc<Session>,
+    room: usize,
+    index: usize,
+    seq: u64,
+    intended: Instant,
+    bytes: usize,
+) {
+    let intended_unix = ctx.start_unix_us + (intended - ctx.start).as_micros() as u64;
+    let text = comment_text(intended_unix, index, seq, bytes);
+    let ctx = ctx.clone();
+    let client = session.client.clone();
+    ctx.c.comments_sent.fetch_add(1, Relaxed);
+    tokio::spawn(async move {
+        match client.comment(ctx.rooms[room].as_str(), text).await {
+            Ok(_) => {
+                ctx.c.comments_accepted.fetch_add(1, Relaxed);
+                ctx.comment_ack.record(intended.elapsed());
+            }
+            Err(e) => {
+                ctx.c.comments_rejected.fetch_add(1, Relaxed);
+                ctx.error(format!("comment: {}", error_kind(&e)));
+            }
+        }
+    });
+}
+
+fn send_likes(ctx: &Arc<Ctx>, session: &Arc<Session>, room: usize, intended: Instant, count: u32) {
+    let ctx = ctx.clone();
+    let client = session.client.clone();
+    ctx.c.likes_sent.fetch_add(u64::from(count), Relaxed);
+    tokio::spawn(async move {
+        match client.like(ctx.rooms[room].as_str(), count).await {
+            Ok(()) => {
+                ctx.c.likes_accepted.fetch_add(u64::from(count), Relaxed);
+                ctx.like_ack.record(intended.elapsed());
+            }
+            Err(e) => ctx.error(format!("like: {}", error_kind(&e))),
+        }
+    });
+}
+
+fn error_kind(e: &ClientError) -> String {
+    match e {
+        ClientError::Server(body) => body.name.clone(),
+        other => short_reason(&other.to_string()),
+    }
+}
+
+/// Read the rooms' final positions with a fresh client per room.
+async fn probe_positions(ctx: &Arc<Ctx>) -> Vec<Option<(String, u64)>> {
+    let mut out = Vec::new();
+    for (i, room) in ctx.rooms.iter().enumerate() {
+        let result = async {
+            let token = ctx.mint(usize::MAX / 2 + i, 0).ok()?;
+            let mut opts = ctx.client_options(0, token);
+            opts.max_reconnect_attempts = Some(2);
+            opts.request_timeout = Duration::from_secs(10);
+            let (client, _events) = Client::connect(opts);
+            let reply = client.join(room.as_str()).await;
+            client.close();
+            let reply = reply.ok()?;
+            Some((reply.position.epoch.0, reply.position.offset.0))
+        }
+        .await;
+        out.push(result);
+    }
+    out
+}
+
+/// Events missing from live, judged sessions (0 means every viewer has everything).
+fn undelivered(ctx: &Ctx) -> u64 {
+    let viewers = lock(&ctx.viewers);
+    let mut missing = 0u64;
+    for v in viewers.iter() {
+        let Some(s) = lock(&v.session).clone() else {
+            continue;
+        };
+        if !s.joined.load(Relaxed) || s.told_unrecoverable.load(Relaxed) {
+            continue;
+        }
+        let cutoff = ctx.cutoffs[v.room].load(Relaxed);
+        let expected = cutoff.saturating_sub(s.join_offset.load(Relaxed));
+        missing += expected.saturating_sub(s.received.load(Relaxed));
+    }
+    missing
+}
+
+/// Sample the server process: (cpu seconds, rss MiB).
+fn sample_server(pid: Option<u32>) -> (Option<f64>, Option<f64>) {
+    match pid {
+        Some(pid) => {
+            let pid = pid.to_string();
+            (
+                system::process_cpu_secs(&pid),
+                system::process_rss_mib(&pid),
+            )
+        }
+        None => (None, None),
+    }
+}
+
+struct ProgressState {
+    samples: Vec<Sample>,
+    server_cpu_first: Option<f64>,
+    server_cpu_last: Option<f64>,
+    server_rss_max: Option<f64>,
+}
+
+async fn progress(
+    ctx: Arc<Ctx>,
+    pid: Option<u32>,
+    print: bool,
+    state: Arc<Mutex<ProgressState>>,
+    mut done: watch::Receiver<bool>,
+) {
+    let mut last_t = ctx.start;
+    let mut last = [0u64; 5];
+    let (mut last_cpu, _) = sample_server(pid);
+    lock(&state).server_cpu_first = last_cpu;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    // A late tick (busy machine) is taken late, not followed by a burst of catch-up ticks.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = done.wait_for(|d| *d) => break,
+        }
+        let now = Instant::now();
+        let dt = (now - last_t).as_secs_f64().max(1e-3);
+        last_t = now;
+        let c = &ctx.c;
+        let current = [
+            c.joins.load(Relaxed),
+            c.join_failures.load(Relaxed),
+            c.comments_sent.load(Relaxed),
+            c.deliveries.load(Relaxed),
+            c.errors.load(Relaxed),
+        ];
+        let previous = last;
+        let rate = |i: usize| round3((current[i] - previous[i]) as f64 / dt);
+        last = current;
+        let join = Percentiles::of(&ctx.join.take_interval());
+        let comment = Percentiles::of(&ctx.comment_latency.take_interval());
+        let (cpu, rss) = sample_server(pid);
+        let cpu_pct = match (cpu, last_cpu) {
+            (Some(a), Some(b)) => Some(round3(100.0 * (a - b) / dt)),
+            _ => None,
+        };
+        last_cpu = cpu.or(last_cpu);
+        let sample = Sample {
+            t_s: round3((now - ctx.start).as_secs_f64()),
+            connections: c.connections_open.load(Relaxed).max(0) as u64,
+            viewers_joined: c.viewers_in_room.load(Relaxed).max(0) as u64,
+            joins_per_s: rate(0),
+            join_failures_per_s: rate(1),
+            comments_per_s: rate(2),
+            deliveries_per_s: rate(3),
+            errors_per_s: rate(4),
+            join_p50_ms: join.as_ref().map(|p| p.p50_ms),
+            join_p99_ms: join.as_ref().map(|p| p.p99_ms),
+            comment_latency_p50_ms: comment.as_ref().map(|p| p.p50_ms),
+            comment_latency_p99_ms: comment.as_ref().map(|p| p.p99_ms),
+            comment_latency_p999_ms: comment.as_ref().map(|p| p.p999_ms),
+            server_cpu_pct: cpu_pct,
+            server_rss_mib: rss.map(round3),
+        };
+        if print {
+            eprintln!(
+                "[{:>6.1}s] conns {:>6} in-room {:>6} joins/s {:>7.0} join-fail/s {:>5.0} join p99 {:>8} | comments/s {:>6.0} deliveries/s {:>9.0} latency p99 {:>8} | errors/s {:>5.0}{}",
+                sample.t_s,
+                sample.connections,
+                sample.viewers_joined,
+                sample.joins_per_s,
+                sample.join_failures_per_s,
+                join.as_ref().map_or("-".to_owned(), |p| format!("{:.1}ms", p.p99_ms)),
+                sample.comments_per_s,
+                sample.deliveries_per_s,
+                comment.as_ref().map_or("-".to_owned(), |p| format!("{:.1}ms", p.p99_ms)),
+                sample.errors_per_s,
+                match (cpu_pct, rss) {
+                    (Some(c), Some(r)) => format!(" | server {c:.0}% {r:.0}MiB"),
+                    _ => String::new(),
+                }
+            );
+        }
+        let mut st = lock(&state);
+        st.server_cpu_last = cpu.or(st.server_cpu_last);
+        if let Some(r) = rss {
+            st.server_rss_max = Some(st.server_rss_max.map_or(r, |m: f64| m.max(r)));
+        }
+        st.samples.push(sample);
+    }
+}
+
+/// Run `scenario` and return its report. Thresholds are evaluated into `report.passed`; an
+/// `Err` means the run itself could not be carried out.
+pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, RunError> {
+    let thresholds = scenario.parsed_thresholds()?;
+    let schedule = ArrivalSchedule::new(&scenario.phases, scenario.run.max_viewers);
+    let churners = scenario
+        .behaviours
+        .iter()
+        .any(|b| matches!(b, Behaviour::Churn { .. }));
+    // Client sockets (churn briefly holds two per viewer), the probes, and slack.
+    let needed = (schedule.len() as u64) * if churners { 11 } else { 10 } / 10 + 256;
+    let fd_limit = system::raise_fd_limit(needed).map_err(RunError::Resources)?;
+    if fd_limit < needed {
+        return Err(RunError::Resources(format!(
+            "this scenario opens up to {} connections and needs about {needed} file descriptors, \
+             but RLIMIT_NOFILE is {fd_limit} and cannot be raised further here (raising the hard \
+             limit needs CAP_SYS_RESOURCE: `ulimit -Hn`); lower run.max_viewers",
+            schedule.len()
+        )));
+    }
+
+    let mut spawned = None;
+    let mut urls = if !options.targets.is_empty() {
+        options.targets.clone()
+    } else {
+        scenario.targets.clone()
+    };
+    if let Some(spawn) = &options.spawn {
+        let mut config = spawn.clone();
+        let mut sets = scenario.server.set.clone();
+        sets.extend(config.sets);
+        config.sets = sets;
+        let server = SpawnedServer::start(&config, schedule.len() + 1000)
+            .await
+            .map_err(RunError::Spawn)?;
+        if options.progress {
+            eprintln!(
+                "ferry-loadtest: started {} (pid {}) at {}, log {}",
+                config.bin.display(),
+                server.pid,
+                server.url,
+                server.log.display()
+            );
+        }
+        urls = vec![server.url.clone()];
+        spawned = Some(server);
+    }
+    if urls.is_empty() {
+        return Err(RunError::NoTargets);
+    }
+    for url in &urls {
+        system::loopback_target(url)?;
+    }
+    let server_pid = spawned.as_ref().map(|s| s.pid).or(options.server_pid);
+
+    let (stop_sending_tx, stop_sending) = watch::channel(false);
+    let (stop_all_tx, stop_all) = watch::channel(false);
+    let (done_tx, done) = watch::channel(false);
+    let rooms: Vec<String> = (0..scenario.rooms.count)
+        .map(|i| scenario.rooms.room_of(i))
+        .collect();
+    let ctx = Arc::new(Ctx {
+        scenario: scenario.clone(),
+        urls: urls.clone(),
+        key: jsonwebtoken::EncodingKey::from_secret(options.secret.as_bytes()),
+        start: Instant::now(),
+        start_unix_us: unix_us(),
+        cutoffs: rooms.iter().map(|_| AtomicU64::new(u64::MAX)).collect(),
+        rooms,
+        stop_sending,
+        stop_all,
+        connecting: Semaphore::new(scenario.run.max_connecting),
+        c: Counters {
+            first_join_us: AtomicU64::new(u64::MAX),
+            first_delivery_us: AtomicU64::new(u64::MAX),
+            first_comment_delivery_us: AtomicU64::new(u64::MAX),
+            ..Counters::default()
+        },
+        join: LatencyRecorder::default(),
+        connect: LatencyRecorder::default(),
+        comment_latency: LatencyRecorder::default(),
+        comment_ack: LatencyRecorder::default(),
+        like_ack: LatencyRecorder::default(),
+        rejoin: LatencyRecorder::default(),
+        errors: Mutex::new(BTreeMap::new()),
+        viewers: Mutex::new(Vec::new()),
+    });
+    let progress_state = Arc::new(Mutex::new(ProgressState {
+        samples: Vec::new(),
+        server_cpu_first: None,
+        server_cpu_last: None,
+        server_rss_max: None,
+    }));
+    let progress_task = tokio::spawn(progress(
+        ctx.clone(),
+        server_pid,
+        options.progress,
+        progress_state.clone(),
+        done,
+    ));
+    let loadgen_cpu_before = system::process_cpu_secs("self");
+    let machine_before = system::machine_cpu_secs();
+    let mut notes = Vec::new();
+
+    // Arrivals, then hold, bounded by the deadline.
+    let deadline = ctx.start + scenario.deadline();
+    let arrivals = async {
+        for (index, offset) in schedule.offsets().iter().enumerate() {
+            let due = ctx.start + *offset;
+            tokio::time::sleep_until(due).await;
+            tokio::spawn(viewer(ctx.clone(), index, due));
+        }
+        let hold_until = (ctx.start + schedule.span()).max(Instant::now()) + scenario.run.hold;
+        tokio::time::sleep_until(hold_until).await;
+    };
+    let mut aborted = tokio::time::timeout_at(deadline, arrivals).await.is_err();
+    if aborted {
+        notes.push(format!(
+            "the run hit its deadline ({:?}) before the arrivals and hold finished",
+            scenario.deadline()
+        ));
+    }
+    let _ = stop_sending_tx.send(true);
+    let sending_stopped = Instant::now();
+
+    // Likes and joins are aggregated per interval (1 s by default): let the last ones land,
+    // then read every room's final position and wait for every viewer to reach it.
+    let drain_deadline = (sending_stopped + scenario.run.drain).min(deadline);
+    tokio::time::sleep_until((sending_stopped + Duration::from_millis(1500)).min(drain_deadline))
+        .await;
+    let positions = tokio::time::timeout_at(deadline, probe_positions(&ctx))
+        .await
+        .unwrap_or_default();
+    for (i, cutoff) in ctx.cutoffs.iter().enumerate() {
+        match positions.get(i).cloned().flatten() {
+            Some((_, offset)) => cutoff.store(offset, Relaxed),
+            None => {
+                // The probe failed: judge against the furthest any viewer got.
+                let furthest = lock(&ctx.viewers)
+                    .iter()
+                    .filter(|v| v.room == i)
+                    .filter_map(|v| lock(&v.session).clone())
+                    .map(|s| s.last_offset.load(Relaxed))
+                    .max()
+                    .unwrap_or(0);
+                cutoff.store(furthest, Relaxed);
+                notes.push(format!(
+                    "could not read the final position of room {} (probe join failed); \
+                     completeness is judged against the furthest event any viewer received",
+                    ctx.rooms[i]
+                ));
+            }
+        }
+    }
+    // Sessions whose epoch differs from the final one were moved to a new epoch: told.
+    for v in lock(&ctx.viewers).iter() {
+        if let (Some(s), Some(Some((epoch, _)))) = (lock(&v.session).clone(), positions.get(v.room))
+        {
+            if s.joined.load(Relaxed) && *lock(&s.epoch) != *epoch {
+                s.told_unrecoverable.store(true, Relaxed);
+            }
+        }
+    }
+    let mut missing = undelivered(&ctx);
+    while missing > 0 && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        missing = undelivered(&ctx);
+    }
+    if Instant::now() >= deadline {
+        aborted = true;
+    }
+    let duration = ctx.start.elapsed();
+    // Measured while every client is still open: what holding them costs the generator.
+    let loadgen_rss = system::process_rss_mib("self");
+    let loadgen_cpu = match (loadgen_cpu_before, system::process_cpu_secs("self")) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    let machine_used = match (machine_before, system::machine_cpu_secs()) {
+        (Some((b0, i0, t0)), Some((b1, i1, t1))) if t1 > t0 => Some((b1 - b0, i1 - i0, t1 - t0)),
+        _ => None,
+    };
+
+    // Final accounting before anything closes.
+    let (mut gaps, mut duplicates, mut unrecovered) = (
+        ctx.c.closed_gaps.load(Relaxed),
+        ctx.c.closed_duplicates.load(Relaxed),
+        ctx.c.closed_unrecovered.load(Relaxed),
+    );
+    let (mut expected, mut received) = (0u64, 0u64);
+    let sessions: Vec<(usize, Arc<Session>)> = lock(&ctx.viewers)
+        .iter()
+        .filter_map(|v| lock(&v.session).clone().map(|s| (v.room, s)))
+        .collect();
+    for (room, s) in &sessions {
+        let stats = s.client.stats();
+        gaps += stats.gaps.load(Relaxed);
+        duplicates += stats.duplicates.load(Relaxed);
+        unrecovered += stats.unrecovered.load(Relaxed);
+        if s.joined.load(Relaxed) && !s.told_unrecoverable.load(Relaxed) {
+            let e = ctx.cutoffs[*room]
+                .load(Relaxed)
+                .saturating_sub(s.join_offset.load(Relaxed));
+            expected += e;
+            received += s.received.load(Relaxed).min(e);
+        }
+    }
+
+    // Stop everything.
+    let _ = stop_all_tx.send(true);
+    for (_, s) in &sessions {
+        s.closing.store(true, Relaxed);
+        s.client.close();
+    }
+    let _ = done_tx.send(true);
+    let _ = progress_task.await;
+    let server_exit = match spawned {
+        Some(server) => {
+            let log = server.log.display().to_string();
+            let exit = server.stop(Duration::from_secs(10)).await;
+            Some((log, exit))
+        }
+        None => None,
+    };
+
+    // Metrics.
+    let c = &ctx.c;
+    let mut metrics: BTreeMap<String, f64> = BTreeMap::new();
+    let mut latencies = BTreeMap::new();
+    for (name, recorder) in [
+        ("join", &ctx.join),
+        ("connect", &ctx.connect),
+        ("comment_latency", &ctx.comment_latency),
+        ("comment_ack", &ctx.comment_ack),
+        ("like_ack", &ctx.like_ack),
+        ("rejoin", &ctx.rejoin),
+    ] {
+        if let Some(p) = Percentiles::of(&recorder.total()) {
+            metrics.extend(p.metrics(name));
+            latencies.insert(name.to_owned(), p);
+        }
+    }
+    let per_s = |count: u64, first: &AtomicU64, last: &AtomicU64| {
+        let (a, b) = (first.load(Relaxed), last.load(Relaxed));
+        (b > a && a != u64::MAX).then(|| round3(count as f64 / ((b - a) as f64 / 1e6)))
+    };
+    let joins = c.joins.load(Relaxed);
+    let first_joins = joins - c.churn_reconnects.load(Relaxed);
+    let mut put = |k: &str, v: f64| {
+        metrics.insert(k.to_owned(), v);
+    };
+    put("viewers_scheduled", schedule.len() as f64);
+    put("viewers_joined", first_joins as f64);
+    put("viewers_peak", c.viewers_peak.load(Relaxed) as f64);
+    put("join_failures", c.join_failures.load(Relaxed) as f64);
+    if !schedule.is_empty() {
+        put(
+            "join_success_pct",
+            round3(100.0 * first_joins as f64 / schedule.len() as f64),
+        );
+    }
+    put("join_retries", c.join_retries.load(Relaxed) as f64);
+    // Arrivals only: the first join to the last first join (churn comebacks excluded).
+    if let Some(v) = per_s(first_joins, &c.first_join_us, &c.last_join_us) {
+        put("joins_per_s", v);
+    }
+    let comments_sent = c.comments_sent.load(Relaxed);
+    put("comments_sent", comments_sent as f64);
+    put(
+        "comments_accepted",
+        c.comments_accepted.load(Relaxed) as f64,
+    );
+    put(
+        "comments_rejected",
+        c.comments_rejected.load(Relaxed) as f64,
+    );
+    put("likes_sent", c.likes_sent.load(Relaxed) as f64);
+    put("likes_accepted", c.likes_accepted.load(Relaxed) as f64);
+    put("churn_reconnects", c.churn_reconnects.load(Relaxed) as f64);
+    put("deliveries", c.deliveries.load(Relaxed) as f64);
+    if let Some(v) = per_s(
+        c.deliveries.load(Relaxed),
+        &c.first_delivery_us,
+        &c.last_delivery_us,
+    ) {
+        put("deliveries_per_s", v);
+    }
+    put(
+        "comment_deliveries",
+        c.comment_deliveries.load(Relaxed) as f64,
+    );
+    if let Some(v) = per_s(
+        c.comment_deliveries.load(Relaxed),
+        &c.first_comment_delivery_us,
+        &c.last_comment_delivery_us,
+    ) {
+        put("comment_deliveries_per_s", v);
+    }
+    if comments_sent > 0 {
+        let span = schedule.span() + scenario.run.hold;
+        put(
+            "comments_per_s",
+            round3(comments_sent as f64 / span.as_secs_f64().max(1e-3)),
+        );
+    }
+    put("expected_events", expected as f64);
+    put("received_events", received as f64);
+    if expected > 0 {
+        put(
+            "completeness_pct",
+            round3(100.0 * received as f64 / expected as f64),
+        );
+    } else if first_joins > 0 {
+        put("completeness_pct", 100.0);
+    }
+    put("undelivered_events", (expected - received) as f64);
+    put("silent_gaps", gaps as f64);
+    put("duplicates", duplicates as f64);
+    put("unrecovered", unrecovered as f64);
+    put(
+        "server_disconnects",
+        c.server_disconnects.load(Relaxed) as f64,
+    );
+    put("errors", c.errors.load(Relaxed) as f64);
+    let st = lock(&progress_state);
+    if let (Some(a), Some(b)) = (st.server_cpu_first, st.server_cpu_last) {
+        put("server_cpu_s", round3(b - a));
+        put(
+            "server_cpu_pct",
+            round3(100.0 * (b - a) / duration.as_secs_f64().max(1e-3)),
+        );
+    }
+    if let Some(r) = st.server_rss_max {
+        put("server_rss_max_mib", round3(r));
+    }
+    if let Some(l) = loadgen_cpu {
+        put("loadgen_cpu_s", round3(l));
+    }
+    if let Some(r) = loadgen_rss {
+        put("loadgen_rss_mib", round3(r));
+    }
+    let mut other_cpu = None;
+    if let Some((busy, interrupts, total)) = machine_used {
+        put("machine_busy_pct", round3(100.0 * busy / total));
+        put("softirq_cpu_s", round3(interrupts));
+        // Everything but the load generator and the local server: interference.
+        let ours = loadgen_cpu.unwrap_or(0.0)
+            + match (st.server_cpu_first, st.server_cpu_last) {
+                (Some(a), Some(b)) => b - a,
+                _ => 0.0,
+            };
+        let other = (busy - interrupts - ours).max(0.0);
+        put("other_cpu_s", round3(other));
+        other_cpu = Some(other);
+    }
+    let samples = st.samples.clone();
+    drop(st);
+
+    let results = evaluate(&thresholds, &metrics);
+    if aborted {
+        notes.push("the run was stopped by its deadline: results are partial".into());
+    }
+    let (cores, mem_gib) = system::machine();
+    if loadgen_cpu.is_some_and(|l| l > 0.8 * cores as f64 * duration.as_secs_f64()) {
+        notes.push(format!(
+            "the load generator used {:.1} s of CPU in {:.1} s on {cores} cores: it was \
+             saturated, latencies include its own queueing",
+            loadgen_cpu.unwrap_or_default(),
+            duration.as_secs_f64()
+        ));
+    }
+    if let Some(other) = other_cpu.filter(|o| *o > 1.0 + 0.05 * duration.as_secs_f64()) {
+        notes.push(format!(
+            "other processes used {other:.1} s of CPU during the run (interference: the \
+             figures understate what this machine can do)"
+        ));
+    }
+    let errors = lock(&ctx.errors).clone();
+    Ok(Report {
+        schema_version: crate::report::SCHEMA_VERSION,
+        tool: format!("ferry-loadtest {}", env!("CARGO_PKG_VERSION")),
+        scenario: ScenarioInfo {
+            name: scenario.name.clone(),
+            description: scenario.description.clone(),
+            file: options.scenario_file.clone(),
+        },
+        started_unix_ms: ctx.start_unix_us / 1000,
+        duration_s: round3(duration.as_secs_f64()),
+        targets: urls,
+        machine: MachineInfo {
+            cores,
+            mem_gib: round3(mem_gib),
+            fd_limit,
+        },
+        passed: !aborted && results.iter().all(|r| r.passed),
+        thresholds: results,
+        metrics,
+        latencies,
+        errors,
+        server: server_pid.map(|pid| ServerInfo {
+            pid,
+            spawned: server_exit.is_some(),
+            log: server_exit.as_ref().map(|(l, _)| l.clone()),
+            exit: server_exit.map(|(_, e)| e),
+        }),
+        timeline: samples,
+        notes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comment_marker_round_trips_and_pads() {
+        let text = comment_text(1_732_240_000_123_456, 7, 3, 48);
+        assert_eq!(text.len(), 48);
+        assert_eq!(parse_marker(&text), Some(1_732_240_000_123_456));
+        assert_eq!(parse_marker("hello"), None);
+        assert_eq!(parse_marker("lt|x|"), None);
+    }
+
+    #[test]
+    fn behaviour_shares_are_respected() {
+        let scenario = Scenario::from_toml(
+            r#"
+name = "t"
+[[phases]]
+kind = "hold"
+rate = 1
+duration = "1s"
+[[behaviours]]
+kind = "chat"
+share = 0.1
+rate = 0.5
+[[behaviours]]
+kind = "likes"
+share = 0.5
+every = "1s"
+"#,
+        )
+        .expect("valid");
+        let plans: Vec<Plan> = (0..1000).map(|i| plan_for(&scenario, i)).collect();
+        let chatters = plans.iter().filter(|p| p.chat.is_some()).count();
+        let likers = plans.iter().filter(|p| p.likes.is_some()).count();
+        assert!((90..=110).contains(&chatters), "{chatters}");
+        assert!((480..=520).contains(&likers), "{likers}");
+    }
+
+    #[test]
+    fn error_reasons_lose_their_numbers() {
+        assert_eq!(
+            short_reason("connect 127.0.0.1:4000: Connection refused (os error 111)"),
+            "connect Connection refused (os error"
+        );
+    }
+}

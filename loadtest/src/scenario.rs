@@ -1,0 +1,513 @@
+//! Scenario files: what load to apply and what counts as passing.
+//!
+//! A scenario is a TOML file (see `docs/loadtest.md`). Every table rejects unknown keys with
+//! their name, so a typo never silently changes a run. [`Scenario::from_toml`] parses and
+//! validates; [`Scenario::load`] reads a file.
+
+use crate::thresholds::Threshold;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// Why a scenario could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Parse(String),
+    #[error("invalid scenario: {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ScenarioError {
+    ScenarioError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// A whole scenario file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Short name, used in reports.
+    pub name: String,
+    /// What the scenario proves (free text, copied into reports).
+    #[serde(default)]
+    pub description: String,
+    /// Limits of the run: caps, hold and drain times, the hard deadline.
+    #[serde(default)]
+    pub run: RunSettings,
+    /// Arrival phases (open model): viewers arrive at these rates whatever the server does.
+    pub phases: Vec<Phase>,
+    /// The rooms viewers join.
+    #[serde(default)]
+    pub rooms: RoomSettings,
+    /// Who the viewers are: languages and markets, minted into their tokens.
+    #[serde(default)]
+    pub mix: ViewerMix,
+    /// What viewers do once joined. Every viewer watches; the others apply to a share.
+    #[serde(default)]
+    pub behaviours: Vec<Behaviour>,
+    /// SLOs such as `"comment_latency_p99_ms < 100"`; any failure fails the run.
+    #[serde(default)]
+    pub thresholds: Vec<String>,
+    /// Nodes to load when `--target` is not given on the command line.
+    #[serde(default)]
+    pub targets: Vec<String>,
+    /// Settings for a server started with `--spawn`.
+    #[serde(default)]
+    pub server: ServerSettings,
+}
+
+/// Caps and timings of a run.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSettings {
+    /// Most viewers that arrive in total (the phases stop adding once reached).
+    pub max_viewers: usize,
+    /// How long everyone stays connected (and keeps chatting) after the last phase.
+    #[serde(with = "humantime_serde")]
+    pub hold: Duration,
+    /// After sending stops: longest wait for every event to reach every viewer.
+    #[serde(with = "humantime_serde")]
+    pub drain: Duration,
+    /// A viewer that has not joined this long after its arrival time counts as a failed join.
+    #[serde(with = "humantime_serde")]
+    pub join_timeout: Duration,
+    /// Hard stop for the whole run; 0 = phases + hold + drain + join timeout + 30 s.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+    /// Most connections per source address (127.0.0.1, .2, ...): each address has ~28k
+    /// ephemeral ports.
+    pub per_source: usize,
+    /// Most connections being opened at once; arrivals beyond wait (and that wait counts in
+    /// their join time, which is measured from the arrival time).
+    pub max_connecting: usize,
+}
+
+impl Default for RunSettings {
+    fn default() -> Self {
+        Self {
+            max_viewers: 1000,
+            hold: Duration::from_secs(5),
+            drain: Duration::from_secs(10),
+            join_timeout: Duration::from_secs(30),
+            deadline: Duration::ZERO,
+            per_source: 10_000,
+            max_connecting: 1000,
+        }
+    }
+}
+
+/// One arrival phase. Rates are viewers per second.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Phase {
+    /// The rate moves linearly from `from` to `to` over `duration`.
+    Ramp {
+        from: f64,
+        to: f64,
+        #[serde(with = "humantime_serde")]
+        duration: Duration,
+    },
+    /// A constant rate.
+    Hold {
+        rate: f64,
+        #[serde(with = "humantime_serde")]
+        duration: Duration,
+    },
+    /// A sudden jump to `rate` (no ramp) for `duration`, then back to the next phase.
+    Spike {
+        rate: f64,
+        #[serde(with = "humantime_serde")]
+        duration: Duration,
+    },
+    /// No arrivals.
+    Pause {
+        #[serde(with = "humantime_serde")]
+        duration: Duration,
+    },
+}
+
+impl Phase {
+    pub fn duration(&self) -> Duration {
+        match self {
+            Phase::Ramp { duration, .. }
+            | Phase::Hold { duration, .. }
+            | Phase::Spike { duration, .. }
+            | Phase::Pause { duration } => *duration,
+        }
+    }
+
+    /// Arrival rate at the start and at the end of the phase.
+    pub fn rates(&self) -> (f64, f64) {
+        match self {
+            Phase::Ramp { from, to, .. } => (*from, *to),
+            Phase::Hold { rate, .. } | Phase::Spike { rate, .. } => (*rate, *rate),
+            Phase::Pause { .. } => (0.0, 0.0),
+        }
+    }
+}
+
+/// The rooms of a run: `count` rooms named `<prefix>-0`, `<prefix>-1`, ...; viewer `i`
+/// joins room `i mod count`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomSettings {
+    pub count: usize,
+    pub prefix: String,
+}
+
+impl Default for RoomSettings {
+    fn default() -> Self {
+        Self {
+            count: 1,
+            prefix: "loadtest".into(),
+        }
+    }
+}
+
+impl RoomSettings {
+    pub fn room_of(&self, viewer: usize) -> String {
+        format!("{}-{}", self.prefix, viewer % self.count.max(1))
+    }
+}
+
+/// Languages and markets with relative weights, e.g. `languages = { en = 6, zh = 3, ar = 1 }`.
+/// They become the `lang` and `market` claims of each viewer's token.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ViewerMix {
+    pub languages: BTreeMap<String, f64>,
+    pub markets: BTreeMap<String, f64>,
+}
+
+/// The golden-ratio sequence: `frac(i * φ)` spreads indices evenly over [0, 1) with no
+/// randomness, so runs are reproducible and shares hold even for small counts.
+pub fn spread(index: usize, salt: f64) -> f64 {
+    const PHI_FRACTION: f64 = 0.618_033_988_749_895;
+    ((index as f64 + 1.0) * PHI_FRACTION + salt).fract()
+}
+
+/// Pick a key from a weight map for a viewer (deterministic; `None` when the map is empty).
+pub fn pick_weighted(weights: &BTreeMap<String, f64>, index: usize, salt: f64) -> Option<&str> {
+    let total: f64 = weights.values().sum();
+    if weights.is_empty() || total <= 0.0 {
+        return None;
+    }
+    let mut point = spread(index, salt) * total;
+    for (key, weight) in weights {
+        if point < *weight {
+            return Some(key);
+        }
+        point -= weight;
+    }
+    weights.keys().last().map(String::as_str)
+}
+
+/// What a viewer does. New kinds plug in here: `buy` (flash sales) and `video` (WHEP
+/// subscribers) arrive with those features.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Behaviour {
+    /// Every viewer watches: stays joined and receives every room event, and is judged for
+    /// completeness. Listing it is optional.
+    Watch {},
+    /// A share of viewers comment, each at `rate` comments per second on its own open-model
+    /// schedule (the server's default per-user limit is 1/s with a burst of 5).
+    Chat {
+        share: f64,
+        rate: f64,
+        /// Comment length in bytes (the timing marker plus padding).
+        #[serde(default = "default_text_bytes")]
+        text_bytes: usize,
+    },
+    /// A share of viewers send `count` likes every `every`.
+    Likes {
+        share: f64,
+        #[serde(with = "humantime_serde")]
+        every: Duration,
+        #[serde(default = "default_like_count")]
+        count: u32,
+    },
+    /// A share of viewers drop their connection every `every` and come back with a new one
+    /// (a fresh join, as an app restart does); the time to be back in the room is recorded.
+    Churn {
+        share: f64,
+        #[serde(with = "humantime_serde")]
+        every: Duration,
+    },
+}
+
+fn default_text_bytes() -> usize {
+    48
+}
+
+fn default_like_count() -> u32 {
+    1
+}
+
+/// Settings for `--spawn`: extra `--set key=value` overrides for the server.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    pub set: Vec<String>,
+}
+
+impl Scenario {
+    /// Read and validate a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ScenarioError::Parse(m) => ScenarioError::Parse(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Parse and validate scenario text.
+    pub fn from_toml(text: &str) -> Result<Scenario, ScenarioError> {
+        let scenario: Scenario =
+            toml::from_str(text).map_err(|e| ScenarioError::Parse(e.to_string()))?;
+        scenario.validate()?;
+        Ok(scenario)
+    }
+
+    /// The thresholds, parsed.
+    pub fn parsed_thresholds(&self) -> Result<Vec<Threshold>, ScenarioError> {
+        self.thresholds
+            .iter()
+            .map(|t| t.parse::<Threshold>().map_err(|e| invalid("thresholds", e)))
+            .collect()
+    }
+
+    /// Sum of the phase durations.
+    pub fn arrival_duration(&self) -> Duration {
+        self.phases.iter().map(Phase::duration).sum()
+    }
+
+    /// The hard deadline of a run of this scenario.
+    pub fn deadline(&self) -> Duration {
+        if self.run.deadline > Duration::ZERO {
+            return self.run.deadline;
+        }
+        self.arrival_duration()
+            + self.run.hold
+            + self.run.drain
+            + self.run.join_timeout
+            + Duration::from_secs(30)
+    }
+
+    fn validate(&self) -> Result<(), ScenarioError> {
+        if self.phases.is_empty() {
+            return Err(invalid("phases", "at least one phase is needed"));
+        }
+        for (i, phase) in self.phases.iter().enumerate() {
+            let (a, b) = phase.rates();
+            if !(a.is_finite() && b.is_finite() && a >= 0.0 && b >= 0.0) {
+                return Err(invalid(
+                    format!("phases[{i}]"),
+                    "rates must be finite and ≥ 0",
+                ));
+            }
+            if phase.duration().is_zero() {
+                return Err(invalid(format!("phases[{i}].duration"), "must be > 0"));
+            }
+        }
+        if self.run.max_viewers == 0 {
+            return Err(invalid("run.max_viewers", "must be > 0"));
+        }
+        if self.run.per_source == 0 || self.run.per_source > 28_000 {
+            return Err(invalid(
+                "run.per_source",
+                "must be 1..=28000 (ephemeral ports per source address)",
+            ));
+        }
+        if self.run.max_connecting == 0 {
+            return Err(invalid("run.max_connecting", "must be > 0"));
+        }
+        if self.run.join_timeout.is_zero() {
+            return Err(invalid("run.join_timeout", "must be > 0"));
+        }
+        let sources = self.run.max_viewers.div_ceil(self.run.per_source);
+        if sources > 250 {
+            return Err(invalid(
+                "run.per_source",
+                format!("{sources} source addresses would be needed; at most 250 (127.0.0.1-250)"),
+            ));
+        }
+        if self.rooms.count == 0 {
+            return Err(invalid("rooms.count", "must be > 0"));
+        }
+        let room_ok = |c: char| c.is_ascii_alphanumeric() || "_.:-".contains(c);
+        if self.rooms.prefix.is_empty()
+            || self.rooms.prefix.len() > 50
+            || !self.rooms.prefix.chars().all(room_ok)
+        {
+            return Err(invalid(
+                "rooms.prefix",
+                "1-50 characters of [A-Za-z0-9_.:-]",
+            ));
+        }
+        for (name, map) in [
+            ("mix.languages", &self.mix.languages),
+            ("mix.markets", &self.mix.markets),
+        ] {
+            if map.values().any(|w| !w.is_finite() || *w < 0.0) {
+                return Err(invalid(name, "weights must be finite and ≥ 0"));
+            }
+        }
+        for (i, b) in self.behaviours.iter().enumerate() {
+            let key = format!("behaviours[{i}]");
+            let share_ok = |s: f64| (0.0..=1.0).contains(&s);
+            match b {
+                Behaviour::Watch {} => {}
+                Behaviour::Chat {
+                    share,
+                    rate,
+                    text_bytes,
+                } => {
+                    if !share_ok(*share) {
+                        return Err(invalid(key + ".share", "must be within 0..=1"));
+                    }
+                    if !(rate.is_finite() && *rate > 0.0) {
+                        return Err(invalid(key + ".rate", "must be > 0"));
+                    }
+                    if !(MIN_TEXT_BYTES..=500).contains(text_bytes) {
+                        return Err(invalid(
+                            key + ".text_bytes",
+                            format!("must be within {MIN_TEXT_BYTES}..=500"),
+                        ));
+                    }
+                }
+                Behaviour::Likes {
+                    share,
+                    every,
+                    count,
+                } => {
+                    if !share_ok(*share) {
+                        return Err(invalid(key + ".share", "must be within 0..=1"));
+                    }
+                    if every.is_zero() {
+                        return Err(invalid(key + ".every", "must be > 0"));
+                    }
+                    if !(1..=100).contains(count) {
+                        return Err(invalid(key + ".count", "must be within 1..=100"));
+                    }
+                }
+                Behaviour::Churn { share, every } => {
+                    if !share_ok(*share) {
+                        return Err(invalid(key + ".share", "must be within 0..=1"));
+                    }
+                    if every.is_zero() {
+                        return Err(invalid(key + ".every", "must be > 0"));
+                    }
+                }
+            }
+        }
+        for set in &self.server.set {
+            if !set.contains('=') {
+                return Err(invalid("server.set", format!("`{set}` is not KEY=VALUE")));
+            }
+        }
+        self.parsed_thresholds()?;
+        Ok(())
+    }
+}
+
+/// The shortest comment: the timing marker needs this many bytes.
+pub const MIN_TEXT_BYTES: usize = 24;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+name = "t"
+[[phases]]
+kind = "hold"
+rate = 10
+duration = "2s"
+"#;
+
+    #[test]
+    fn minimal_scenario_gets_defaults() {
+        let s = Scenario::from_toml(MINIMAL).expect("valid");
+        assert_eq!(s.rooms.count, 1);
+        assert_eq!(s.run.max_viewers, 1000);
+        assert_eq!(s.phases[0].rates(), (10.0, 10.0));
+        assert!(s.deadline() > Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        for (extra, name) in [
+            ("colour = 1\n", "colour"),
+            ("[run]\nmax_viewer = 3\n", "max_viewer"),
+            ("[mix]\nlanguage = {}\n", "language"),
+        ] {
+            let text = format!("{extra}{MINIMAL}");
+            let text = if extra.starts_with('[') {
+                format!("{MINIMAL}{extra}")
+            } else {
+                text
+            };
+            let err = Scenario::from_toml(&text).expect_err("unknown key");
+            assert!(err.to_string().contains(name), "{err}");
+        }
+        let bad_phase =
+            "name = \"t\"\n[[phases]]\nkind = \"hold\"\nrate = 1\nduration = \"1s\"\nramp = 3\n";
+        let err = Scenario::from_toml(bad_phase).expect_err("unknown phase key");
+        assert!(err.to_string().contains("ramp"), "{err}");
+        let bad_behaviour =
+            format!("{MINIMAL}[[behaviours]]\nkind = \"chat\"\nshare = 0.1\nrate = 1\nspeed = 2\n");
+        let err = Scenario::from_toml(&bad_behaviour).expect_err("unknown behaviour key");
+        assert!(err.to_string().contains("speed"), "{err}");
+        let unknown_kind = format!("{MINIMAL}[[behaviours]]\nkind = \"buy\"\n");
+        assert!(Scenario::from_toml(&unknown_kind).is_err());
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let text =
+            format!("{MINIMAL}[[behaviours]]\nkind = \"likes\"\nshare = 2\nevery = \"1s\"\n");
+        let err = Scenario::from_toml(&text).expect_err("share > 1");
+        assert!(err.to_string().contains("behaviours[0].share"), "{err}");
+        let text = format!("thresholds = [\"joins_p99 < 3\"]\n{MINIMAL}");
+        let err = Scenario::from_toml(&text).expect_err("unknown metric");
+        assert!(err.to_string().contains("joins_p99"), "{err}");
+    }
+
+    #[test]
+    fn weighted_picks_follow_weights() {
+        let weights: BTreeMap<String, f64> =
+            [("en".to_owned(), 3.0), ("zh".to_owned(), 1.0)].into();
+        let en = (0..10_000)
+            .filter(|&i| pick_weighted(&weights, i, 0.1) == Some("en"))
+            .count();
+        assert!((7400..7600).contains(&en), "{en}");
+        assert_eq!(pick_weighted(&BTreeMap::new(), 3, 0.0), None);
+    }
+
+    #[test]
+    fn shipped_scenarios_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("scenarios directory") {
+            let path = entry.expect("dir entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Scenario::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 3, "expected the shipped scenarios, found {seen}");
+    }
+}
