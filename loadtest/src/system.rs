@@ -178,7 +178,24 @@ impl SpawnedServer {
     /// Start `ferry serve` on a free loopback port and wait (up to 20 s) for `/healthz`.
     /// The harness sets `rooms.auto_create=any` and raises the connection and join limits to
     /// the run's size; `config.sets` come after and win.
+    ///
+    /// The port is picked free, then released for the server to bind: another process may
+    /// take it in between, so a start that fails with "Address already in use" is retried
+    /// on a new port. Unless `config.env` says otherwise, the server's commerce journal goes
+    /// to a fresh temp file (runs must not share one).
     pub async fn start(config: &SpawnConfig, connections: usize) -> Result<Self, String> {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::start_once(config, connections).await {
+                Ok(server) => return Ok(server),
+                Err(e) if e.contains("Address already in use") => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    async fn start_once(config: &SpawnConfig, connections: usize) -> Result<Self, String> {
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let log = config.log.clone().unwrap_or_else(|| {
@@ -200,6 +217,13 @@ impl SpawnedServer {
         for set in own.iter().chain(&config.sets) {
             cmd.arg("--set").arg(set);
         }
+        cmd.env(
+            "FERRY_COMMERCE__JOURNAL_PATH",
+            std::env::temp_dir().join(format!(
+                "ferry-loadtest-{}-{port}/commerce.journal",
+                std::process::id()
+            )),
+        );
         for (k, v) in &config.env {
             cmd.env(k, v);
         }

@@ -195,6 +195,42 @@ struct RoomSub {
     holders: usize,
     /// The last position sent to local subscribers (to detect Redis coming back behind).
     last: Option<(Epoch, Offset)>,
+    /// While a catch-up after a resubscription reads history: live publications wait here,
+    /// so they go out after the missed ones, in order, each once.
+    held_back: Option<Vec<Publication>>,
+}
+
+/// Live publications held back during one catch-up, at most (beyond, they flow and the
+/// hub's gap detection fills from history).
+const HOLD_BACK_MAX: usize = 10_000;
+
+impl RoomSub {
+    /// Send `p` to local subscribers unless it is not newer than what they already have.
+    fn deliver(&mut self, p: Publication) {
+        let newer = match &self.last {
+            Some((e, o)) => e != &p.epoch || *o < p.offset,
+            None => true,
+        };
+        if newer {
+            self.last = Some((p.epoch.clone(), p.offset));
+            let _ = self.live.send(p);
+        }
+    }
+
+    /// A live publication arrived from Redis.
+    fn arrived(&mut self, p: Publication) {
+        match self.held_back.as_mut() {
+            Some(held) if held.len() < HOLD_BACK_MAX => held.push(p),
+            Some(_) => {
+                // Catch-up is taking too long: stop holding back.
+                for q in self.held_back.take().unwrap_or_default() {
+                    self.deliver(q);
+                }
+                self.deliver(p);
+            }
+            None => self.deliver(p),
+        }
+    }
 }
 
 struct Inner {
@@ -366,9 +402,24 @@ impl Inner {
     /// Read the room's position (fixing the epoch if Redis is behind what we delivered),
     /// then replay missed events into the local broadcast.
     async fn catch_up(&self, room: &RoomId) {
+        let missed = self.missed_since_last(room).await;
+        // Missed publications first, then those held back meanwhile, each once, in order.
+        if let Some(mut r) = self.rooms.get_mut(room) {
+            for p in missed {
+                r.deliver(p);
+            }
+            for p in r.held_back.take().unwrap_or_default() {
+                r.deliver(p);
+            }
+        }
+    }
+
+    /// What local subscribers missed while the subscription was down (or a marker telling
+    /// the hub to resync: an empty publication).
+    async fn missed_since_last(&self, room: &RoomId) -> Vec<Publication> {
         let last = self.rooms.get(room).and_then(|r| r.last.clone());
         let Some((epoch, delivered)) = last else {
-            return; // Nothing delivered yet: the hub's snapshot covers it.
+            return Vec::new();
         };
         let mut conn = self.conn();
         let keys = [self.key(room, "meta"), self.key(room, "stream")];
@@ -377,60 +428,42 @@ impl Inner {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(%room, error = %e, "catch-up: cannot read the room's position");
-                return;
+                return Vec::new();
             }
-        };
-        let Some(live) = self.rooms.get(room).map(|r| r.live.clone()) else {
-            return;
         };
         let (Some(Value::BulkString(e)), Some(top)) = (pos.first(), pos.get(1)) else {
             // The room is gone from Redis (restarted without persistence): an empty
             // publication from no epoch makes the hub resync, find no room, and let its
             // members go (they rejoin: viewers learn it is gone, hosts recreate it).
             tracing::warn!(%room, "room vanished from Redis");
-            let _ = live.send(Publication {
+            return vec![Publication {
                 epoch: Epoch(String::new()),
                 offset: Offset(0),
                 body: Bytes::new(),
-            });
-            return;
+            }];
         };
         let now_epoch = Epoch(String::from_utf8_lossy(e).into_owned());
         let top = Offset(redis::from_redis_value::<u64>(top.clone()).unwrap_or(0));
         if now_epoch != epoch {
             tracing::warn!(%room, old = %epoch, new = %now_epoch, "room history was lost in Redis; new epoch");
             // An empty publication at the top of the new epoch: the hub resyncs its members.
-            let _ = live.send(Publication {
+            return vec![Publication {
                 epoch: now_epoch,
                 offset: top,
                 body: Bytes::new(),
-            });
-            return;
+            }];
         }
-        if top > delivered {
-            match self.history(room, &epoch, delivered, top).await {
-                Ok(History::Events(events)) => {
-                    tracing::info!(%room, missed = events.len(), "caught up after resubscribe");
-                    for p in events {
-                        self.note_delivered(room, &p);
-                        let _ = live.send(p);
-                    }
-                }
-                _ => {
-                    tracing::warn!(%room, "catch-up: history unavailable; the next event shows the gap")
-                }
+        if top <= delivered {
+            return Vec::new();
+        }
+        match self.history(room, &epoch, delivered, top).await {
+            Ok(History::Events(events)) => {
+                tracing::info!(%room, missed = events.len(), "caught up after resubscribe");
+                events
             }
-        }
-    }
-
-    fn note_delivered(&self, room: &RoomId, p: &Publication) {
-        if let Some(mut r) = self.rooms.get_mut(room) {
-            let newer = match &r.last {
-                Some((e, o)) => e != &p.epoch || *o < p.offset,
-                None => true,
-            };
-            if newer {
-                r.last = Some((p.epoch.clone(), p.offset));
+            _ => {
+                tracing::warn!(%room, "catch-up: history unavailable; the next event shows the gap");
+                Vec::new()
             }
         }
     }
@@ -578,6 +611,7 @@ async fn run_subscriptions(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Su
                         live,
                         holders: 1,
                         last: None,
+                        held_back: None,
                     },
                 );
                 let mut conn = inner.conn();
@@ -634,9 +668,8 @@ async fn route_pushes(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<redis::
                     offset,
                     body,
                 };
-                inner.note_delivered(&room, &p);
-                if let Some(r) = inner.rooms.get(&room) {
-                    let _ = r.live.send(p);
+                if let Some(mut r) = inner.rooms.get_mut(&room) {
+                    r.arrived(p);
                 }
             }
             PushKind::Subscribe | PushKind::SSubscribe => {
@@ -645,8 +678,20 @@ async fn route_pushes(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<redis::
                     continue;
                 };
                 if let Some(room) = inner.room_of(&String::from_utf8_lossy(ch)) {
-                    let inner = inner.clone();
-                    tokio::spawn(async move { inner.catch_up(&room).await });
+                    // Nothing delivered yet (first subscription): nothing can have been
+                    // missed. Otherwise hold live publications back until the catch-up.
+                    let resumed = inner.rooms.get_mut(&room).is_some_and(|mut r| {
+                        if r.last.is_some() && r.held_back.is_none() {
+                            r.held_back = Some(Vec::new());
+                            true
+                        } else {
+                            false
+                        }
+                    });
+                    if resumed {
+                        let inner = inner.clone();
+                        tokio::spawn(async move { inner.catch_up(&room).await });
+                    }
                 }
             }
             PushKind::Disconnection => {

@@ -564,7 +564,9 @@ async fn start_server(
                 .arg(args.baseline_queue.to_string());
         }
     }
+    // Fan-out does not touch commerce: no journal file left behind in the working directory.
     cmd.env("NO_COLOR", "1")
+        .env("FERRY_COMMERCE__JOURNAL_PATH", "")
         .stdin(std::process::Stdio::null())
         .stdout(file)
         .stderr(err_file)
