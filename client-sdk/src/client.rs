@@ -544,7 +544,8 @@ struct TrackedRoom {
 enum InFlight {
     User(Pending),
     /// A join the application asked for: on error the room is forgotten.
-    Join(RoomId, Pending),
+    /// A join the user asked for, with the position it resumes from (if any).
+    Join(RoomId, Option<StreamPosition>, Pending),
     Rejoin(RoomId),
     Clock {
         sent: f64,
@@ -721,9 +722,9 @@ impl Driver {
                     Some(Request::Command { command, reply }) => {
                         let sent = unix_ms();
                         let waiter = match &command {
-                            Command::Join { room, .. } => {
+                            Command::Join { room, since } => {
                                 self.rooms.entry(room.clone()).or_insert(TrackedRoom { position: None });
-                                InFlight::Join(room.clone(), reply)
+                                InFlight::Join(room.clone(), since.clone(), reply)
                             }
                             Command::Leave { room } => {
                                 // Forget it now so a reconnect does not rejoin it.
@@ -844,13 +845,20 @@ impl Driver {
                     InFlight::User(reply) => {
                         let _ = reply.send(into_result(result));
                     }
-                    InFlight::Join(room, reply) => {
+                    InFlight::Join(room, since, reply) => {
                         match &result {
                             ReplyResult::Ok(ReplyBody::Joined(j)) => {
+                                // A recovered resume: the missed events follow the reply and
+                                // move the position on from `since`; otherwise start at the
+                                // room's position.
+                                let position = match (j.recovered, since) {
+                                    (Some(true), Some(since)) => since,
+                                    _ => j.position.clone(),
+                                };
                                 self.rooms.insert(
                                     j.room.clone(),
                                     TrackedRoom {
-                                        position: Some(j.position.clone()),
+                                        position: Some(position),
                                     },
                                 );
                                 self.emit(Event::Joined {
