@@ -191,9 +191,9 @@ async fn explicit_resume_delivers_the_missed_events() {
         .expect("join");
     match reply {
         ferry::protocol::ReplyBody::Joined(j) => {
-            // The two comments, plus any presence notice published meanwhile.
+            // What the room had delivered by then follows as missed events; anything newer
+            // follows live. Either way each comment arrives once, in order.
             assert_eq!(j.recovered, Some(true));
-            assert!(j.missed >= 2, "{}", j.missed);
         }
         other => panic!("{other:?}"),
     }
