@@ -175,12 +175,15 @@ async fn rooms_left_are_not_rejoined_after_reconnect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explicit_resume_delivers_the_missed_events() {
     let s = TestServer::start(|_| {}).await;
-    let (host, _he) = s.client("r", "host", Role::Host);
+    let (host, mut host_events) = s.client("r", "host", Role::Host);
     host.join("r").await.expect("join");
     let first = host.comment("r", "one").await.expect("comment");
     for text in ["two", "three"] {
         host.comment("r", text).await.expect("comment");
     }
+    // Once the room has fanned "three" out, the node knows every position up to it (a
+    // client claiming a position the node has not seen yet is told "cannot recover").
+    collect_comments(&mut host_events, "r", 3).await;
     let (viewer, mut events) = s.client("r", "v", Role::Viewer);
     let reply = viewer
         .request(ferry::protocol::Command::Join {

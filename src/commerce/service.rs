@@ -110,6 +110,8 @@ pub struct Commerce {
     pending: Mutex<HashMap<SaleId, Pending>>,
     /// Sales that ended with no active reservations and were announced: nothing to sweep.
     finished: Mutex<HashSet<SaleId>>,
+    /// Room and price per sale (immutable), so buys skip a store read.
+    basics: Mutex<HashMap<SaleId, (RoomId, i64)>>,
 }
 
 fn valid_id(s: &str) -> bool {
@@ -142,6 +144,7 @@ impl Commerce {
             hub,
             pending: Mutex::new(HashMap::new()),
             finished: Mutex::new(HashSet::new()),
+            basics: Mutex::new(HashMap::new()),
         })
     }
 
@@ -450,12 +453,8 @@ impl Commerce {
         if !valid_id(sale.as_str()) {
             return Err(CommerceError::NotFound("sale"));
         }
-        let snap = self
-            .store
-            .sale(sale)
-            .await?
-            .ok_or(CommerceError::NotFound("sale"))?;
-        if room.is_some_and(|r| *r != snap.sale.room) {
+        let (sale_room, price_cny) = self.sale_basics(sale).await?;
+        if room.is_some_and(|r| *r != sale_room) {
             return Err(CommerceError::NotFound("sale"));
         }
         // Buyers from a market without a configured currency cannot be priced.
@@ -464,7 +463,7 @@ impl Commerce {
         };
         // The unit price the viewer saw, times the quantity (converting the total instead
         // could differ by a rounding step from what was displayed).
-        let unit = money(snap.sale.price_cny, market);
+        let unit = money(price_cny, market);
         let amount_display = ferry_client::protocol::commerce::Money {
             currency: unit.currency,
             minor: unit.minor.saturating_mul(i64::from(quantity)),
@@ -487,15 +486,31 @@ impl Commerce {
                     p.purchases += 1;
                     p.last_market = r.market.clone();
                 }
-                if snap.remaining <= u64::from(quantity) {
-                    // Possibly the last units: announce a sell-out at once, not at the next tick.
-                    self.publish_stock(sale, now, true).await;
-                }
                 Ok((r.view(), false))
             }
             Ok(Bought::Replayed(r)) => Ok((r.view(), true)),
             Err(refusal) => Err(CommerceError::Refused(refusal)),
         }
+    }
+
+    /// A sale's room and price, which never change: cached, so a buy costs the store one
+    /// step (one script on Redis) rather than two.
+    async fn sale_basics(&self, sale: &SaleId) -> Result<(RoomId, i64), CommerceError> {
+        if let Some(hit) = self.basics.lock().get(sale) {
+            return Ok(hit.clone());
+        }
+        let snap = self
+            .store
+            .sale(sale)
+            .await?
+            .ok_or(CommerceError::NotFound("sale"))?;
+        let basics = (snap.sale.room, snap.sale.price_cny);
+        let mut cache = self.basics.lock();
+        if cache.len() >= 10_000 {
+            cache.clear();
+        }
+        cache.insert(sale.clone(), basics.clone());
+        Ok(basics)
     }
 
     /// The buyer gives a reservation back (`room`, when given, must be the sale's).
@@ -580,15 +595,12 @@ impl Commerce {
     }
 
     /// Publish the sale's stock (or sold-out) update if this node wins the throttle.
-    async fn publish_stock(&self, sale: &SaleId, now: u64, force_sold_out: bool) {
+    async fn publish_stock(&self, sale: &SaleId, now: u64) {
         let Ok(view) = self.sale(sale, now).await else {
             return;
         };
         let sold_out = view.status == SaleStatus::SoldOut;
         let room = view.room.clone();
-        if force_sold_out && !sold_out {
-            return;
-        }
         // Sold-out notices share the stock throttle: a sale that sells out, gets units back
         // and sells out again announces each change (the dirty flag keeps a throttled change
         // for the next sweep).
@@ -685,7 +697,7 @@ impl Commerce {
             return Ok(());
         }
         if dirty {
-            self.publish_stock(id, now, false).await;
+            self.publish_stock(id, now).await;
         }
         if purchases > 0 {
             let what = format!("proof:{id}");
