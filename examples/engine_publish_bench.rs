@@ -9,7 +9,10 @@
 //! appends to the room's capped stream and publishes on the room's channel (with this process
 //! subscribed, so Redis also delivers every message to one subscriber).
 
+mod common;
+
 use bytes::Bytes;
+use common::{free_port, proc_cpu_secs};
 use ferry::engine::redis::{RedisEngine, RedisEngineOptions};
 use ferry::engine::Engine;
 use ferry::protocol::RoomId;
@@ -17,23 +20,6 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(16_379)
-}
-
-fn proc_cpu_secs(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / 100.0
-}
 
 #[tokio::main]
 async fn main() {

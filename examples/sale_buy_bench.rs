@@ -13,6 +13,9 @@
 //! with `__rand_int__`, a reservation JSON of the same size). With `--aof` the server runs
 //! `appendonly yes, appendfsync always`, as the durability promise of the store needs.
 
+mod common;
+
+use common::{free_port, proc_cpu_secs};
 use ferry::commerce::redis::{RedisSaleStore, RedisSaleStoreOptions, BUY_SCRIPT};
 use ferry::commerce::{Bought, BuyRequest, Reservation, SaleRecord, SaleStore};
 use ferry::protocol::commerce::{Money, ProductId, ReservationId, ReservationState, SaleId};
@@ -26,23 +29,6 @@ const PREFIX: &str = "bench";
 const QUANTITY: u64 = 1_000_000_000;
 const PRICE: i64 = 5900;
 const HOLD_MS: u64 = 300_000;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(16_389)
-}
-
-fn proc_cpu_secs(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / 100.0
-}
 
 fn sale(id: &str) -> SaleRecord {
     SaleRecord {

@@ -420,34 +420,15 @@ impl SaleStore for MemorySaleStore {
         sale: &SaleId,
         req: BuyRequest,
     ) -> Result<Result<Bought, BuyRefusal>, StoreError> {
-        self.check()?;
-        let (rx, outcome) = {
-            let mut st = self.state.lock();
-            let book = st.books.get_mut(sale).ok_or(StoreError::SaleNotFound)?;
-            let outcome = book.buy(req);
-            let rx = match &outcome {
-                Ok(Bought::New(r, event)) => {
-                    let rx = self.queue(&Entry::Reservation {
-                        reservation: r.clone(),
-                        event: Some((**event).clone()),
-                    });
-                    st.orders
-                        .entry(sale.clone())
-                        .or_default()
-                        .push((**event).clone());
-                    rx
-                }
+        self.change(
+            sale,
+            |book| book.buy(req),
+            |outcome| match outcome {
+                Ok(Bought::New(r, event)) => Some((r, &**event)),
                 _ => None,
-            };
-            (rx, outcome)
-        };
-        match rx {
-            Some(rx) => Self::durable(Some(rx)).await?,
-            // A replayed reservation may have been created a moment ago, its fsync still
-            // pending: wait for it before showing it.
-            None => self.barrier().await?,
-        }
-        Ok(outcome)
+            },
+        )
+        .await
     }
 
     async fn confirm(
@@ -659,30 +640,46 @@ impl MemorySaleStore {
         sale: &SaleId,
         step: impl FnOnce(&mut SaleBook) -> Option<Settled>,
     ) -> Result<Option<Settled>, StoreError> {
+        self.change(sale, step, |outcome| match outcome {
+            Some(Settled::Now(r, event)) => Some((r, &**event)),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Apply `step` to the sale's book; when `changed` finds a reservation changed, journal
+    /// it with its order event and wait for the fsync. Otherwise (a replay, an already
+    /// settled reservation) wait on a barrier: the state shown may have been changed a moment
+    /// ago by a call still waiting for its own fsync.
+    async fn change<T>(
+        &self,
+        sale: &SaleId,
+        step: impl FnOnce(&mut SaleBook) -> T,
+        changed: impl Fn(&T) -> Option<(&Reservation, &OrderEvent)>,
+    ) -> Result<T, StoreError> {
         self.check()?;
         let (rx, outcome) = {
             let mut st = self.state.lock();
             let book = st.books.get_mut(sale).ok_or(StoreError::SaleNotFound)?;
             let outcome = step(book);
-            let rx = match &outcome {
-                Some(Settled::Now(r, event)) => {
+            let rx = match changed(&outcome) {
+                Some((r, event)) => {
                     let rx = self.queue(&Entry::Reservation {
                         reservation: r.clone(),
-                        event: Some((**event).clone()),
+                        event: Some(event.clone()),
                     });
                     st.orders
                         .entry(sale.clone())
                         .or_default()
-                        .push((**event).clone());
+                        .push(event.clone());
                     rx
                 }
-                _ => None,
+                None => None,
             };
             (rx, outcome)
         };
         match rx {
             Some(rx) => Self::durable(Some(rx)).await?,
-            // Already settled, perhaps a moment ago by a call still waiting for its fsync.
             None => self.barrier().await?,
         }
         Ok(outcome)
