@@ -28,8 +28,8 @@ pub struct BuyRequest {
     pub now: u64,
     /// The id to give a new reservation (unused when the key replays).
     pub new_id: ReservationId,
-    /// `quantity × sale price` in the buyer's display currency (computed by the caller from
-    /// the configured FX rate, so the rules stay free of configuration).
+    /// The sale's unit price shown in the buyer's display currency × `quantity` (computed by
+    /// the caller from the configured FX rate, so the rules stay free of configuration).
     pub amount_display: Money,
 }
 

@@ -349,7 +349,7 @@ impl Commerce {
         Ok(view)
     }
 
-    /// The sale's current view; `room` must match when given.
+    /// The sale's current view (live stock and status).
     pub async fn sale(&self, id: &SaleId, now: u64) -> Result<SaleView, CommerceError> {
         let snap = self
             .store

@@ -188,7 +188,7 @@ pub struct ReservationView {
     pub quantity: u32,
     /// What the buyer pays, in CNY fen (sale price × quantity).
     pub amount_cny: i64,
-    /// The same amount in the buyer's market currency.
+    /// In the buyer's market currency: the unit price shown to that market × `quantity`.
     pub amount_display: Money,
     /// The buyer's market.
     pub market: String,
