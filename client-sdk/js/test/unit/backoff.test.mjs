@@ -1,7 +1,7 @@
-// Unit tests of the reconnect backoff (src/backoff.js).
+// Unit tests of the reconnect backoff (sdk/backoff.js).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { backoffDelay } from '../../src/backoff.js';
+import { backoffDelay } from '../../sdk/backoff.js';
 
 test('doubles per attempt from the minimum, within [d/2, d]', () => {
   for (let attempt = 1; attempt < 20; attempt++) {

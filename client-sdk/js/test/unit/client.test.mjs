@@ -1,8 +1,8 @@
-// Unit tests of the room client's driver logic (src/client.js) against a scripted socket:
+// Unit tests of the room client's driver logic (sdk/client.js) against a scripted socket:
 // resume after reconnect, close-code handling, duplicates, clock sampling, command life cycle.
 import { test, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { FerryClient, FerryError } from '../../src/client.js';
+import { FerryClient, FerryError } from '../../sdk/client.js';
 import { FakeWebSocket, until, sleep } from './fake-websocket.mjs';
 
 const user = { id: 'u1', name: 'Mei', role: 'viewer' };
@@ -13,7 +13,7 @@ const comment = (offset, text, epoch = 'e1') => ({
   push: 'event', room: 'r', epoch, offset, event: { type: 'comment', user, text },
 });
 
-/** @param {Partial<import('../../src/client.js').FerryClientOptions>} [extra] */
+/** @param {Partial<import('../../sdk/client.js').FerryClientOptions>} [extra] */
 function newClient(extra = {}) {
   return new FerryClient({
     url: 'ws://ferry.test/ws', token: 'tok en', WebSocket: /** @type {any} */ (FakeWebSocket),

@@ -1,7 +1,7 @@
-// Unit tests of the clock-sync estimator (src/clock.js).
+// Unit tests of the clock-sync estimator (sdk/clock.js).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ClockSync, CLOCK_SAMPLES } from '../../src/clock.js';
+import { ClockSync, CLOCK_SAMPLES } from '../../sdk/clock.js';
 
 test('one symmetric sample gives the exact offset and RTT', () => {
   const c = new ClockSync();

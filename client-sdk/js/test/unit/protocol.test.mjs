@@ -1,9 +1,9 @@
 // Unit tests of the protocol helpers, tokens and the WHIP/WHEP trickle fragment.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { closeCodeReconnects, splitFrame, isTemporaryError, isValidRoomId, ErrorCode } from '../../src/protocol.js';
-import { tokenClaims } from '../../src/token.js';
-import { trickleFragment, IceSessionResource, VideoSessionError } from '../../src/video.js';
+import { closeCodeReconnects, splitFrame, isTemporaryError, isValidRoomId, ErrorCode } from '../../sdk/protocol.js';
+import { tokenClaims } from '../../sdk/token.js';
+import { trickleFragment, IceSessionResource, VideoSessionError } from '../../sdk/video.js';
 
 test('close codes: 3000–3499 and 4000–4499 reconnect, 3500–3999 and 4500–4999 are terminal', () => {
   for (const code of [3000, 3001, 3004, 3005, 3006, 3499, 4000, 4499, 1000, 1001, 1011, null]) {

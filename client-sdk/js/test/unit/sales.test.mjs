@@ -1,12 +1,12 @@
-// Unit tests of the flash-sale logic (src/sales.js): showcase updates, the sale's phase on the
+// Unit tests of the flash-sale logic (sdk/sales.js): showcase updates, the sale's phase on the
 // server clock, money, and the Buy press (one key per press, every answer).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   Showcase, salePhase, formatMoney, formatCountdown, offerFor, minorDigits, BuyPress, buyAnswerOf,
   describeBuyAnswer, newIdempotencyKey,
-} from '../../src/sales.js';
-import { FerryError } from '../../src/client.js';
+} from '../../sdk/sales.js';
+import { FerryError } from '../../sdk/client.js';
 
 /** @param {string} currency @param {number} minor */
 const money = (currency, minor) => ({ currency, minor });
@@ -18,13 +18,13 @@ const product = {
   id: 'basket-01', title: '藤编篮', description: '', image_url: '', lang: 'zh', price_cny: 8900,
   markets: { us: offer(true, 'USD', 1234), mo: offer(false, 'MOP', 9895) }, fx_date: '2026-11-20',
 };
-/** @returns {import('../../src/protocol.js').SaleView} */
+/** @returns {import('../../sdk/protocol.js').SaleView} */
 const sale = (over = {}) => ({
   id: 's1', room: 'r', product, quantity: 100, remaining: 100, price_cny: 5900,
   markets: { us: offer(true, 'USD', 818), hk: offer(true, 'HKD', 6369) }, per_buyer_limit: 2,
   starts_at: 10_000, ends_at: 70_000, hold_secs: 300, status: 'scheduled', ...over,
 });
-/** @type {import('../../src/protocol.js').UserRef} */
+/** @type {import('../../sdk/protocol.js').UserRef} */
 const by = { id: 'h', name: 'Host', role: 'host' };
 
 test('showcase: state on join, pins, and sale counters patched into the sale', () => {
@@ -119,7 +119,7 @@ function scriptedClient(/** @type {Array<() => any>} */ script) {
 const refusal = (code, name, retry) => () => {
   throw new FerryError('server', name, { code, name, message: name, retry_after_ms: retry });
 };
-/** @type {import('../../src/protocol.js').ReservationView} */
+/** @type {import('../../sdk/protocol.js').ReservationView} */
 const reservation = {
   id: 's1.ab', sale: 's1', quantity: 2, amount_cny: 11800, amount_display: money('USD', 1637),
   market: 'us', deadline: 400_000, state: 'reserved',

@@ -1,7 +1,7 @@
-// Unit tests of stream positions, duplicates and gaps (src/stream.js).
+// Unit tests of stream positions, duplicates and gaps (sdk/stream.js).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { StreamTracker } from '../../src/stream.js';
+import { StreamTracker } from '../../sdk/stream.js';
 
 /** @param {string} room @param {{epoch: string, offset: number}} position @param {boolean} [recovered] */
 const reply = (room, position, recovered) => ({
