@@ -36,6 +36,9 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Accept queue length (capped by the kernel's somaxconn).
     pub listen_backlog: u32,
+    /// Serve the viewer and host pages and the browser SDK (`/watch/{room}`, `/host/{room}`,
+    /// `/sdk/*`, `/pages/*`). Off for nodes that only carry API and WebSocket traffic.
+    pub pages: bool,
 }
 
 impl Default for ServerConfig {
@@ -45,6 +48,7 @@ impl Default for ServerConfig {
             node_id: String::new(),
             drain_timeout: Duration::from_secs(10),
             listen_backlog: 4096,
+            pages: true,
         }
     }
 }

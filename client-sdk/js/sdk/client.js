@@ -90,6 +90,8 @@ export class FerryError extends Error {
     this.errorName = body ? body.name : null;
     /** For temporary errors: how long to wait before retrying. */
     this.retryAfterMs = body?.retry_after_ms ?? null;
+    /** The server's message for people (`limit of 2 per buyer reached (you hold 2)`), or `message`. */
+    this.serverMessage = body ? body.message : message;
   }
 
   /** Whether the same command may succeed later (temporary server error, lost connection, timeout). */

@@ -23,7 +23,7 @@ export { StreamTracker } from './stream.js';
 export { backoffDelay } from './backoff.js';
 export { tokenClaims } from './token.js';
 export {
-  newIdempotencyKey, offerFor, minorDigits, formatMoney, formatCountdown, salePhase, Showcase,
+  newIdempotencyKey, offerFor, minorDigits, formatMoney, parseYuan, formatCountdown, salePhase, Showcase,
   buyAnswerOf, BuyPress, describeBuyAnswer,
 } from './sales.js';
 export {

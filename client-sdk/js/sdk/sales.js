@@ -84,6 +84,18 @@ export function formatMoney(money, locale) {
 }
 
 /**
+ * Parse a CNY amount typed by a person (`59`, `59.9`, `59.90`, `59,90`) into fen, without
+ * floating point; null if it is not one.
+ * @param {string} text
+ * @returns {number | null}
+ */
+export function parseYuan(text) {
+  const m = /^\s*(\d{1,9})(?:[.,](\d{0,2}))?\s*$/.exec(text);
+  if (!m) return null;
+  return Number(m[1]) * 100 + Number((m[2] ?? '').padEnd(2, '0'));
+}
+
+/**
  * Milliseconds as a countdown: `9` → `0:09`, `65_000` → `1:05`, `3_723_000` → `1:02:03`.
  * Rounds up, so "0:00" is shown only once the instant has passed.
  * @param {number} ms
@@ -231,7 +243,7 @@ export function buyAnswerOf(error) {
   const e = error instanceof FerryError
     ? error
     : new FerryError('protocol', error instanceof Error ? error.message : String(error));
-  const message = e.message;
+  const message = e.serverMessage;
   switch (e.errorName) {
     case 'sold_out':
     case 'limit_reached':
@@ -355,7 +367,7 @@ export function describeBuyAnswer(answer, how = {}) {
     case 'sold_out':
       return 'Sold out. Units may come back if a hold lapses.';
     case 'limit_reached':
-      return `You have reached this sale's limit per buyer. (${answer.message})`;
+      return `You have reached this sale's limit per buyer: ${answer.message}.`;
     case 'sale_not_started':
       return `The sale has not started yet: try again in ${formatCountdown(answer.retryAfterMs)}.`;
     case 'sale_ended':

@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   Showcase, salePhase, formatMoney, formatCountdown, offerFor, minorDigits, BuyPress, buyAnswerOf,
-  describeBuyAnswer, newIdempotencyKey,
+  describeBuyAnswer, newIdempotencyKey, parseYuan,
 } from '../../sdk/sales.js';
 import { FerryError } from '../../sdk/client.js';
 
@@ -179,4 +179,15 @@ test('answers read well', () => {
   const text = describeBuyAnswer({ kind: 'reserved', reservation, replayed: false }, { locale: 'en-US', msUntil: () => 299_000 });
   assert.equal(text, 'Reserved 2 for $16.37. Pay within 4:59 to keep it.');
   assert.equal(buyAnswerOf(new Error('boom')).kind, 'error');
+});
+
+test('yuan typed by a host become fen without floating point', () => {
+  assert.equal(parseYuan('59'), 5900);
+  assert.equal(parseYuan('59.9'), 5990);
+  assert.equal(parseYuan(' 59.90 '), 5990);
+  assert.equal(parseYuan('0.29'), 29, '0.29 * 100 is 28.999... in floating point');
+  assert.equal(parseYuan('59,5'), 5950);
+  assert.equal(parseYuan('5.999'), null);
+  assert.equal(parseYuan('-1'), null);
+  assert.equal(parseYuan('abc'), null);
 });
