@@ -12,6 +12,7 @@ pub mod limits;
 pub mod metrics;
 pub mod room;
 pub mod session;
+pub mod sfu;
 
 pub use ferry_client::protocol;
 pub mod http;
