@@ -30,6 +30,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/rooms", axum::routing::post(create_room))
         .route("/api/rooms/{room}", get(room_info).delete(close_room))
         .merge(crate::commerce_api::routes())
+        .merge(crate::sfu::api::routes(state.clone()))
         .merge(pages)
         .fallback(not_found)
         .with_state(state)
@@ -109,6 +110,9 @@ async fn readyz(State(app): State<AppState>) -> Response {
     if !app.commerce.store().ready().await {
         return (StatusCode::SERVICE_UNAVAILABLE, "sale store unavailable\n").into_response();
     }
+    if app.sfu.as_ref().is_some_and(|s| !s.ready()) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "sfu socket failed\n").into_response();
+    }
     (StatusCode::OK, "ready\n").into_response()
 }
 
@@ -121,6 +125,9 @@ async fn metrics(State(app): State<AppState>) -> Response {
         {
             let mut text = app.metrics.render(app.hub.node());
             app.commerce.metrics().render(app.hub.node(), &mut text);
+            if let Some(sfu) = &app.sfu {
+                sfu.metrics.render(app.hub.node(), &mut text);
+            }
             text
         },
     )

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod pages;
 pub mod room;
 pub mod session;
+pub mod sfu;
 
 pub use ferry_client::protocol;
 pub mod http;
