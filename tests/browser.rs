@@ -125,6 +125,15 @@ impl RustSide {
                 let starts_at = parsed["sale"]["starts_at"].as_u64().ok_or("starts_at")?;
                 Ok(json!(self.viewer.ms_until(starts_at)))
             }
+            "server_metrics" => {
+                // The server's Prometheus lines starting with `prefix` (for failure reports).
+                let prefix = req["prefix"].as_str().unwrap_or("ferry_");
+                let (_, body) = http(self.server.addr(), "GET", "/metrics", None, None).await;
+                Ok(json!(body
+                    .lines()
+                    .filter(|l| l.starts_with(prefix))
+                    .collect::<Vec<_>>()))
+            }
             other => Err(format!("unknown op {other}")),
         }
     }
@@ -134,7 +143,7 @@ impl RustSide {
 async fn run_scenario(scenario: &str) {
     prerequisites();
     let _one_at_a_time = CHROMIUM.lock().await;
-    let server = TestServer::start(|_| {}).await;
+    let server = TestServer::start(|c| c.sfu.bwe = std::env::var("EXP_BWE").is_ok()).await;
     let host_token = server.token(ROOM, "browser-host", Role::Host);
     // The catalog product the host page pins and sells: ¥89.00, sold in the US and Hong Kong.
     let (status, body) = http(
@@ -252,6 +261,14 @@ async fn run_scenario(scenario: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewer_and_host_pages_chat_and_sell_in_chromium() {
     run_scenario("chat-and-sales").await;
+}
+
+/// The host page goes live from Chromium's fake camera (WHIP); the viewer page plays it (WHEP)
+/// and decodes frames (`framesDecoded > 0` from `getStats`); a screenshot of the playing page
+/// is saved; stopping on the host page ends the stream on the viewer page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_page_publishes_the_camera_and_the_viewer_page_plays_it() {
+    run_scenario("video").await;
 }
 
 /// The pages and SDK modules are served with their content types and security headers, and

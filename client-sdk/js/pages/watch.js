@@ -8,7 +8,7 @@
  */
 
 import {
-  BuyPress, FerryClient, FerryError, Showcase, VideoSessionError, WhepPlayer, describeBuyAnswer,
+  BuyPress, FerryClient, FerryError, Showcase, WhepPlayer, describeBuyAnswer,
   formatCountdown, formatMoney, offerFor, salePhase, tokenClaims,
 } from '../sdk/ferry.js';
 import {
@@ -54,11 +54,13 @@ async function main() {
     if (joined !== room) return;
     chat.reset(reply);
     shop.reset(reply);
+    video.reset(reply);
   });
   client.on('event', ({ room: r, position, event }) => {
     if (r !== room) return;
     chat.event(event, position.offset);
     shop.event(event);
+    video.event(event);
   });
   client.on('viewers', ({ room: r, count }) => {
     if (r === room) byId('viewers').textContent = String(count);
@@ -371,7 +373,9 @@ function shopPanel(client, room, token, market) {
 }
 
 /**
- * The video: play the room's stream with WHEP, wait and retry while nobody publishes.
+ * The video: play the room's stream with WHEP. A WHEP session may start before the host is
+ * live (it waits for the stream); `stream_started` and `stream_ended` room events say when the
+ * host goes live or stops. A failed session is retried after a few seconds.
  * @param {string} room
  * @param {string} token
  */
@@ -384,6 +388,8 @@ function videoPanel(room, token) {
   /** @type {ReturnType<typeof setTimeout> | null} */
   let retry = null;
   let stopped = false;
+  /** Whether the room says the host is live. */
+  let live = false;
 
   unmute.addEventListener('click', () => {
     video.muted = false;
@@ -391,51 +397,88 @@ function videoPanel(room, token) {
     unmute.hidden = true;
   });
 
+  /** @param {string | null} text null hides the overlay */
+  const say = (text) => {
+    status.hidden = text === null;
+    status.textContent = text ?? '';
+  };
+
   /** @param {string} text */
-  const waitAndRetry = (text) => {
-    status.textContent = text;
-    status.hidden = false;
+  const retryLater = (text) => {
+    say(text);
     if (retry || stopped) return;
     retry = setTimeout(() => {
       retry = null;
       void start();
-    }, 5000);
+    }, 3000);
   };
 
   const start = async () => {
     if (stopped) return;
-    if (player) await player.stop();
+    if (retry) clearTimeout(retry);
+    retry = null;
+    const old = player;
+    player = null;
+    await old?.stop();
     const p = new WhepPlayer({ endpoint: `/whep/${encodeURIComponent(room)}`, token });
     player = p;
     p.onstatechange = (state) => {
       if (player !== p) return;
-      if (state === 'connected') status.hidden = true;
-      if (state === 'failed' || state === 'closed') waitAndRetry('The stream was interrupted: reconnecting…');
+      video.dataset.connection = state;
+      if (state === 'failed' || state === 'closed') {
+        player = null;
+        void p.stop();
+        retryLater('The video connection was lost: reconnecting…');
+      }
     };
     try {
-      status.textContent = 'Connecting to the stream…';
+      if (!live) say('Waiting for the host to go live…');
       await p.play(video);
-      unmute.hidden = false;
       const ms = await p.firstFrame();
       if (player === p) {
-        status.hidden = true;
+        say(null);
+        unmute.hidden = !video.muted;
         video.dataset.firstFrameMs = String(Math.round(ms));
       }
     } catch (e) {
       if (player !== p) return;
       player = null;
-      const waiting = e instanceof VideoSessionError && (e.status === 404 || e.status === 409);
-      waitAndRetry(waiting ? 'Waiting for the host to go live…' : `Video unavailable (${e instanceof Error ? e.message : String(e)}); retrying…`);
+      retryLater(`Video unavailable (${e instanceof Error ? e.message : String(e)}); retrying…`);
     }
   };
 
   return {
     start: () => void start(),
+    /** @param {JoinReply} reply */
+    reset(reply) {
+      live = reply.state.live === true;
+      if (!live) say('Waiting for the host to go live…');
+    },
+    /** @param {import('../sdk/protocol.js').RoomEvent} event */
+    event(event) {
+      if (event.type === 'stream_started') {
+        live = true;
+        video.dataset.stream = 'live';
+        say(`${event.by.name} is live: starting the video…`);
+        if (!player && !stopped) void start();
+      } else if (event.type === 'stream_ended') {
+        live = false;
+        video.dataset.stream = event.reason;
+        const why = {
+          left: 'The host ended the stream.',
+          timeout: 'The host\'s connection was lost; waiting for them to come back…',
+          replaced: 'The host is reconnecting…',
+          shutdown: 'The server is restarting; the video will resume.',
+        };
+        say(why[event.reason] ?? 'The stream ended.');
+      }
+    },
     async stop() {
       stopped = true;
       if (retry) clearTimeout(retry);
-      await player?.stop();
+      const p = player;
       player = null;
+      await p?.stop();
     },
     /** The current player (tests read its stats). */
     get player() {

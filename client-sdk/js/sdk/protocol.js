@@ -130,6 +130,7 @@ export const PROTOCOL_VERSION = 1;
  * @property {boolean} closed
  * @property {PinnedProduct} [product] The product pinned in the showcase.
  * @property {SaleView} [sale] The sale of the room's latest sale event.
+ * @property {boolean} [live] The host's video is live: play it with WHEP (`POST /whep/{room}`).
  */
 
 /**
@@ -176,6 +177,9 @@ export const PROTOCOL_VERSION = 1;
  * @typedef {{type: 'sale_sold_out', stock: SaleStock}} SaleSoldOutEvent
  * @typedef {{type: 'sale_ended', stock: SaleStock}} SaleEndedEvent
  * @typedef {{type: 'purchase', notice: PurchaseNotice}} PurchaseEvent
+ * @typedef {{type: 'stream_started', by: UserRef}} StreamStartedEvent
+ * @typedef {'left' | 'timeout' | 'replaced' | 'shutdown'} StreamEndReason
+ * @typedef {{type: 'stream_ended', reason: StreamEndReason}} StreamEndedEvent
  */
 
 /**
@@ -185,7 +189,7 @@ export const PROTOCOL_VERSION = 1;
  *   | UnpinnedEvent | CommentDeletedEvent | UserMutedEvent | UserUnmutedEvent | UserBannedEvent
  *   | SlowModeEvent | RoomClosedEvent | ProductPinnedEvent | ProductUnpinnedEvent
  *   | SaleScheduledEvent | SaleStartedEvent | SaleStockEvent | SaleSoldOutEvent | SaleEndedEvent
- *   | PurchaseEvent} RoomEvent
+ *   | PurchaseEvent | StreamStartedEvent | StreamEndedEvent} RoomEvent
  */
 
 /** @typedef {RoomEvent['type']} RoomEventType */

@@ -322,12 +322,15 @@ class VideoSession {
       .then(() => undefined, (e) => console.warn('ferry: trickle PATCH failed', e));
   }
 
-  /** End the session: DELETE the resource and close the peer connection. */
+  /**
+   * End the session: DELETE the resource (so the server ends it at once, as RFC 9725 asks),
+   * then close the peer connection.
+   */
   async stop() {
     const pc = this.pc;
     this.pc = null;
-    pc?.close();
     await this.resource.delete();
+    pc?.close();
   }
 
   /** @returns {Promise<VideoStats>} */

@@ -271,8 +271,85 @@ async function chatAndSales(context, pageErrors) {
   assert.equal(stats.gaps, 0);
 }
 
+/**
+ * The host page publishes Chromium's fake camera with WHIP; the viewer page plays it with
+ * WHEP: frames are decoded (getStats), a screenshot is saved, and stopping on the host page
+ * ends the stream on the viewer page.
+ * @param {BrowserContext} context
+ * @param {string[]} pageErrors
+ */
+async function video(context, pageErrors) {
+  // The viewer arrives first: its WHEP session waits for the host.
+  const viewer = await open(context, 'viewer', `${BASE}/watch/${ROOM}#token=${TOKENS.viewer}`, pageErrors);
+  await viewer.waitForSelector('#status[data-state="live"]');
+  await waitText(viewer, '#video-status', /Waiting for the host to go live/);
+  const host = await open(context, 'host', `${BASE}/host/${ROOM}#token=${TOKENS.host}`, pageErrors);
+  await host.waitForSelector('#status[data-state="live"]');
+
+  const goLive = Date.now();
+  await host.click('#go-live');
+  await host.waitForSelector('body[data-live="connected"]', { timeout: 20_000 });
+  log(`host page publishing after ${Date.now() - goLive} ms`);
+  await waitText(viewer, '#video-status', /is live|^$/);
+  await viewer.waitForSelector('#video[data-first-frame-ms]', { timeout: 20_000 });
+  log(`viewer page: first frame ${await viewer.getAttribute('#video', 'data-first-frame-ms')} ms after its WHEP start, ${Date.now() - goLive} ms after Go live`);
+  // Let a couple of seconds of video through (60 frames), then read the player's stats.
+  /** @type {import('../sdk/video.js').VideoStats} */
+  let stats;
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    stats = await viewer.evaluate(() => /** @type {any} */ (window).ferryPage.video.player.stats());
+    if (stats.framesDecoded >= 60) break;
+    if (Date.now() > deadline) {
+      const raw = await viewer.evaluate(async () => {
+        const pc = /** @type {any} */ (window).ferryPage.video.player.pc;
+        /** @type {any[]} */
+        const out = [];
+        (await pc.getStats()).forEach((/** @type {any} */ r) => {
+          if (r.type === 'inbound-rtp' || r.type === 'candidate-pair' && r.nominated) out.push(r);
+        });
+        return out;
+      });
+      const sent = await host.evaluate(async () => {
+        const pc = /** @type {any} */ (window).ferryPage.live.publisher.pc;
+        /** @type {any[]} */
+        const out = [];
+        (await pc.getStats()).forEach((/** @type {any} */ r) => {
+          if (r.type === 'outbound-rtp' || r.type === 'remote-inbound-rtp') out.push(r);
+        });
+        return out;
+      });
+      log(`viewer inbound: ${JSON.stringify(raw)}`);
+      log(`host outbound: ${JSON.stringify(sent)}`);
+      log(`server: ${(await rust('server_metrics', { prefix: 'ferry_sfu' })).join('\n')}`);
+      throw new Error(`only ${stats.framesDecoded} frames decoded in 20 s`);
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  log(`viewer stats: ${JSON.stringify(stats)}`);
+  assert.ok(stats.framesDecoded > 0, 'frames decoded');
+  assert.ok(stats.frameWidth > 0 && stats.frameHeight > 0, 'a real picture size');
+  assert.ok(stats.timeToFirstFrameMs !== null && stats.timeToFirstFrameMs > 0);
+  const painted = await viewer.evaluate(() => {
+    const v = /** @type {HTMLVideoElement} */ (document.getElementById('video'));
+    return { width: v.videoWidth, height: v.videoHeight, time: v.currentTime };
+  });
+  assert.ok(painted.width > 0 && painted.time > 0, `the <video> plays: ${JSON.stringify(painted)}`);
+  const sent = await host.evaluate(() => /** @type {any} */ (window).ferryPage.live.publisher.stats());
+  log(`host stats: framesEncoded ${sent.framesEncoded}, packetsSent ${sent.packetsSent}`);
+  assert.ok(sent.framesEncoded > 0);
+  await screenshot(viewer, 'viewer-video');
+  await screenshot(host, 'host-live');
+
+  // The host stops: the viewer page is told the stream ended.
+  await host.click('#stop-live');
+  await waitText(viewer, '#video-status', /The host ended the stream/);
+  await host.waitForSelector('body[data-live="stopped"]');
+  log('stream ended on the viewer page');
+}
+
 /** @type {Record<string, (context: BrowserContext, pageErrors: string[]) => Promise<void>>} */
-const SCENARIOS = { 'chat-and-sales': chatAndSales };
+const SCENARIOS = { 'chat-and-sales': chatAndSales, video };
 
 async function main() {
   const name = process.argv[2] ?? '';
