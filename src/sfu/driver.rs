@@ -33,7 +33,7 @@ use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::SdpOffer;
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Protocol, Receive, Transmit};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
@@ -49,6 +49,8 @@ pub struct DriverConfig {
 
 /// Datagrams read before the written-to peers are polled and their output sent.
 const RECV_BATCH: usize = 64;
+/// Datagrams queued while the socket's send buffer is full; beyond, they are dropped.
+const MAX_OUTBOX: usize = 16 * 1024;
 /// Largest datagram (MTU-sized RTP plus slack).
 const MAX_DATAGRAM: usize = 2000;
 
@@ -110,6 +112,8 @@ pub struct Driver {
     last_stats: Instant,
     /// Our ICE candidates as SDP attribute values (for ICE restart answers).
     candidate_lines: Vec<String>,
+    /// Datagrams the socket would not take yet (kept in order).
+    outbox: std::collections::VecDeque<Transmit>,
 }
 
 impl Driver {
@@ -141,6 +145,7 @@ impl Driver {
             router_timeout: now,
             draining: false,
             last_stats: now,
+            outbox: std::collections::VecDeque::new(),
             candidate_lines: candidates
                 .iter()
                 .filter_map(|a| Candidate::host(*a, "udp").ok())
@@ -180,9 +185,10 @@ impl Driver {
             }
             let now = Instant::now();
             self.drive_timeouts(now);
-            self.flush_dirty(now).await;
-            self.handle_router_outputs(now).await;
-            self.flush_dirty(now).await;
+            self.flush_dirty(now);
+            self.handle_router_outputs(now);
+            self.flush_dirty(now);
+            self.flush_outbox().await;
             if now.saturating_duration_since(self.last_stats) >= Duration::from_secs(1) {
                 self.last_stats = now;
                 self.publish_stats(now);
@@ -462,7 +468,7 @@ impl Driver {
         if let Err(e) = p.rtc.handle_input(input) {
             tracing::debug!(peer = %id, error = %e, "peer input failed");
         }
-        self.mark_dirty(id);
+        self.poll_peer(now, id);
     }
 
     fn drive_timeouts(&mut self, now: Instant) {
@@ -478,7 +484,7 @@ impl Driver {
                     tracing::debug!(peer = %id, error = %e, "peer timeout failed");
                 }
             }
-            self.mark_dirty(id);
+            self.poll_peer(now, id);
         }
         // Sessions that never connected.
         let stale: Vec<PeerId> = self
@@ -499,7 +505,8 @@ impl Driver {
     }
 
     /// Poll every peer written to or fed since the last flush, until each says "timeout".
-    async fn flush_dirty(&mut self, now: Instant) {
+    /// Poll every peer written to or fed since the last flush, until each says "timeout".
+    fn flush_dirty(&mut self, now: Instant) {
         let mut rounds = 0;
         while !self.dirty.is_empty() && rounds < 8 {
             rounds += 1;
@@ -510,19 +517,20 @@ impl Driver {
                 }
             }
             for id in dirty {
-                self.poll_peer(now, id).await;
+                self.poll_peer(now, id);
             }
         }
     }
 
-    async fn poll_peer(&mut self, now: Instant, id: PeerId) {
+    /// Drain one peer's output until it says "timeout". str0m expects this after every
+    /// input: an event not polled before the next input may be lost.
+    fn poll_peer(&mut self, now: Instant, id: PeerId) {
         loop {
             let Some(p) = self.peers.get_mut(&id) else {
                 return;
             };
             if !p.rtc.is_alive() {
-                let reason = EndReason::Timeout;
-                self.remove_peer(now, id, reason);
+                self.remove_peer(now, id, EndReason::Timeout);
                 return;
             }
             let out = match p.rtc.poll_output() {
@@ -538,26 +546,42 @@ impl Driver {
                     p.next_timeout = t;
                     return;
                 }
-                Output::Transmit(t) => {
-                    self.send(&t.contents, t.destination).await;
-                }
+                Output::Transmit(t) => self.send(t),
                 Output::Event(ev) => self.handle_event(now, id, ev),
             }
         }
     }
 
-    async fn send(&mut self, data: &[u8], to: SocketAddr) {
-        match self.socket.try_send_to(data, to) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                // The send buffer is full: wait for room rather than drop.
-                if self.socket.send_to(data, to).await.is_err() {
+    /// Send now if the socket takes it; otherwise queue until it is writable (in order).
+    fn send(&mut self, t: Transmit) {
+        if self.outbox.is_empty() {
+            match self.socket.try_send_to(&t.contents, t.destination) {
+                Ok(_) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => {
                     self.metrics.udp_send_errors.fetch_add(1, Relaxed);
+                    tracing::debug!(to = %t.destination, error = %e, "udp send failed");
+                    return;
                 }
             }
-            Err(e) => {
+        }
+        if self.outbox.len() < MAX_OUTBOX {
+            self.outbox.push_back(t);
+        } else {
+            self.metrics.udp_send_errors.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Wait for the socket to take what is queued.
+    async fn flush_outbox(&mut self) {
+        while let Some(t) = self.outbox.pop_front() {
+            if self
+                .socket
+                .send_to(&t.contents, t.destination)
+                .await
+                .is_err()
+            {
                 self.metrics.udp_send_errors.fetch_add(1, Relaxed);
-                tracing::debug!(%to, error = %e, "udp send failed");
             }
         }
     }
@@ -670,6 +694,7 @@ impl Driver {
     }
 
     fn on_rtp(&mut self, now: Instant, id: PeerId, pkt: RtpPacket) {
+        tracing::trace!(peer = %id, ssrc = %pkt.header.ssrc, seq = *pkt.seq_no, len = pkt.payload.len(), "rtp event");
         if pkt.payload.is_empty() {
             return; // padding / probes
         }
@@ -704,6 +729,7 @@ impl Driver {
                 if p.in_streams.len() >= 32 {
                     p.in_streams.clear();
                 }
+                tracing::debug!(peer = %id, %ssrc, %mid, ?rid, track, layer, "publisher stream");
                 p.in_streams.push(InStream {
                     ssrc,
                     track: track as u8,
@@ -724,6 +750,7 @@ impl Driver {
             }
         };
         let Some(params) = params else {
+            tracing::debug!(peer = %id, ?pt, "unknown payload type");
             return;
         };
         let stream = &mut p.in_streams[si];
@@ -749,6 +776,7 @@ impl Driver {
             keyframe_start,
             len: pkt.payload.len(),
         };
+        tracing::trace!(peer = %id, track, layer, seq = meta.seq, keyframe_start, "rtp in");
         let mut forwards = std::mem::take(&mut self.forwards);
         forwards.clear();
         self.router
@@ -831,7 +859,7 @@ impl Driver {
         }
     }
 
-    async fn handle_router_outputs(&mut self, now: Instant) {
+    fn handle_router_outputs(&mut self, now: Instant) {
         while let Some(out) = self.router.poll_output() {
             match out {
                 RouterOutput::KeyframeRequest { peer, track, layer } => {
@@ -848,8 +876,11 @@ impl Driver {
                         .copied()
                         .flatten();
                     let mut api = p.rtc.direct_api();
-                    if let Some(rx) = api.stream_rx_by_mid(mid, rid) {
-                        rx.request_keyframe(KeyframeRequestKind::Pli);
+                    match api.stream_rx_by_mid(mid, rid) {
+                        Some(rx) => rx.request_keyframe(KeyframeRequestKind::Pli),
+                        None => {
+                            tracing::debug!(%peer, %mid, ?rid, "no stream to ask for a keyframe")
+                        }
                     }
                     self.mark_dirty(peer);
                 }
