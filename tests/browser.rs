@@ -143,7 +143,7 @@ impl RustSide {
 async fn run_scenario(scenario: &str) {
     prerequisites();
     let _one_at_a_time = CHROMIUM.lock().await;
-    let server = TestServer::start(|c| c.sfu.bwe = std::env::var("EXP_BWE").is_ok()).await;
+    let server = TestServer::start(|_| {}).await;
     let host_token = server.token(ROOM, "browser-host", Role::Host);
     // The catalog product the host page pins and sells: ¥89.00, sold in the US and Hong Kong.
     let (status, body) = http(

@@ -341,6 +341,17 @@ async function video(context, pageErrors) {
   await screenshot(viewer, 'viewer-video');
   await screenshot(host, 'host-live');
 
+  // A viewer who arrives while the host is live gets a picture fast (the SFU asks the
+  // publisher for a keyframe): time to first frame from its WHEP start.
+  const late = await open(context, 'late viewer', `${BASE}/watch/${ROOM}#token=${TOKENS.viewer}`, pageErrors);
+  await late.waitForSelector('#video[data-first-frame-ms]', { timeout: 20_000 });
+  const lateTtff = Number(await late.getAttribute('#video', 'data-first-frame-ms'));
+  log(`late viewer: time to first frame ${lateTtff} ms`);
+  assert.ok(lateTtff > 0 && lateTtff < 10_000, `late viewer time to first frame ${lateTtff} ms`);
+  const lateStats = await late.evaluate(() => /** @type {any} */ (window).ferryPage.video.player.stats());
+  assert.ok(lateStats.framesDecoded > 0);
+  await late.close();
+
   // The host stops: the viewer page is told the stream ended.
   await host.click('#stop-live');
   await waitText(viewer, '#video-status', /The host ended the stream/);
