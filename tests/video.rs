@@ -184,6 +184,8 @@ async fn stream_events_reach_websocket_viewers_and_a_restarted_publisher_resumes
     assert_eq!(reason, StreamEndReason::Left);
     let (after_ws, _) = s.client(room, "after-chat", Role::Viewer);
     assert!(!after_ws.join(room).await.expect("join").state.live);
+    // Packets already on their way land; then nothing more comes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let frames_before = v.stats().video_frames;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(v.stats().video_frames, frames_before, "media stopped");
@@ -708,57 +710,4 @@ async fn shutdown_closes_video_sessions() {
     v.wait_closed(WAIT)
         .await
         .expect("viewer's session closed by the server");
-}
-
-/// Interop: Debian's `whip-client` (simple-whip-client: GStreamer webrtcbin, VP8 + Opus,
-/// trickle ICE by PATCH) publishes; a WHEP subscriber receives its keyframes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gstreamer_whip_client_can_publish() {
-    if std::process::Command::new("whip-client")
-        .arg("--help")
-        .output()
-        .is_err()
-    {
-        // .ci/run installs it (apt: simple-whip-client); only a machine without it skips.
-        eprintln!("SKIPPED: whip-client (Debian package simple-whip-client) is not installed");
-        return;
-    }
-    let s = TestServer::start(|_| {}).await;
-    let token = s.token("gst", "host", Role::Host);
-    let mut child = tokio::process::Command::new("whip-client")
-        .args(["-u", &format!("{}/whip/gst", base(&s)), "-t", &token, "-l", "2"])
-        .args(["-V", "videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=30/1 ! videoconvert ! queue ! vp8enc deadline=1 keyframe-max-dist=300 ! rtpvp8pay pt=96 ssrc=2 ! queue ! application/x-rtp,media=video,encoding-name=VP8,payload=96"])
-        .args(["-A", "audiotestsrc is-live=true wave=red-noise ! audioconvert ! audioresample ! queue ! opusenc ! rtpopuspay pt=100 ssrc=1 ! queue ! application/x-rtp,media=audio,encoding-name=OPUS,payload=100"])
-        .kill_on_drop(true)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn whip-client");
-    // Wait for the room to go live.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let live = s
-            .server
-            .state
-            .hub
-            .engine()
-            .room(&"gst".into())
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|r| r.live);
-        if live {
-            break;
-        }
-        assert!(Instant::now() < deadline, "whip-client never went live");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let v = subscribe(&s, "gst", "v").await;
-    let st = wait_stats(&v, "GStreamer's media", |st| {
-        st.keyframe_starts >= 1 && st.video_packets >= 50 && st.audio_packets >= 20
-    })
-    .await;
-    assert_eq!(st.seq_gaps, 0, "{st:#?}");
-    let _ = child.start_kill();
-    let _ = child.wait().await;
 }

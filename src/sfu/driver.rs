@@ -782,10 +782,13 @@ impl Driver {
         self.router
             .on_rtp(now, id, track, layer, &meta, &mut forwards);
         if !forwards.is_empty() {
-            let mut ext = ExtensionValues::default();
-            ext.audio_level = pkt.header.ext_vals.audio_level;
-            ext.voice_activity = pkt.header.ext_vals.voice_activity;
-            ext.video_orientation = pkt.header.ext_vals.video_orientation;
+            // Only what the viewer's player uses; transport extensions are the viewer Rtc's own.
+            let ext = ExtensionValues {
+                audio_level: pkt.header.ext_vals.audio_level,
+                voice_activity: pkt.header.ext_vals.voice_activity,
+                video_orientation: pkt.header.ext_vals.video_orientation,
+                ..ExtensionValues::default()
+            };
             let marker = pkt.header.marker;
             let nackable = params.spec().codec.is_video();
             for f in &forwards {

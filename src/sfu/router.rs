@@ -815,10 +815,7 @@ impl Router {
         let rank = |l: u8| order.iter().position(|x| *x == l).unwrap_or(0);
         let target = sub.target;
         let mut new_target = target;
-        if !order.contains(&target) || joining {
-            new_target = fits;
-            sub.up_candidate = None;
-        } else if rank(fits) < rank(target) {
+        if !order.contains(&target) || joining || rank(fits) < rank(target) {
             new_target = fits;
             sub.up_candidate = None;
         } else if rank(fits) > rank(target) {
