@@ -706,7 +706,6 @@ impl Driver {
     }
 
     fn on_rtp(&mut self, now: Instant, id: PeerId, pkt: RtpPacket) {
-        tracing::trace!(peer = %id, ssrc = %pkt.header.ssrc, seq = *pkt.seq_no, len = pkt.payload.len(), "rtp event");
         if pkt.payload.is_empty() {
             return; // padding / probes
         }
@@ -788,7 +787,6 @@ impl Driver {
             keyframe_start,
             len: pkt.payload.len(),
         };
-        tracing::trace!(peer = %id, track, layer, seq = meta.seq, keyframe_start, "rtp in");
         let mut forwards = std::mem::take(&mut self.forwards);
         forwards.clear();
         self.router
