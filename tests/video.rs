@@ -90,7 +90,8 @@ async fn fan_out_in_order_and_late_joiners_get_a_keyframe_fast() {
         assert_clean(&st);
         assert!(st.keyframes >= 1);
         let ttff = st.time_to_first_frame.expect("first frame");
-        assert!(ttff < Duration::from_secs(2), "first frame after {ttff:?}");
+        // Joins within one keyframe_interval (1 s) share one request: at most ~1 s + setup.
+        assert!(ttff < Duration::from_secs(3), "first frame after {ttff:?}");
     }
     // A late joiner, long after the publisher's only periodic keyframe: served by a
     // (merged, throttled) keyframe request.
@@ -100,8 +101,8 @@ async fn fan_out_in_order_and_late_joiners_get_a_keyframe_fast() {
     assert_clean(&st);
     let ttff = st.time_to_first_frame.expect("first frame");
     assert!(
-        ttff < Duration::from_secs(2),
-        "late joiner's first frame after {ttff:?}"
+        ttff < Duration::from_secs(3),
+        "late joiner's first frame after {ttff:?} (the GOP is 30 s)"
     );
     assert!(host.stats().keyframe_requests >= 1, "{:?}", host.stats());
     assert!(

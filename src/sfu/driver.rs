@@ -114,6 +114,8 @@ pub struct Driver {
     candidate_lines: Vec<String>,
     /// Datagrams the socket would not take yet (kept in order).
     outbox: std::collections::VecDeque<Transmit>,
+    /// Reused list of peers whose timer is due.
+    scratch: Vec<PeerId>,
 }
 
 impl Driver {
@@ -146,6 +148,7 @@ impl Driver {
             draining: false,
             last_stats: now,
             outbox: std::collections::VecDeque::new(),
+            scratch: Vec::new(),
             candidate_lines: candidates
                 .iter()
                 .filter_map(|a| Candidate::host(*a, "udp").ok())
@@ -191,7 +194,10 @@ impl Driver {
             self.flush_outbox().await;
             if now.saturating_duration_since(self.last_stats) >= Duration::from_secs(1) {
                 self.last_stats = now;
+                self.drop_stale(now);
                 self.publish_stats(now);
+                self.flush_dirty(now);
+                self.flush_outbox().await;
             }
         }
         tracing::info!("sfu driver stopped");
@@ -472,13 +478,15 @@ impl Driver {
     }
 
     fn drive_timeouts(&mut self, now: Instant) {
-        let due: Vec<PeerId> = self
-            .peers
-            .values()
-            .filter(|p| p.next_timeout <= now)
-            .map(|p| p.id)
-            .collect();
-        for id in due {
+        let mut due = std::mem::take(&mut self.scratch);
+        due.clear();
+        due.extend(
+            self.peers
+                .values()
+                .filter(|p| p.next_timeout <= now)
+                .map(|p| p.id),
+        );
+        for &id in &due {
             if let Some(p) = self.peers.get_mut(&id) {
                 if let Err(e) = p.rtc.handle_input(Input::Timeout(now)) {
                     tracing::debug!(peer = %id, error = %e, "peer timeout failed");
@@ -486,7 +494,14 @@ impl Driver {
             }
             self.poll_peer(now, id);
         }
-        // Sessions that never connected.
+        self.scratch = due;
+        if self.router_timeout <= now {
+            self.router_timeout = self.router.handle_timeout(now);
+        }
+    }
+
+    /// Sessions that never connected (checked once a second).
+    fn drop_stale(&mut self, now: Instant) {
         let stale: Vec<PeerId> = self
             .peers
             .values()
@@ -498,9 +513,6 @@ impl Driver {
         for id in stale {
             tracing::info!(peer = %id, "sfu session never connected; dropped");
             self.remove_peer(now, id, EndReason::Timeout);
-        }
-        if self.router_timeout <= now {
-            self.router_timeout = self.router.handle_timeout(now);
         }
     }
 
@@ -694,7 +706,6 @@ impl Driver {
     }
 
     fn on_rtp(&mut self, now: Instant, id: PeerId, pkt: RtpPacket) {
-        tracing::trace!(peer = %id, ssrc = %pkt.header.ssrc, seq = *pkt.seq_no, len = pkt.payload.len(), "rtp event");
         if pkt.payload.is_empty() {
             return; // padding / probes
         }
@@ -776,7 +787,6 @@ impl Driver {
             keyframe_start,
             len: pkt.payload.len(),
         };
-        tracing::trace!(peer = %id, track, layer, seq = meta.seq, keyframe_start, "rtp in");
         let mut forwards = std::mem::take(&mut self.forwards);
         forwards.clear();
         self.router
