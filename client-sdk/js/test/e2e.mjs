@@ -197,16 +197,16 @@ async function chatAndSales(context, pageErrors) {
   await waitText(viewer, '#product-extra', /shipping \$15\.00 · rates of 2026-11-20/);
   log('pinned product shown with the US price');
 
-  // The host launches a sale: 4 units at ¥59.00, 2 per buyer, starting in 3 s.
+  // The host launches a sale: 4 units at ¥59.00, 2 per buyer, starting in 5 s.
   await host.fill('#sale-quantity', '4');
   await host.fill('#sale-price', '59.00');
   await host.fill('#sale-limit', '2');
-  await host.fill('#sale-starts-in', '3');
+  await host.fill('#sale-starts-in', '5');
   await host.fill('#sale-duration', '120');
   await host.fill('#sale-hold', '60');
   await host.click('#sale-form button[type="submit"]');
   await waitText(viewer, '#sale-phase', /starts in/);
-  await waitText(viewer, '#sale-countdown', /^0:0[1-3]$/);
+  await waitText(viewer, '#sale-countdown', /^0:0[1-5]$/);
   await waitText(viewer, '#sale-price', /^\$8\.18 · limit 2 per buyer$/);
   await waitText(viewer, '#sale-stock-text', /^4 of 4 left$/);
   assert.equal(await viewer.isDisabled('#buy'), true, 'no buying before the start');
@@ -224,7 +224,7 @@ async function chatAndSales(context, pageErrors) {
   log(`countdown: Rust SDK ${Math.round(rustCountdown)} ms, page ${Math.round(pageCountdown)} ms`);
 
   // At the start instant the Buy button opens; the viewer reserves 2.
-  await viewer.waitForSelector('#buy:not([disabled])', { timeout: 6_000 });
+  await viewer.waitForSelector('#buy:not([disabled])', { timeout: 8_000 });
   await waitText(viewer, '#sale-phase', /Ends in/);
   await viewer.selectOption('#buy-quantity', '2');
   await viewer.click('#buy');
