@@ -21,6 +21,7 @@ pub struct Config {
     pub rooms: RoomsConfig,
     pub redis: RedisConfig,
     pub commerce: CommerceConfig,
+    pub sfu: SfuConfig,
     pub log: LogConfig,
 }
 
@@ -36,6 +37,9 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Accept queue length (capped by the kernel's somaxconn).
     pub listen_backlog: u32,
+    /// Serve the viewer and host pages and the browser SDK (`/watch/{room}`, `/host/{room}`,
+    /// `/sdk/*`, `/pages/*`). Off for nodes that only carry API and WebSocket traffic.
+    pub pages: bool,
 }
 
 impl Default for ServerConfig {
@@ -45,6 +49,7 @@ impl Default for ServerConfig {
             node_id: String::new(),
             drain_timeout: Duration::from_secs(10),
             listen_backlog: 4096,
+            pages: true,
         }
     }
 }
@@ -378,6 +383,82 @@ impl Default for CommerceConfig {
     }
 }
 
+/// Live video: WHIP ingest, WHEP playback and the SFU that relays between them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SfuConfig {
+    /// Serve `/whip` and `/whep` and run the SFU. Off: those routes answer 503.
+    pub enabled: bool,
+    /// The one UDP socket every WebRTC peer of this node uses. Port 0 picks a free port; set
+    /// a fixed port when a firewall or a NAT port-forward must know it.
+    pub udp_listen: SocketAddr,
+    /// Addresses offered to peers as ICE candidates: an IP (the socket's port is used) or
+    /// `IP:port` (a port forwarded to `udp_listen`). Empty: the listen address when it is
+    /// specific, else the address this host routes from by default.
+    pub public_addresses: Vec<String>,
+    /// STUN/TURN server URLs advertised to WHIP/WHEP clients in `Link` headers.
+    pub ice_servers: Vec<String>,
+    /// Username and credential sent with `turn:`/`turns:` entries of `ice_servers`.
+    pub ice_username: String,
+    pub ice_credential: String,
+    /// Token roles allowed to publish (WHIP). Add "moderator" for co-hosts.
+    pub publisher_roles: Vec<String>,
+    /// Publishers (distinct users) live at once in one room; above 1, co-hosts may join.
+    /// A new session of a user already publishing replaces the old one.
+    pub max_publishers_per_room: usize,
+    /// WHIP + WHEP sessions on this node; more are refused with 503.
+    pub max_sessions: usize,
+    /// Keyframe requests reaching a publisher, per track and layer, at most this often.
+    #[serde(with = "humantime_serde")]
+    pub keyframe_interval: Duration,
+    /// Estimate each viewer's bandwidth (TWCC) to pick its simulcast layer.
+    pub bwe: bool,
+    /// Bandwidth assumed for a new viewer until its first estimate, bits/s.
+    pub initial_bitrate_bps: u64,
+    /// A higher layer must fit a viewer's estimate this long before it switches up.
+    #[serde(with = "humantime_serde")]
+    pub up_switch_delay: Duration,
+    /// Viewers of a room whose stream ended are kept this long for the publisher to come
+    /// back (their playback resumes), then their sessions are closed.
+    #[serde(with = "humantime_serde")]
+    pub viewer_linger: Duration,
+    /// A session whose peer never connects (ICE + DTLS) is dropped after this.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// `Access-Control-Allow-Origin` for WHIP/WHEP: origins allowed to call from a browser
+    /// page ("*" = any; Bearer tokens are not cookies, so "*" is safe).
+    pub cors_origins: Vec<String>,
+    /// Largest SDP offer or PATCH body accepted.
+    pub max_sdp_bytes: usize,
+    /// SO_RCVBUF / SO_SNDBUF of the UDP socket (the kernel may cap it at rmem_max/wmem_max).
+    pub socket_buffer_bytes: usize,
+}
+
+impl Default for SfuConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            udp_listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            public_addresses: Vec::new(),
+            ice_servers: Vec::new(),
+            ice_username: String::new(),
+            ice_credential: String::new(),
+            publisher_roles: vec!["host".to_owned(), "admin".to_owned()],
+            max_publishers_per_room: 1,
+            max_sessions: 5000,
+            keyframe_interval: Duration::from_secs(1),
+            bwe: true,
+            initial_bitrate_bps: 2_500_000,
+            up_switch_delay: Duration::from_secs(2),
+            viewer_linger: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(15),
+            cors_origins: vec!["*".to_owned()],
+            max_sdp_bytes: 32 * 1024,
+            socket_buffer_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -598,6 +679,50 @@ impl Config {
         }
         if self.rooms.aggregate_interval.is_zero() || self.rooms.viewer_count_interval.is_zero() {
             return bad("rooms.aggregate_interval", "intervals must be > 0");
+        }
+        let v = &self.sfu;
+        for role in &v.publisher_roles {
+            if role.parse::<ferry_client::protocol::Role>().is_err() {
+                return bad(
+                    "sfu.publisher_roles",
+                    "entries must be viewer, host, moderator or admin",
+                );
+            }
+        }
+        for a in &v.public_addresses {
+            if a.parse::<std::net::IpAddr>().is_err() && a.parse::<SocketAddr>().is_err() {
+                return bad("sfu.public_addresses", "entries must be an IP or IP:port");
+            }
+        }
+        for url in &v.ice_servers {
+            if !["stun:", "stuns:", "turn:", "turns:"]
+                .iter()
+                .any(|p| url.starts_with(p))
+                || url.contains(['<', '>', '"', ',', ' '])
+            {
+                return bad(
+                    "sfu.ice_servers",
+                    "entries must be stun:, stuns:, turn: or turns: URLs",
+                );
+            }
+        }
+        if v.max_publishers_per_room == 0 {
+            return bad("sfu.max_publishers_per_room", "must be at least 1");
+        }
+        if v.max_sessions == 0 {
+            return bad("sfu.max_sessions", "must be at least 1");
+        }
+        if v.keyframe_interval.is_zero() || v.connect_timeout.is_zero() {
+            return bad(
+                "sfu.keyframe_interval",
+                "sfu.keyframe_interval and sfu.connect_timeout must be > 0",
+            );
+        }
+        if v.initial_bitrate_bps < 10_000 {
+            return bad("sfu.initial_bitrate_bps", "must be at least 10000");
+        }
+        if v.max_sdp_bytes < 1024 {
+            return bad("sfu.max_sdp_bytes", "must be at least 1024");
         }
         if self
             .log

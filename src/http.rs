@@ -1,5 +1,6 @@
 //! HTTP routes on the one listener: the WebSocket endpoint, health, readiness, metrics, and
-//! the room REST API for hosts and admins (documented in `docs/http-api.md`).
+//! the room REST API for hosts and admins (documented in `docs/http-api.md`), with the
+//! commerce routes (`commerce_api`) and the browser pages (`pages`) merged in.
 
 use crate::auth::Claims;
 use crate::engine::EngineError;
@@ -16,6 +17,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 pub fn router(state: AppState) -> Router {
+    let pages = if state.config.server.pages {
+        crate::pages::routes()
+    } else {
+        Router::new()
+    };
     Router::new()
         .route("/ws", get(ws_handler))
         .route("/healthz", get(healthz))
@@ -24,6 +30,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/rooms", axum::routing::post(create_room))
         .route("/api/rooms/{room}", get(room_info).delete(close_room))
         .merge(crate::commerce_api::routes())
+        .merge(crate::sfu::api::routes(state.clone()))
+        .merge(pages)
         .fallback(not_found)
         .with_state(state)
 }
@@ -102,6 +110,9 @@ async fn readyz(State(app): State<AppState>) -> Response {
     if !app.commerce.store().ready().await {
         return (StatusCode::SERVICE_UNAVAILABLE, "sale store unavailable\n").into_response();
     }
+    if app.sfu.as_ref().is_some_and(|s| !s.ready()) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "sfu socket failed\n").into_response();
+    }
     (StatusCode::OK, "ready\n").into_response()
 }
 
@@ -114,6 +125,9 @@ async fn metrics(State(app): State<AppState>) -> Response {
         {
             let mut text = app.metrics.render(app.hub.node());
             app.commerce.metrics().render(app.hub.node(), &mut text);
+            if let Some(sfu) = &app.sfu {
+                sfu.metrics.render(app.hub.node(), &mut text);
+            }
             text
         },
     )

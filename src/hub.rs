@@ -616,6 +616,7 @@ impl RoomTask {
             closed: st.closed,
             product: st.product.clone().map(Box::new),
             sale: st.sale.clone().map(Box::new),
+            live: st.live,
         }
     }
 

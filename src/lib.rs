@@ -10,8 +10,10 @@ pub mod engine;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod pages;
 pub mod room;
 pub mod session;
+pub mod sfu;
 
 pub use ferry_client::protocol;
 pub mod http;

@@ -13,6 +13,7 @@ use crate::engine::redis::{RedisEngine, RedisEngineOptions, RedisStartError};
 use crate::engine::Engine;
 use crate::hub::{ConnSignal, Hub, HubConfig};
 use crate::metrics::Metrics;
+use crate::sfu::{Sfu, SfuStartError};
 use axum::serve::ListenerExt;
 use dashmap::DashMap;
 use ferry_client::protocol::CloseCode;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub verifier: Arc<Verifier>,
     /// Catalog, flash sales and orders.
     pub commerce: Arc<Commerce>,
+    /// Live video (WHIP/WHEP and the SFU); `None` when `sfu.enabled` is false.
+    pub sfu: Option<Arc<Sfu>>,
     /// Every open connection's close signal, for draining.
     pub conns: Arc<DashMap<u64, Arc<ConnSignal>>>,
     draining: Arc<AtomicBool>,
@@ -56,6 +59,8 @@ pub enum StartError {
     Redis(#[from] RedisStartError),
     #[error("commerce store: {0}")]
     Commerce(String),
+    #[error(transparent)]
+    Sfu(#[from] SfuStartError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -159,7 +164,13 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         hub.clone(),
     );
     commerce.spawn_sweeper();
+    let sfu = if config.sfu.enabled {
+        Some(Sfu::start(config.sfu.clone(), hub.clone()).await?)
+    } else {
+        None
+    };
     let state = AppState {
+        sfu,
         config: Arc::new(config),
         hub,
         metrics,
@@ -221,6 +232,11 @@ impl RunningServer {
         let state = self.state;
         state.draining.store(true, Relaxed);
         let _ = self.stop_accepting.send(true);
+        if let Some(sfu) = &state.sfu {
+            // Video sessions end first, so viewers still connected get `stream_ended`.
+            sfu.drain().await;
+            tracing::info!("sfu sessions closed");
+        }
         let open = state.conns.len();
         tracing::info!(open, "draining: closing connections with 3000");
         for c in state.conns.iter() {

@@ -139,7 +139,7 @@ async fn redis_restart_with_aof_loses_no_answered_reservation() {
                     Ok(Ok(Bought::New(r, _))) => {
                         told.insert(r.id.clone(), Told::Reserved);
                         // Every other buyer pays at once.
-                        if n % 2 == 0 {
+                        if n.is_multiple_of(2) {
                             match store.confirm(&id, &r.id, "pay", 3_000).await {
                                 Ok(Some(Settled::Now(c, _))) => {
                                     assert_eq!(c.state, ReservationState::Confirmed);

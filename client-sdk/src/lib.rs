@@ -9,6 +9,9 @@ pub mod protocol;
 #[cfg(feature = "net")]
 pub mod client;
 
+#[cfg(feature = "media")]
+pub mod media;
+
 #[cfg(feature = "net")]
 pub use client::{
     new_idempotency_key, Client, ClientError, ClientOptions, ClockEstimate, Event, Events,

@@ -397,6 +397,9 @@ pub struct RoomState {
     /// The room's current (or last) flash sale, with its stock at the time of the view.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sale: Option<Box<SaleView>>,
+    /// The host's video is live: play it with WHEP (`POST /whep/{room}`).
+    #[serde(default)]
+    pub live: bool,
 }
 
 /// A message pinned above the chat.
@@ -549,6 +552,29 @@ pub enum RoomEvent {
     Purchase {
         notice: PurchaseNotice,
     },
+    /// The host went live (a WHIP publisher connected): start or resume WHEP playback.
+    StreamStarted {
+        by: UserRef,
+    },
+    /// The room's last publisher left: the video stopped. WHEP sessions stay open for
+    /// `sfu.viewer_linger` and resume if the host comes back (`stream_started`).
+    StreamEnded {
+        reason: StreamEndReason,
+    },
+}
+
+/// Why a room's stream ended.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamEndReason {
+    /// The host ended the session (WHIP DELETE).
+    Left,
+    /// The host's connection was lost (ICE timeout).
+    Timeout,
+    /// The host's new session replaced the old one (a `stream_started` follows).
+    Replaced,
+    /// The server is shutting down.
+    Shutdown,
 }
 
 /// Error codes in replies. 1000–1499: the command is wrong and retrying it unchanged will fail

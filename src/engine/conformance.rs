@@ -218,6 +218,15 @@ pub async fn state_changes_apply_with_their_event(e: &dyn Engine) {
     let rec = e.room(&r).await.expect("room").expect("exists");
     assert_eq!(rec.pinned, None);
     assert!(!rec.muted.contains_key(&viewer));
+    assert!(!rec.live);
+    e.publish(&r, body(9), Some(StateChange::Live(true)))
+        .await
+        .expect("live");
+    assert!(e.room(&r).await.expect("room").expect("exists").live);
+    e.publish(&r, body(9), Some(StateChange::Live(false)))
+        .await
+        .expect("ended");
+    assert!(!e.room(&r).await.expect("room").expect("exists").live);
     commerce_state_applies(e, &r).await;
 }
 

@@ -59,6 +59,8 @@ pub enum StateChange {
     Sale(Box<SaleView>),
     /// New stock counters for the room's current sale.
     SaleStock(SaleStock),
+    /// The room's video went live (true) or ended (false).
+    Live(bool),
 }
 
 /// A room's durable state plus its stream position.
@@ -78,6 +80,8 @@ pub struct RoomRecord {
     pub created_at: u64,
     pub product: Option<PinnedProduct>,
     pub sale: Option<SaleView>,
+    /// A publisher is streaming video into the room.
+    pub live: bool,
 }
 
 impl RoomRecord {
@@ -107,6 +111,7 @@ impl RoomRecord {
                     sale.status = stock.status;
                 }
             }
+            StateChange::Live(live) => self.live = *live,
         }
     }
 }

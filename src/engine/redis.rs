@@ -4,7 +4,8 @@
 //! Keys of one room share the hash tag `{<room>}` so every script runs on one shard:
 //! - `<prefix>:{r}:meta`     HASH  epoch, offset, title, created_at, pinned, slow, likes, closed,
 //!   product (pinned showcase product, JSON), sale (the room's current sale view, JSON),
-//!   sale_stock (the latest stock counters of that sale, JSON; patches `sale` on read)
+//!   sale_stock (the latest stock counters of that sale, JSON; patches `sale` on read),
+//!   live ("1" while a publisher streams video into the room)
 //! - `<prefix>:{r}:stream`   STREAM history, entry id `<offset>-1`, field `d` = event body
 //! - `<prefix>:{r}:muted`    HASH  user → until (Unix ms, 0 = until unmuted)
 //! - `<prefix>:{r}:banned`   SET   users
@@ -69,6 +70,7 @@ elseif op == 'sale' then
   redis.call('HSET', KEYS[1], 'sale', ARGV[7])
   redis.call('HDEL', KEYS[1], 'sale_stock')
 elseif op == 'salestock' then redis.call('HSET', KEYS[1], 'sale_stock', ARGV[7])
+elseif op == 'live' then redis.call('HSET', KEYS[1], 'live', ARGV[7])
 elseif op == 'close' then
   redis.call('HSET', KEYS[1], 'closed', '1')
   for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
@@ -731,6 +733,7 @@ fn state_args(change: Option<&StateChange>) -> [String; 3] {
             serde_json::to_string(stock).unwrap_or_default(),
             s(""),
         ],
+        Some(StateChange::Live(live)) => [s("live"), s(if *live { "1" } else { "0" }), s("")],
         Some(StateChange::Sale(sale)) => [
             s("sale"),
             serde_json::to_string(sale).unwrap_or_default(),
@@ -811,6 +814,7 @@ impl Engine for RedisEngine {
             created_at: num("created_at"),
             product: get("product").and_then(|p| serde_json::from_str(p).ok()),
             sale: get("sale").and_then(|p| serde_json::from_str(p).ok()),
+            live: get("live") == Some("1"),
             ..RoomRecord::default()
         };
         // Stock updates are stored apart from the (larger) sale view they patch.

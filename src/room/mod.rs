@@ -263,6 +263,8 @@ pub fn state_change_of(event: &RoomEvent) -> Option<StateChange> {
         | RoomEvent::SaleStock { stock }
         | RoomEvent::SaleSoldOut { stock }
         | RoomEvent::SaleEnded { stock } => StateChange::SaleStock(stock.clone()),
+        RoomEvent::StreamStarted { .. } => StateChange::Live(true),
+        RoomEvent::StreamEnded { .. } => StateChange::Live(false),
         RoomEvent::Comment { .. }
         | RoomEvent::Joined { .. }
         | RoomEvent::Left { .. }

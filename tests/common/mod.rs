@@ -25,6 +25,8 @@ pub fn test_config() -> Config {
     cfg.server.listen = "127.0.0.1:0".parse().expect("addr");
     cfg.server.node_id = "test-node".into();
     cfg.server.drain_timeout = Duration::from_secs(2);
+    // The SFU's UDP socket on loopback: the ICE candidate is 127.0.0.1.
+    cfg.sfu.udp_listen = "127.0.0.1:0".parse().expect("addr");
     cfg.rooms.aggregate_interval = Duration::from_millis(100);
     cfg.rooms.viewer_count_interval = Duration::from_millis(100);
     // Memory only unless a test asks for a journal (its own temp dir).

@@ -1,0 +1,32 @@
+// @ts-check
+/**
+ * @file The Ferry browser SDK: import everything from here.
+ *
+ * ```js
+ * import { FerryClient, Showcase, BuyPress, WhepPlayer } from '/sdk/ferry.js';
+ * ```
+ *
+ * Modules: `client.js` (the room client), `sales.js` (showcase, countdown, money, Buy),
+ * `video.js` (WHIP publish, WHEP play, stats), `protocol.js` (wire types and codes), and the
+ * pure helpers `clock.js`, `stream.js`, `backoff.js`, `token.js`. docs/browser-sdk.md is the
+ * reference.
+ */
+
+export { FerryClient, FerryError } from './client.js';
+export { Emitter } from './emitter.js';
+export {
+  PROTOCOL_VERSION, ErrorCode, CloseCode, closeCodeReconnects, isTemporaryError, splitFrame,
+  isValidRoomId,
+} from './protocol.js';
+export { ClockSync, CLOCK_SAMPLES } from './clock.js';
+export { StreamTracker } from './stream.js';
+export { backoffDelay } from './backoff.js';
+export { tokenClaims } from './token.js';
+export {
+  newIdempotencyKey, offerFor, minorDigits, formatMoney, parseYuan, formatCountdown, salePhase, Showcase,
+  buyAnswerOf, BuyPress, describeBuyAnswer,
+} from './sales.js';
+export {
+  WhipPublisher, WhepPlayer, IceSessionResource, VideoSessionError, trickleFragment,
+  readVideoStats,
+} from './video.js';
