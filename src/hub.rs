@@ -382,6 +382,10 @@ fn engine_join_error(metrics: &Metrics, e: EngineError) -> JoinError {
             ErrorCode::Unavailable,
             format!("temporarily unavailable, retry: {why}"),
         ),
+        e @ (EngineError::NotHeld | EngineError::HeldQueueFull) => {
+            let (code, _) = e.wire_code();
+            JoinError::Refused(code, e.to_string())
+        }
     }
 }
 
@@ -616,6 +620,7 @@ impl RoomTask {
             closed: st.closed,
             product: st.product.clone().map(Box::new),
             sale: st.sale.clone().map(Box::new),
+            held: Vec::new(),
         }
     }
 

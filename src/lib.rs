@@ -10,6 +10,7 @@ pub mod engine;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod moderation;
 pub mod room;
 pub mod session;
 

@@ -77,6 +77,7 @@ async fn build_engine(cfg: &Config) -> Result<Arc<dyn Engine>, StartError> {
             let engine = MemoryEngine::new(MemoryEngineOptions {
                 history_size: cfg.history.size,
                 history_ttl: cfg.history.ttl,
+                max_held: cfg.moderation.max_held_per_room,
                 ..MemoryEngineOptions::default()
             });
             let sweeper = engine.clone();
@@ -102,6 +103,7 @@ async fn build_engine(cfg: &Config) -> Result<Arc<dyn Engine>, StartError> {
                     command_timeout: r.command_timeout,
                     presence_ttl: r.presence_ttl,
                     broadcast_capacity: 4096,
+                    max_held: cfg.moderation.max_held_per_room,
                 })
                 .await?,
             )

@@ -315,6 +315,9 @@ impl Session {
                             event: RoomEvent::Comment {
                                 user: self.user.clone(),
                                 text,
+                                lang: None,
+                                translations: Default::default(),
+                                held_id: None,
                             },
                         }
                     }
@@ -337,6 +340,8 @@ impl Session {
                             event: RoomEvent::Announcement {
                                 user: self.user.clone(),
                                 text,
+                                lang: None,
+                                translations: Default::default(),
                             },
                         }
                     }

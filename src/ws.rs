@@ -196,6 +196,7 @@ impl Conn {
             node: self.app.hub.node().to_owned(),
             user: self.session.user().clone(),
             server_time: unix_ms_f64(),
+            lang: None,
         };
         let hello = Utf8Bytes::from(serde_json::to_string(&connected).unwrap_or_default());
         if let Err(code) = self.write(socket, hello).await {
@@ -427,15 +428,7 @@ impl Conn {
                     Err(e) => {
                         m.errors_sent.fetch_add(1, Relaxed);
                         tracing::warn!(conn = self.id, %room, error = %e, "publish failed");
-                        let (code, retry) = match e {
-                            crate::engine::EngineError::RoomNotFound => {
-                                (ErrorCode::RoomNotFound, None)
-                            }
-                            crate::engine::EngineError::RoomClosed => (ErrorCode::RoomClosed, None),
-                            crate::engine::EngineError::Unavailable(_) => {
-                                (ErrorCode::Unavailable, Some(1000))
-                            }
-                        };
+                        let (code, retry) = e.wire_code();
                         error_reply(id, code, e.to_string(), retry)
                     }
                 }

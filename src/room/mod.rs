@@ -263,7 +263,15 @@ pub fn state_change_of(event: &RoomEvent) -> Option<StateChange> {
         | RoomEvent::SaleStock { stock }
         | RoomEvent::SaleSoldOut { stock }
         | RoomEvent::SaleEnded { stock } => StateChange::SaleStock(stock.clone()),
+        // Approving a held comment publishes it and takes it off the queue in one step.
+        RoomEvent::Comment {
+            held_id: Some(id), ..
+        }
+        | RoomEvent::CommentRejected { id, .. } => StateChange::Resolve(id.clone()),
+        RoomEvent::CommentHeld { held: Some(h), .. } => StateChange::Hold(h.clone()),
         RoomEvent::Comment { .. }
+        | RoomEvent::CommentHeld { .. }
+        | RoomEvent::Translation { .. }
         | RoomEvent::Joined { .. }
         | RoomEvent::Left { .. }
         | RoomEvent::Announcement { .. }
