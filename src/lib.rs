@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod moderation;
 pub mod room;
 pub mod session;
+pub mod translate;
 
 pub use ferry_client::protocol;
 pub mod http;
