@@ -120,6 +120,10 @@ async fn metrics(State(app): State<AppState>) -> Response {
         {
             let mut text = app.metrics.render(app.hub.node());
             app.commerce.metrics().render(app.hub.node(), &mut text);
+            app.chat
+                .translator()
+                .metrics()
+                .render(app.hub.node(), &mut text);
             text
         },
     )

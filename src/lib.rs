@@ -3,6 +3,7 @@
 //! `ferry_client::protocol`) → rooms ([`hub`], [`room`]) → the engine ([`engine`]).
 
 pub mod auth;
+pub mod chat;
 pub mod commerce;
 pub mod commerce_api;
 pub mod config;

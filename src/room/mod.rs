@@ -7,6 +7,10 @@
 //! - [`Aggregator`] turns many likes and joins/leaves into one event per interval.
 //! - [`ViewerThrottle`] limits viewer-count pushes.
 //! - [`state_change_of`] says which durable state an event changes.
+//! - [`audience`] says what each member receives of an event (translations per language,
+//!   held comments for staff).
+
+pub mod audience;
 
 use crate::engine::{Publication, StateChange};
 use ferry_client::protocol::{Epoch, Offset, RoomEvent, StreamPosition, UserRef};
