@@ -24,6 +24,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/rooms", axum::routing::post(create_room))
         .route("/api/rooms/{room}", get(room_info).delete(close_room))
         .merge(crate::commerce_api::routes())
+        .merge(crate::translation_api::routes())
         .fallback(not_found)
         .with_state(state)
 }

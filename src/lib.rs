@@ -15,6 +15,7 @@ pub mod moderation;
 pub mod room;
 pub mod session;
 pub mod translate;
+pub mod translation_api;
 
 pub use ferry_client::protocol;
 pub mod http;
