@@ -27,7 +27,9 @@ use crate::translate::{Collected, Translator};
 use ferry_client::protocol::translation::{
     HeldComment, PendingComment, ProductText, RuleRef, Severity, Translations,
 };
-use ferry_client::protocol::{ErrorBody, ErrorCode, Offset, RoomEvent, RoomId, StreamPosition, UserRef};
+use ferry_client::protocol::{
+    ErrorBody, ErrorCode, Offset, RoomEvent, RoomId, StreamPosition, UserRef,
+};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use std::collections::BTreeSet;
@@ -73,7 +75,7 @@ impl ChatError {
             }
             ChatError::Blocked(rule) => {
                 let mut b = ErrorCode::ModerationBlocked.body(self.to_string(), None);
-                b.rule = Some(rule.clone());
+                b.rule = Some(Box::new(rule.clone()));
                 b
             }
             ChatError::UnsupportedLanguage(..) => {
@@ -195,9 +197,9 @@ impl Chat {
         announcement: bool,
     ) -> Result<Outcome, ChatError> {
         let (langs, markets) = self.audience(room, sender);
-        let verdict = self
-            .moderator
-            .check(&text, markets.iter().map(String::as_str), Usage::Comments);
+        let verdict =
+            self.moderator
+                .check(&text, markets.iter().map(String::as_str), Usage::Comments);
         let metrics = self.translator.metrics();
         metrics.verdict(match verdict.severity {
             Severity::Green => "green",
@@ -324,7 +326,11 @@ impl Chat {
 
     /// The room's moderator queue (read from the engine, so it is current cluster-wide),
     /// with translations into `lang` only.
-    pub async fn queue(&self, room: &RoomId, lang: Option<&str>) -> Result<Vec<HeldComment>, ChatError> {
+    pub async fn queue(
+        &self,
+        room: &RoomId,
+        lang: Option<&str>,
+    ) -> Result<Vec<HeldComment>, ChatError> {
         let record = self
             .hub
             .engine()
@@ -343,7 +349,12 @@ impl Chat {
 
     /// Publish a held comment: translated for the room as it is now, taking it off the queue
     /// in the same step (a second approval, or one after a rejection, gets `not_held`).
-    pub async fn approve(&self, room: &RoomId, id: &str, by: &UserRef) -> Result<StreamPosition, ChatError> {
+    pub async fn approve(
+        &self,
+        room: &RoomId,
+        id: &str,
+        by: &UserRef,
+    ) -> Result<StreamPosition, ChatError> {
         let held = self
             .queue(room, None)
             .await?
@@ -367,8 +378,11 @@ impl Chat {
                 .cloned()
                 .collect();
             let glossary = self.translator.glossaries().for_room(room.as_str());
-            let jobs = self.translator.start(&held.text, src, &missing, glossary.as_ref());
-            let c = Translator::collect(jobs, Instant::now() + self.translator.config().budget).await;
+            let jobs = self
+                .translator
+                .start(&held.text, src, &missing, glossary.as_ref());
+            let c =
+                Translator::collect(jobs, Instant::now() + self.translator.config().budget).await;
             translations.extend(c.ready);
             pending = c.pending;
         }
@@ -386,7 +400,12 @@ impl Chat {
         Ok(position)
     }
 
-    pub async fn reject(&self, room: &RoomId, id: &str, by: &UserRef) -> Result<StreamPosition, ChatError> {
+    pub async fn reject(
+        &self,
+        room: &RoomId,
+        id: &str,
+        by: &UserRef,
+    ) -> Result<StreamPosition, ChatError> {
         let event = RoomEvent::CommentRejected {
             id: id.to_owned(),
             by: by.clone(),
@@ -400,7 +419,10 @@ impl Chat {
     /// Check a product listing against the rules of every market it is enabled in and
     /// translate its title and description into those markets' languages (through its
     /// glossary). Red in a market refuses the listing; yellow hits are returned as warnings.
-    pub async fn prepare_product(&self, product: &mut Product) -> Result<Vec<RuleRef>, ListingError> {
+    pub async fn prepare_product(
+        &self,
+        product: &mut Product,
+    ) -> Result<Vec<RuleRef>, ListingError> {
         let enabled: Vec<String> = product.enabled_markets().into_iter().collect();
         let mut warnings: Vec<RuleRef> = Vec::new();
         let mut check = |text: &str, market: &str| -> Result<(), ListingError> {
@@ -428,7 +450,10 @@ impl Chat {
             .cloned()
             .collect();
         let targets: Vec<String> = targets.into_iter().collect();
-        let glossary_id = product.glossary.clone().unwrap_or_else(|| product.merchant.clone());
+        let glossary_id = product
+            .glossary
+            .clone()
+            .unwrap_or_else(|| product.merchant.clone());
         let glossary = self.translator.glossaries().get(&glossary_id);
         let titles = self
             .translator
@@ -438,7 +463,12 @@ impl Chat {
             Translations::new()
         } else {
             self.translator
-                .translate_all(&product.description, &product.lang, &targets, glossary.as_ref())
+                .translate_all(
+                    &product.description,
+                    &product.lang,
+                    &targets,
+                    glossary.as_ref(),
+                )
                 .await
         };
         product.translations.clear();

@@ -81,7 +81,9 @@ impl From<EngineError> for ApiError {
                 "unavailable",
                 format!("temporarily unavailable, retry: {why}"),
             ),
-            e @ EngineError::NotHeld => ApiError::new(StatusCode::CONFLICT, "not_held", e.to_string()),
+            e @ EngineError::NotHeld => {
+                ApiError::new(StatusCode::CONFLICT, "not_held", e.to_string())
+            }
             e @ EngineError::HeldQueueFull => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "moderation_queue_full",

@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::engine::{Engine, EngineError, History, Publication, RoomRecord};
 use crate::limits::{TokenBucket, UserLimits};
 use crate::metrics::Metrics;
+use crate::room::audience::{self, Audience};
 use crate::room::{
     state_change_of, Aggregator, Incoming, ResumePlan, StreamTracker, ViewerThrottle,
 };
@@ -28,13 +29,12 @@ use crate::session::RoomView;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use dashmap::DashMap;
+use ferry_client::protocol::translation::HeldComment;
 use ferry_client::protocol::{
     CloseCode, ErrorCode, JoinReply, Offset, Push, Reply, ReplyBody, ReplyResult, RoomEvent,
     RoomId, RoomState, StreamPosition, UserId, UserRef,
 };
 use parking_lot::{Mutex, RwLock};
-use crate::room::audience::{self, Audience};
-use ferry_client::protocol::translation::HeldComment;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, AtomicU16, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -1011,7 +1011,10 @@ impl RoomTask {
                     self.local.state.write().apply(&change);
                 }
                 self.local.state.write().offset = p.offset;
-                if matches!(event, RoomEvent::UserBanned { .. } | RoomEvent::RoomClosed {}) {
+                if matches!(
+                    event,
+                    RoomEvent::UserBanned { .. } | RoomEvent::RoomClosed {}
+                ) {
                     events.push(event.clone());
                 }
                 self.event_frame(p.offset, &p.body, Some(event))
@@ -1061,8 +1064,7 @@ impl RoomTask {
                         {
                             return f.clone();
                         }
-                        let parts: Vec<Utf8Bytes> =
-                            batch.iter().map(|f| f.for_member(m)).collect();
+                        let parts: Vec<Utf8Bytes> = batch.iter().map(|f| f.for_member(m)).collect();
                         let f = if parts.len() == 1 {
                             parts[0].clone()
                         } else {

@@ -3,22 +3,24 @@
 //! elsewhere, wait up to `server.drain_timeout`).
 
 use crate::auth::{KeyError, Verifier};
+use crate::chat::Chat;
 use crate::commerce::memory::MemorySaleStore;
 use crate::commerce::redis::{RedisSaleStore, RedisSaleStoreOptions};
 use crate::commerce::service::Commerce;
 use crate::commerce::SaleStore;
-use crate::chat::Chat;
-use crate::moderation::Moderator;
-use crate::translate::cache::{RedisConn, SharedCache};
-use crate::translate::glossary::{FileGlossaryStore, Glossaries, GlossaryStore, RedisGlossaryStore};
-use crate::translate::phrasebook::Phrasebook;
-use crate::translate::Translator;
 use crate::config::{Config, EngineKind, DEV_SECRET};
 use crate::engine::memory::{MemoryEngine, MemoryEngineOptions};
 use crate::engine::redis::{RedisEngine, RedisEngineOptions, RedisStartError};
 use crate::engine::Engine;
 use crate::hub::{ConnSignal, Hub, HubConfig};
 use crate::metrics::Metrics;
+use crate::moderation::Moderator;
+use crate::translate::cache::{RedisConn, SharedCache};
+use crate::translate::glossary::{
+    FileGlossaryStore, Glossaries, GlossaryStore, RedisGlossaryStore,
+};
+use crate::translate::phrasebook::Phrasebook;
+use crate::translate::Translator;
 use axum::serve::ListenerExt;
 use dashmap::DashMap;
 use ferry_client::protocol::CloseCode;
@@ -175,7 +177,10 @@ pub async fn build_chat(cfg: &Config, hub: Arc<Hub>) -> Result<Arc<Chat>, StartE
         EngineKind::Memory => {
             let path = Some(t.glossary_path.clone()).filter(|p| !p.as_os_str().is_empty());
             (
-                Arc::new(FileGlossaryStore::open(path).map_err(|e| err(format!("translation.glossary_path: {e}")))?),
+                Arc::new(
+                    FileGlossaryStore::open(path)
+                        .map_err(|e| err(format!("translation.glossary_path: {e}")))?,
+                ),
                 None,
             )
         }
@@ -186,7 +191,11 @@ pub async fn build_chat(cfg: &Config, hub: Arc<Hub>) -> Result<Arc<Chat>, StartE
                 .map_err(|e| err(format!("Redis: {e}")))?;
             (
                 Arc::new(RedisGlossaryStore::new(conn.clone(), &r.prefix)),
-                Some(Arc::new(SharedCache::new(conn, &r.prefix, t.shared_cache_ttl))),
+                Some(Arc::new(SharedCache::new(
+                    conn,
+                    &r.prefix,
+                    t.shared_cache_ttl,
+                ))),
             )
         }
     };

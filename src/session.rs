@@ -68,7 +68,10 @@ pub enum Action {
     },
     /// Read comments in `lang` from now on (already normalized; the driver checks the server
     /// supports it, then calls [`Session::set_lang`]).
-    SetLanguage { id: u64, lang: String },
+    SetLanguage {
+        id: u64,
+        lang: String,
+    },
     /// A staff command on the moderator queue.
     Moderate {
         id: u64,
@@ -433,10 +436,7 @@ impl Session {
                             return error(
                                 id,
                                 ErrorCode::Forbidden,
-                                format!(
-                                    "`{}` needs a host, moderator or admin",
-                                    moderation.name()
-                                ),
+                                format!("`{}` needs a host, moderator or admin", moderation.name()),
                                 None,
                             );
                         }
@@ -815,7 +815,12 @@ mod tests {
     fn languages_normalize_and_moderation_needs_staff() {
         let (mut s, now) = joined(Role::Viewer);
         let v = View::default();
-        let a = s.handle_text(r#"{"id":1,"cmd":"set_language","lang":"es-MX"}"#, now, 0, &v);
+        let a = s.handle_text(
+            r#"{"id":1,"cmd":"set_language","lang":"es-MX"}"#,
+            now,
+            0,
+            &v,
+        );
         assert_eq!(
             a,
             Action::SetLanguage {
@@ -823,7 +828,12 @@ mod tests {
                 lang: "es".into()
             }
         );
-        let a = s.handle_text(r#"{"id":2,"cmd":"set_language","lang":"español"}"#, now, 0, &v);
+        let a = s.handle_text(
+            r#"{"id":2,"cmd":"set_language","lang":"español"}"#,
+            now,
+            0,
+            &v,
+        );
         assert_eq!(error_code(&a), Some(ErrorCode::UnsupportedLanguage.code()));
         for cmd in [
             r#"{"id":3,"cmd":"approve_comment","room":"r1","held":"h1"}"#,

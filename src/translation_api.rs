@@ -21,12 +21,10 @@ use serde_json::json;
 use std::collections::BTreeMap;
 
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/glossaries", get(list))
-        .route(
-            "/api/glossaries/{id}",
-            put(put_glossary).get(get_glossary).delete(delete_glossary),
-        )
+    Router::new().route("/api/glossaries", get(list)).route(
+        "/api/glossaries/{id}",
+        put(put_glossary).get(get_glossary).delete(delete_glossary),
+    )
 }
 
 impl From<GlossaryError> for ApiError {

@@ -5,20 +5,20 @@
 //! [`crate::hub`].
 
 use crate::auth::{AuthError, Claims};
+use crate::chat::{ChatError, Outcome, Sender};
 use crate::commerce::service::{Buyer, CommerceError};
 use crate::commerce::BuyRefusal;
 use crate::config::AutoCreate;
+use crate::engine::EngineError;
 use crate::hub::{ConnSignal, JoinError, Member, Outbound};
 use crate::server::AppState;
-use crate::chat::{ChatError, Outcome, Sender};
-use crate::engine::EngineError;
 use crate::session::{Action, CommerceOp, ModerationOp, Session};
-use ferry_client::protocol::translation::{PendingReply, QueueReply};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use ferry_client::protocol::commerce::{ReservationReply, SaleReply};
+use ferry_client::protocol::translation::{PendingReply, QueueReply};
 use ferry_client::protocol::{
     CloseCode, EmptyReply, ErrorCode, PongReply, PublishReply, Push, Reply, ReplyBody, ReplyResult,
     RoomId, PROTOCOL_VERSION,

@@ -14,10 +14,30 @@ use serde_json::{json, Value};
 /// The merchant's terms: zh → (en, es, ja).
 const TERMS: &[(&str, &str, &str, &str)] = &[
     ("藤编篮", "rattan basket", "cesta de ratán", "籐かご"),
-    ("青花瓷", "blue-and-white porcelain", "porcelana azul y blanca", "青花磁器"),
-    ("紫砂壶", "Yixing clay teapot", "tetera de arcilla Yixing", "紫砂急須"),
-    ("真丝围巾", "mulberry silk scarf", "bufanda de seda de morera", "シルクスカーフ"),
-    ("竹编灯罩", "woven bamboo lampshade", "pantalla de bambú tejido", "竹編みランプシェード"),
+    (
+        "青花瓷",
+        "blue-and-white porcelain",
+        "porcelana azul y blanca",
+        "青花磁器",
+    ),
+    (
+        "紫砂壶",
+        "Yixing clay teapot",
+        "tetera de arcilla Yixing",
+        "紫砂急須",
+    ),
+    (
+        "真丝围巾",
+        "mulberry silk scarf",
+        "bufanda de seda de morera",
+        "シルクスカーフ",
+    ),
+    (
+        "竹编灯罩",
+        "woven bamboo lampshade",
+        "pantalla de bambú tejido",
+        "竹編みランプシェード",
+    ),
     ("手工皂", "handmade soap", "jabón artesanal", "手作り石鹸"),
 ];
 
@@ -98,7 +118,14 @@ async fn every_glossary_term_comes_out_exactly_with_every_provider() {
         })
         .await;
         let host = s.token("gl-*", "merchant", Role::Host);
-        let (st, body) = http(s.addr(), "PUT", "/api/glossaries/merchant", Some(&host), Some(&glossary_body())).await;
+        let (st, body) = http(
+            s.addr(),
+            "PUT",
+            "/api/glossaries/merchant",
+            Some(&host),
+            Some(&glossary_body()),
+        )
+        .await;
         assert_eq!(st, 200, "{body}");
         let mut checked = 0;
         // Product listings, per market language.
@@ -121,12 +148,17 @@ async fn every_glossary_term_comes_out_exactly_with_every_provider() {
             let v: Value = serde_json::from_str(&body).expect("json");
             let tr = &v["view"]["translations"];
             for lang in ["en", "es", "ja"] {
-                let t = tr[lang]["title"].as_str().unwrap_or_else(|| panic!("{kind:?}: no {lang} title: {v}"));
+                let t = tr[lang]["title"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{kind:?}: no {lang} title: {v}"));
                 checked += assert_terms_exact(title, t, lang, &format!("{kind:?} title {i}"));
                 let d = tr[lang]["description"].as_str().expect("description");
                 checked += assert_terms_exact(title, d, lang, &format!("{kind:?} description {i}"));
             }
-            assert!(tr.get("zh").is_none(), "the merchant's own language is not translated");
+            assert!(
+                tr.get("zh").is_none(),
+                "the merchant's own language is not translated"
+            );
         }
         // Comments in the glossary's rooms.
         let room = "gl-live";
@@ -140,7 +172,10 @@ async fn every_glossary_term_comes_out_exactly_with_every_provider() {
             c.join(room).await.expect("join");
             readers.push((lang, c, e));
         }
-        let comments: Vec<String> = TITLES.iter().map(|t| format!("大家看这个{t}，怎么样？")).collect();
+        let comments: Vec<String> = TITLES
+            .iter()
+            .map(|t| format!("大家看这个{t}，怎么样？"))
+            .collect();
         for c in &comments {
             h.comment(room, c.clone()).await.expect("comment");
         }
@@ -148,13 +183,18 @@ async fn every_glossary_term_comes_out_exactly_with_every_provider() {
             for c in &comments {
                 let tr = wait_for(events, |e| match e {
                     Event::Room {
-                        event: RoomEvent::Comment { text, translations, .. },
+                        event:
+                            RoomEvent::Comment {
+                                text, translations, ..
+                            },
                         ..
                     } if text == c => Some(translations.clone()),
                     _ => None,
                 })
                 .await;
-                let t = tr.get(*lang).unwrap_or_else(|| panic!("{kind:?}: no {lang} for {c}"));
+                let t = tr
+                    .get(*lang)
+                    .unwrap_or_else(|| panic!("{kind:?}: no {lang} for {c}"));
                 checked += assert_terms_exact(c, t, lang, &format!("{kind:?} comment"));
             }
         }
@@ -179,15 +219,37 @@ async fn glossaries_are_owned_versioned_and_change_translations_at_once() {
     let version1 = v1["glossary"]["version"].as_u64().expect("version");
     assert_eq!(v1["glossary"]["owner"], "merchant-a");
     // Another merchant may neither change nor read it; viewers may not manage glossaries.
-    assert_eq!(http(s.addr(), "PUT", path, Some(&b), Some(&glossary_body())).await.0, 403);
+    assert_eq!(
+        http(s.addr(), "PUT", path, Some(&b), Some(&glossary_body()))
+            .await
+            .0,
+        403
+    );
     assert_eq!(http(s.addr(), "GET", path, Some(&b), None).await.0, 404);
-    assert_eq!(http(s.addr(), "GET", path, Some(&viewer), None).await.0, 403);
+    assert_eq!(
+        http(s.addr(), "GET", path, Some(&viewer), None).await.0,
+        403
+    );
     assert_eq!(http(s.addr(), "GET", path, Some(&admin), None).await.0, 200);
     // Rooms the token does not allow are refused.
-    let (st, _) = http(s.addr(), "PUT", "/api/glossaries/x", Some(&a), Some(r#"{"rooms":["other-*"],"terms":[]}"#)).await;
+    let (st, _) = http(
+        s.addr(),
+        "PUT",
+        "/api/glossaries/x",
+        Some(&a),
+        Some(r#"{"rooms":["other-*"],"terms":[]}"#),
+    )
+    .await;
     assert_eq!(st, 403);
     // Bad terms are named.
-    let (st, body) = http(s.addr(), "PUT", path, Some(&a), Some(r#"{"terms":[{"zh":"只有一种语言"}]}"#)).await;
+    let (st, body) = http(
+        s.addr(),
+        "PUT",
+        path,
+        Some(&a),
+        Some(r#"{"terms":[{"zh":"只有一种语言"}]}"#),
+    )
+    .await;
     assert_eq!(st, 400, "{body}");
     assert!(body.contains("two languages"), "{body}");
 
@@ -199,12 +261,19 @@ async fn glossaries_are_owned_versioned_and_change_translations_at_once() {
     o.lang = Some("en".into());
     let (_r, mut re) = Client::connect(o);
     _r.join(room).await.expect("join");
-    let next = |text: &'static str| move |e: &Event| match e {
-        Event::Room {
-            event: RoomEvent::Comment { text: t, translations, .. },
-            ..
-        } if t == text => translations.get("en").cloned(),
-        _ => None,
+    let next = |text: &'static str| {
+        move |e: &Event| match e {
+            Event::Room {
+                event:
+                    RoomEvent::Comment {
+                        text: t,
+                        translations,
+                        ..
+                    },
+                ..
+            } if t == text => translations.get("en").cloned(),
+            _ => None,
+        }
     };
     h.comment(room, "这个藤编篮结实吗").await.expect("comment");
     let t = wait_for(&mut re, next("这个藤编篮结实吗")).await;
@@ -224,7 +293,12 @@ async fn glossaries_are_owned_versioned_and_change_translations_at_once() {
 
     let (st, body) = http(s.addr(), "GET", "/api/glossaries", Some(&a), None).await;
     assert_eq!(st, 200);
-    assert_eq!(serde_json::from_str::<Value>(&body).expect("json")["glossaries"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("json")["glossaries"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
     assert_eq!(http(s.addr(), "DELETE", path, Some(&b), None).await.0, 404);
     assert_eq!(http(s.addr(), "DELETE", path, Some(&a), None).await.0, 204);
     assert_eq!(http(s.addr(), "GET", path, Some(&a), None).await.0, 404);

@@ -44,7 +44,14 @@ fn blocked_rule(e: &ClientError) -> (String, String) {
 
 async fn wait_for_audience(s: &TestServer, room: &str, market: &str) {
     tokio::time::timeout(WAIT, async {
-        while !s.server.state.hub.audience(&room.into()).markets.contains(market) {
+        while !s
+            .server
+            .state
+            .hub
+            .audience(&room.into())
+            .markets
+            .contains(market)
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -91,16 +98,24 @@ async fn red_comments_are_refused_naming_the_rule_and_nobody_sees_them() {
     })
     .await;
     assert_eq!(first, "we begin at nine, the hamster toy please");
-    assert_eq!(s.metric("ferry_moderation_verdicts_total{node=\"test-node\",severity=\"red\"}"), 12.0);
+    assert_eq!(
+        s.metric("ferry_moderation_verdicts_total{node=\"test-node\",severity=\"red\"}"),
+        12.0
+    );
 
     // The same words in a room without Middle-East viewers are fine.
     let other = "mod-us-only";
     let (_h2, _h2e) = member(&s, other, "host", Role::Host, "cn", "zh").await;
     let (us2, _u2e) = member(&s, other, "us2", Role::Viewer, "us", "en").await;
-    us2.comment(other, "pork belly tonight?").await.expect("green in the US");
+    us2.comment(other, "pork belly tonight?")
+        .await
+        .expect("green in the US");
     // But the sender's own market counts even when nobody else is from there.
     let (ae2, _a2e) = member(&s, other, "ae2", Role::Viewer, "ae", "en").await;
-    let err = ae2.comment(other, "beer").await.expect_err("red for an ae sender");
+    let err = ae2
+        .comment(other, "beer")
+        .await
+        .expect_err("red for an ae sender");
     assert_eq!(blocked_rule(&err).0, "ae");
 }
 
@@ -150,7 +165,13 @@ async fn yellow_comments_wait_for_a_moderator_who_approves_or_rejects_once() {
     assert_eq!(queue.len(), 1);
     assert_eq!(queue[0].id, pending.id);
     let (late_viewer, _lve) = Client::connect(s.options(room, "late", Role::Viewer));
-    assert!(late_viewer.join(room).await.expect("join").state.held.is_empty());
+    assert!(late_viewer
+        .join(room)
+        .await
+        .expect("join")
+        .state
+        .held
+        .is_empty());
     let err = viewer
         .approve_comment(room, pending.id.clone())
         .await
@@ -165,7 +186,13 @@ async fn yellow_comments_wait_for_a_moderator_who_approves_or_rejects_once() {
     let (held_id, offset) = wait_for(&mut viewer_e, |e| match e {
         Event::Room {
             position,
-            event: RoomEvent::Comment { held_id, text, user, .. },
+            event:
+                RoomEvent::Comment {
+                    held_id,
+                    text,
+                    user,
+                    ..
+                },
             ..
         } => {
             assert_eq!(text, "Any LOTTERY tickets?");
@@ -192,7 +219,9 @@ async fn yellow_comments_wait_for_a_moderator_who_approves_or_rejects_once() {
     else {
         panic!("expected held")
     };
-    host.reject_comment(room, second.id.clone()).await.expect("reject");
+    host.reject_comment(room, second.id.clone())
+        .await
+        .expect("reject");
     let rejected = wait_for(&mut viewer_e, |e| match e {
         Event::Room {
             event: RoomEvent::CommentRejected { id, .. },
@@ -213,8 +242,13 @@ async fn yellow_comments_wait_for_a_moderator_who_approves_or_rejects_once() {
     assert_eq!(err.code(), Some(1020));
 
     // Staff's own yellow words pass; red ones do not.
-    host.comment(room, "lottery draw at 9pm!").await.expect("staff yellow passes");
-    let err = host.announce(room, "cold beer for everyone").await.expect_err("red for all");
+    host.comment(room, "lottery draw at 9pm!")
+        .await
+        .expect("staff yellow passes");
+    let err = host
+        .announce(room, "cold beer for everyone")
+        .await
+        .expect_err("red for all");
     assert_eq!(blocked_rule(&err).1, "alcohol");
 }
 

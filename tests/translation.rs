@@ -71,16 +71,26 @@ async fn each_provider_adapter_speaks_its_contract_and_keeps_glossary_terms() {
             .translate_all(text, "zh", &["en".into(), "es".into()], g.as_ref())
             .await;
         for (lang, term) in [("en", "rattan basket"), ("es", "cesta de ratán")] {
-            let got = out.get(lang).unwrap_or_else(|| panic!("{kind:?}: no {lang}"));
+            let got = out
+                .get(lang)
+                .unwrap_or_else(|| panic!("{kind:?}: no {lang}"));
             assert!(got.starts_with(&format!("{lang}: ")), "{kind:?}: {got}");
             assert_eq!(got.matches(term).count(), 2, "{kind:?}: {got}");
-            assert!(!got.contains("<x") && !got.contains("藤编篮"), "{kind:?}: {got}");
-            assert!(got.contains("& <B>"), "{kind:?}: user markup unescaped: {got}");
+            assert!(
+                !got.contains("<x") && !got.contains("藤编篮"),
+                "{kind:?}: {got}"
+            );
+            assert!(
+                got.contains("& <B>"),
+                "{kind:?}: user markup unescaped: {got}"
+            );
         }
         // One request per target language (the two texts of a pair share none here).
         assert_eq!(fake.requests(), 2, "{kind:?}");
         // A text that is only a glossary term needs no provider.
-        let out = t.translate_all("藤编篮", "zh", &["ja".into()], g.as_ref()).await;
+        let out = t
+            .translate_all("藤编篮", "zh", &["ja".into()], g.as_ref())
+            .await;
         assert_eq!(out["ja"], "籐かご");
         assert_eq!(fake.requests(), 2, "{kind:?}");
     }
@@ -97,19 +107,28 @@ async fn texts_of_one_pair_are_batched_and_retries_honour_the_provider() {
         let jobs: Vec<_> = (0..12)
             .flat_map(|i| t.start(&format!("第{i}个问题"), "zh", &["en".into()], None))
             .collect();
-        let c = Translator::collect(jobs, tokio::time::Instant::now() + Duration::from_secs(3)).await;
-        assert_eq!(c.ready.len(), 1, "one language; the map keeps the last text");
+        let c =
+            Translator::collect(jobs, tokio::time::Instant::now() + Duration::from_secs(3)).await;
+        assert_eq!(
+            c.ready.len(),
+            1,
+            "one language; the map keeps the last text"
+        );
         assert_eq!(fake.requests(), 1, "{kind:?}: {:?}", fake.log());
         assert_eq!(fake.log()[0].2, 12, "{kind:?}");
 
         // Rate limited once (Retry-After: 0), then fine: retried, translated.
         fake.fail_next(Failure::RateLimited(0));
-        let out = t.translate_all("限流之后", "zh", &["en".into()], None).await;
+        let out = t
+            .translate_all("限流之后", "zh", &["en".into()], None)
+            .await;
         assert_eq!(out["en"], "en: 限流之后", "{kind:?}");
         assert_eq!(fake.requests(), 3, "{kind:?}");
         // A server error, then fine.
         fake.fail_next(Failure::Status(503));
-        let out = t.translate_all("服务器错误之后", "zh", &["en".into()], None).await;
+        let out = t
+            .translate_all("服务器错误之后", "zh", &["en".into()], None)
+            .await;
         assert!(out.contains_key("en"), "{kind:?}");
         assert_eq!(fake.requests(), 5, "{kind:?}");
         let m = t.metrics();
@@ -117,9 +136,15 @@ async fn texts_of_one_pair_are_batched_and_retries_honour_the_provider() {
         assert_eq!(stats.calls(), 5, "{kind:?}");
         let mut text = String::new();
         m.render("n", &mut text);
-        assert_eq!(metric_value(&text, "ferry_translation_provider_retries_total"), 2.0);
         assert_eq!(
-            metric_value(&text, "ferry_translation_provider_errors_total{node=\"n\",provider=\"fake-") as u64,
+            metric_value(&text, "ferry_translation_provider_retries_total"),
+            2.0
+        );
+        assert_eq!(
+            metric_value(
+                &text,
+                "ferry_translation_provider_errors_total{node=\"n\",provider=\"fake-"
+            ) as u64,
             2
         );
     }
@@ -131,7 +156,10 @@ async fn quota_auth_timeouts_and_dead_providers_fail_fast_without_retrying_hopel
     let fake = FakeProvider::start(ProviderKind::Deepl).await;
     let (t, _) = translator_with(vec![fake.config()]).await;
     fake.fail_next(Failure::Quota);
-    assert!(t.translate_all("配额", "zh", &["en".into()], None).await.is_empty());
+    assert!(t
+        .translate_all("配额", "zh", &["en".into()], None)
+        .await
+        .is_empty());
     assert_eq!(fake.requests(), 1);
     // A wrong key: 403 / 401, not retried.
     for kind in ALL_KINDS {
@@ -139,7 +167,10 @@ async fn quota_auth_timeouts_and_dead_providers_fail_fast_without_retrying_hopel
         let mut cfg = fake.config();
         cfg.api_key = "wrong".into();
         let (t, _) = translator_with(vec![cfg]).await;
-        assert!(t.translate_all("密钥", "zh", &["en".into()], None).await.is_empty());
+        assert!(t
+            .translate_all("密钥", "zh", &["en".into()], None)
+            .await
+            .is_empty());
         assert_eq!(fake.requests(), 1, "{kind:?}");
         let mut text = String::new();
         t.metrics().render("n", &mut text);
@@ -153,8 +184,15 @@ async fn quota_auth_timeouts_and_dead_providers_fail_fast_without_retrying_hopel
     cfg.retries = 0;
     let (t, _) = translator_with(vec![cfg]).await;
     let started = Instant::now();
-    assert!(t.translate_all("太慢了", "zh", &["en".into()], None).await.is_empty());
-    assert!(started.elapsed() < Duration::from_millis(700), "{:?}", started.elapsed());
+    assert!(t
+        .translate_all("太慢了", "zh", &["en".into()], None)
+        .await
+        .is_empty());
+    assert!(
+        started.elapsed() < Duration::from_millis(700),
+        "{:?}",
+        started.elapsed()
+    );
     // Nobody listening: connection refused, retried within the timeout, then given up; a
     // second provider in the chain answers.
     let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -171,11 +209,20 @@ async fn quota_auth_timeouts_and_dead_providers_fail_fast_without_retrying_hopel
     assert_eq!(out["en"], "en: 备用");
     let mut text = String::new();
     t.metrics().render("n", &mut text);
-    assert!(text.contains("provider=\"dead\",kind=\"connect\"}"), "{text}");
+    assert!(
+        text.contains("provider=\"dead\",kind=\"connect\"}"),
+        "{text}"
+    );
 }
 
 /// A client reading `lang` in `room`.
-async fn reader(s: &TestServer, room: &str, user: &str, role: Role, lang: &str) -> (Client, Events) {
+async fn reader(
+    s: &TestServer,
+    room: &str,
+    user: &str,
+    role: Role,
+    lang: &str,
+) -> (Client, Events) {
     let mut o = s.options(room, user, role);
     o.lang = Some(lang.into());
     let (c, mut e) = Client::connect(o);
@@ -202,7 +249,12 @@ async fn next_comment(events: &mut Events) -> (Offset, Option<String>, Translati
                     ..
                 },
             ..
-        } => Some((position.offset, lang.clone(), translations.clone(), text.clone())),
+        } => Some((
+            position.offset,
+            lang.clone(),
+            translations.clone(),
+            text.clone(),
+        )),
         _ => None,
     })
     .await
@@ -247,7 +299,12 @@ async fn a_room_in_four_languages_translates_once_per_language() {
     let text = "Does the basket come in blue";
     en1.comment(room, text).await.expect("comment");
     let expect = |lang: &str| format!("{lang}: {}", text.to_uppercase());
-    for (lang, events) in [("zh", &mut host_e), ("zh", &mut zh_e), ("es", &mut es_e), ("ja", &mut ja_e)] {
+    for (lang, events) in [
+        ("zh", &mut host_e),
+        ("zh", &mut zh_e),
+        ("es", &mut es_e),
+        ("ja", &mut ja_e),
+    ] {
         let (_, source, tr, original) = next_comment(events).await;
         assert_eq!(original, text, "the original always comes along");
         assert_eq!(source.as_deref(), Some("en"));
@@ -257,7 +314,10 @@ async fn a_room_in_four_languages_translates_once_per_language() {
     for events in [&mut en1_e, &mut en2_e] {
         let (_, source, tr, _) = next_comment(events).await;
         assert_eq!(source.as_deref(), Some("en"));
-        assert!(tr.is_empty(), "readers of the source language get no translation");
+        assert!(
+            tr.is_empty(),
+            "readers of the source language get no translation"
+        );
     }
     // Six readers, three target languages: three provider calls.
     assert_eq!(fake.requests(), 3, "{:?}", fake.log());
@@ -288,12 +348,17 @@ async fn a_room_in_four_languages_translates_once_per_language() {
 
     // Changing language takes effect at once: en2 now reads Japanese.
     en2.set_language("ja").await.expect("set_language");
-    let err = en2.set_language("tlh").await.expect_err("Klingon is not served");
+    let err = en2
+        .set_language("tlh")
+        .await
+        .expect_err("Klingon is not served");
     assert_eq!(err.code(), Some(1018));
     en1.comment(room, "So cute").await.expect("comment");
     let tr = wait_for(&mut en2_e, |e| match e {
         Event::Room {
-            event: RoomEvent::Comment { text, translations, .. },
+            event: RoomEvent::Comment {
+                text, translations, ..
+            },
             ..
         } if text == "So cute" => Some(translations.clone()),
         _ => None,
@@ -316,8 +381,15 @@ async fn slow_or_dead_providers_never_hold_the_room_back() {
     let (_en, mut en_e) = reader(&s, room, "en1", Role::Viewer, "en").await;
     let (_es, mut es_e) = reader(&s, room, "es1", Role::Viewer, "es").await;
     let started = Instant::now();
-    let pos = host.comment(room, "这个篮子是手工编的吗").await.expect("comment");
-    assert!(started.elapsed() < Duration::from_millis(350), "the sender waited {:?}", started.elapsed());
+    let pos = host
+        .comment(room, "这个篮子是手工编的吗")
+        .await
+        .expect("comment");
+    assert!(
+        started.elapsed() < Duration::from_millis(350),
+        "the sender waited {:?}",
+        started.elapsed()
+    );
     // The original goes out at once, without translations...
     let (offset, source, tr, _) = next_comment(&mut en_e).await;
     assert_eq!(offset, pos.offset);
@@ -328,7 +400,11 @@ async fn slow_or_dead_providers_never_hold_the_room_back() {
         // Languages arriving apart are separate updates; each reader's has its language.
         let (of, tr) = wait_for(events, |e| match e {
             Event::Room {
-                event: RoomEvent::Translation { offset, translations },
+                event:
+                    RoomEvent::Translation {
+                        offset,
+                        translations,
+                    },
                 ..
             } if !translations.is_empty() => Some((*offset, translations.clone())),
             _ => None,
@@ -355,14 +431,22 @@ async fn slow_or_dead_providers_never_hold_the_room_back() {
     .await;
     let (host, _he) = reader(&s2, room, "host", Role::Host, "zh").await;
     let (_en, mut en_e) = reader(&s2, room, "en1", Role::Viewer, "en").await;
-    host.comment(room, "服务商挂了").await.expect("comment goes out");
+    host.comment(room, "服务商挂了")
+        .await
+        .expect("comment goes out");
     let (_, _, tr, original) = next_comment(&mut en_e).await;
     assert_eq!(original, "服务商挂了");
     assert!(tr.is_empty());
     tokio::time::sleep(Duration::from_millis(600)).await;
     while let Some(e) = en_e.try_recv() {
         assert!(
-            !matches!(e, Event::Room { event: RoomEvent::Translation { .. }, .. }),
+            !matches!(
+                e,
+                Event::Room {
+                    event: RoomEvent::Translation { .. },
+                    ..
+                }
+            ),
             "no translation can follow from a dead provider: {e:?}"
         );
     }
@@ -399,7 +483,10 @@ async fn on_redis_each_comment_is_translated_once_for_the_whole_cluster() {
         if ["en", "es", "ja", "zh"].iter().all(|l| langs.contains(*l)) {
             break;
         }
-        assert!(Instant::now() < deadline, "node A never saw node B's languages: {langs:?}");
+        assert!(
+            Instant::now() < deadline,
+            "node A never saw node B's languages: {langs:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let text = "这个篮子能放水果吗";
@@ -408,7 +495,12 @@ async fn on_redis_each_comment_is_translated_once_for_the_whole_cluster() {
         let (_, _, tr, _) = next_comment(events).await;
         assert_eq!(tr[lang], format!("{lang}: {text}"), "{lang}");
     }
-    assert_eq!(fake.requests(), 3, "once per language, cluster-wide: {:?}", fake.log());
+    assert_eq!(
+        fake.requests(),
+        3,
+        "once per language, cluster-wide: {:?}",
+        fake.log()
+    );
     // The same text on node B: node B never translated it, the shared cache has it.
     host_b.comment(room, text).await.expect("comment on node B");
     let (_, _, tr, _) = next_comment(&mut ja_e).await;

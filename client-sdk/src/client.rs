@@ -136,7 +136,7 @@ pub enum ClientError {
     /// The comment was held for a moderator instead of published (see
     /// [`Client::send_comment`]).
     #[error("held for a moderator by rule {}", .0.rule.rule)]
-    Held(PendingComment),
+    Held(Box<PendingComment>),
 }
 
 /// What became of a comment.
@@ -334,7 +334,7 @@ impl Client {
     ) -> Result<StreamPosition, ClientError> {
         match self.send_comment(room, text).await? {
             CommentOutcome::Published(p) => Ok(p),
-            CommentOutcome::Held(p) => Err(ClientError::Held(p)),
+            CommentOutcome::Held(p) => Err(ClientError::Held(Box::new(p))),
         }
     }
 
@@ -745,7 +745,9 @@ impl Driver {
         };
         let lang = self.shared.lang.lock().ok().and_then(|l| l.clone());
         if let Some(lang) = lang.filter(|l| {
-            !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         }) {
             let sep = if target.contains('?') { '&' } else { '?' };
             target = format!("{target}{sep}lang={lang}");

@@ -11,6 +11,6 @@ pub mod client;
 
 #[cfg(feature = "net")]
 pub use client::{
-    new_idempotency_key, Client, ClientError, ClientOptions, ClockEstimate, CommentOutcome,
-    Event, Events,
+    new_idempotency_key, Client, ClientError, ClientOptions, ClockEstimate, CommentOutcome, Event,
+    Events,
 };

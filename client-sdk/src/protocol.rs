@@ -268,13 +268,23 @@ pub enum Command {
     /// Choose the language this connection reads comments in (a BCP 47 tag; the server keeps
     /// its primary subtag). Applies at once to every room of the connection and to later
     /// joins.
-    SetLanguage { lang: String },
+    SetLanguage {
+        lang: String,
+    },
     /// Publish a held comment from the moderator queue (staff).
-    ApproveComment { room: RoomId, held: String },
+    ApproveComment {
+        room: RoomId,
+        held: String,
+    },
     /// Drop a held comment from the moderator queue (staff).
-    RejectComment { room: RoomId, held: String },
+    RejectComment {
+        room: RoomId,
+        held: String,
+    },
     /// The room's moderator queue (staff).
-    ModerationQueue { room: RoomId },
+    ModerationQueue {
+        room: RoomId,
+    },
 }
 
 fn one() -> u32 {
@@ -461,7 +471,7 @@ pub struct ErrorBody {
     pub retry_after_ms: Option<u64>,
     /// `moderation_blocked`: the rule the text broke.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rule: Option<RuleRef>,
+    pub rule: Option<Box<RuleRef>>,
 }
 
 /// Frames the server sends on its own. Field `push` selects the variant.

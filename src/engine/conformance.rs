@@ -402,12 +402,20 @@ fn held(id: &str, at: u64) -> ferry_client::protocol::translation::HeldComment {
 pub async fn held_comments_resolve_once(e: &dyn Engine) {
     let r = room();
     e.create_room(&r, "").await.expect("create");
-    e.publish(&r, body(1), Some(StateChange::Hold(Box::new(held("h1", 10)))))
-        .await
-        .expect("hold h1");
-    e.publish(&r, body(2), Some(StateChange::Hold(Box::new(held("h2", 20)))))
-        .await
-        .expect("hold h2");
+    e.publish(
+        &r,
+        body(1),
+        Some(StateChange::Hold(Box::new(held("h1", 10)))),
+    )
+    .await
+    .expect("hold h1");
+    e.publish(
+        &r,
+        body(2),
+        Some(StateChange::Hold(Box::new(held("h2", 20)))),
+    )
+    .await
+    .expect("hold h2");
     let rec = e.room(&r).await.expect("room").expect("exists");
     let ids: Vec<&str> = rec.held.iter().map(|h| h.id.as_str()).collect();
     assert_eq!(ids, ["h1", "h2"]);
@@ -429,7 +437,11 @@ pub async fn held_comments_resolve_once(e: &dyn Engine) {
     let mut n = 3u64;
     loop {
         match e
-            .publish(&r, body(n), Some(StateChange::Hold(Box::new(held(&format!("h{n}"), n)))))
+            .publish(
+                &r,
+                body(n),
+                Some(StateChange::Hold(Box::new(held(&format!("h{n}"), n)))),
+            )
             .await
         {
             Ok(_) => n += 1,

@@ -318,8 +318,7 @@ impl Engine for MemoryEngine {
             if counts.is_empty() {
                 r.audience.remove(node);
             } else {
-                r.audience
-                    .insert(node.to_owned(), (counts, Instant::now()));
+                r.audience.insert(node.to_owned(), (counts, Instant::now()));
             }
         }
         Ok(())

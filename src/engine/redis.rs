@@ -29,9 +29,9 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use ferry_client::protocol::translation::HeldComment;
 use ferry_client::protocol::{Epoch, Offset, Pinned, RoomId, UserId};
-use std::collections::BTreeMap;
 use redis::aio::ConnectionLike;
 use redis::{PushKind, Value};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -1068,10 +1068,7 @@ impl Engine for RedisEngine {
         let i = &self.inner;
         let mut conn = i.live_conn()?;
         let keys = [i.key(room, "aud"), i.key(room, "aud:exp")];
-        let mut args = vec![
-            node.to_owned(),
-            i.opts.presence_ttl.as_millis().to_string(),
-        ];
+        let mut args = vec![node.to_owned(), i.opts.presence_ttl.as_millis().to_string()];
         for (k, n) in counts.iter().filter(|(_, n)| **n > 0) {
             args.push(k.clone());
             args.push(n.to_string());

@@ -238,7 +238,10 @@ impl Moderator {
                     if folded.is_empty() {
                         continue;
                     }
-                    let word = term.trim().chars().all(|c| c.is_ascii_alphabetic() || c == ' ');
+                    let word = term
+                        .trim()
+                        .chars()
+                        .all(|c| c.is_ascii_alphabetic() || c == ' ');
                     let pi = *pattern_index.entry(folded.clone()).or_insert_with(|| {
                         patterns.push(folded);
                         owners.push(Vec::new());
@@ -358,9 +361,9 @@ impl Moderator {
                         continue;
                     }
                     let masks = masks.get_or_insert_with(|| self.except_spans(&folded.text));
-                    let masked = masks.iter().any(|&(s, e, r)| {
-                        r == owner.rule && s <= m.start() && m.end() <= e
-                    });
+                    let masked = masks
+                        .iter()
+                        .any(|&(s, e, r)| r == owner.rule && s <= m.start() && m.end() <= e);
                     if !masked {
                         best = Some(owner.rule);
                     }
@@ -515,8 +518,11 @@ terms = ["widget"]
 
     #[test]
     fn bad_rule_files_are_named() {
-        let err = parse_markets([("bad.toml", "market = \"ae\"\n[[rules]]\nid=\"x\"\nseverity=\"green\"\nterms=[\"a\"]")])
-            .expect_err("green is not a rule");
+        let err = parse_markets([(
+            "bad.toml",
+            "market = \"ae\"\n[[rules]]\nid=\"x\"\nseverity=\"green\"\nterms=[\"a\"]",
+        )])
+        .expect_err("green is not a rule");
         assert!(err.to_string().contains("bad.toml"), "{err}");
         let err = parse_markets([("u.toml", "market = \"ae\"\nnope = 1")]).expect_err("unknown");
         assert!(err.to_string().contains("nope"), "{err}");

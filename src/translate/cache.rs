@@ -208,7 +208,10 @@ mod tests {
         );
         let lru = Lru::new(2);
         for i in 0..5 {
-            lru.put(CacheKey::new(&i.to_string(), "a", "b", None), Arc::from("x"));
+            lru.put(
+                CacheKey::new(&i.to_string(), "a", "b", None),
+                Arc::from("x"),
+            );
         }
         assert_eq!(lru.len(), 2);
     }

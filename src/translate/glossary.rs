@@ -78,10 +78,14 @@ impl Glossary {
                 if ferry_client::protocol::translation::normalize_lang(lang).as_deref()
                     != Some(lang.as_str())
                 {
-                    return bad(format!("term {i}: `{lang}` is not a lowercase language code"));
+                    return bad(format!(
+                        "term {i}: `{lang}` is not a lowercase language code"
+                    ));
                 }
                 if text.trim().is_empty() || text.chars().count() > 200 {
-                    return bad(format!("term {i} ({lang}): text must be 1..=200 characters"));
+                    return bad(format!(
+                        "term {i} ({lang}): text must be 1..=200 characters"
+                    ));
                 }
                 if text.chars().any(char::is_control) {
                     return bad(format!("term {i} ({lang}): control characters"));
@@ -160,7 +164,8 @@ fn escape_into(out: &mut String, text: &str) {
 
 fn is_ascii_word(s: &str) -> bool {
     s.bytes().any(|b| b.is_ascii_alphabetic())
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' ' || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b' ' || b == b'-')
 }
 
 /// Prepare `text` (in `source`) for translation into `target` with `glossary`.
@@ -287,7 +292,9 @@ fn unescape(s: &str) -> String {
                 "quot" => Some('"'),
                 "apos" => Some('\''),
                 _ if ent.starts_with("#x") || ent.starts_with("#X") => {
-                    u32::from_str_radix(&ent[2..], 16).ok().and_then(char::from_u32)
+                    u32::from_str_radix(&ent[2..], 16)
+                        .ok()
+                        .and_then(char::from_u32)
                 }
                 _ if ent.starts_with('#') => ent[1..].parse().ok().and_then(char::from_u32),
                 _ => None,
@@ -393,7 +400,11 @@ impl FileGlossaryStore {
         })
     }
 
-    async fn persist(&self, version: u64, map: &BTreeMap<String, Glossary>) -> Result<(), GlossaryError> {
+    async fn persist(
+        &self,
+        version: u64,
+        map: &BTreeMap<String, Glossary>,
+    ) -> Result<(), GlossaryError> {
         let Some(path) = self.path.clone() else {
             return Ok(());
         };
@@ -513,7 +524,11 @@ impl GlossaryStore for RedisGlossaryStore {
         let script = redis::Script::new(SAVE);
         let stored: String = self
             .conn
-            .script(&script, &[self.hash.clone(), self.counter.clone()], &[g.id.clone(), json])
+            .script(
+                &script,
+                &[self.hash.clone(), self.counter.clone()],
+                &[g.id.clone(), json],
+            )
             .await
             .map_err(unavailable)?;
         serde_json::from_str(&stored).map_err(|e| GlossaryError::Unavailable(e.to_string()))
@@ -523,7 +538,11 @@ impl GlossaryStore for RedisGlossaryStore {
         let script = redis::Script::new(DELETE);
         let n: i64 = self
             .conn
-            .script(&script, &[self.hash.clone(), self.counter.clone()], &[id.to_owned()])
+            .script(
+                &script,
+                &[self.hash.clone(), self.counter.clone()],
+                &[id.to_owned()],
+            )
             .await
             .map_err(unavailable)?;
         Ok(n == 1)
@@ -547,7 +566,10 @@ pub struct Glossaries {
 }
 
 impl Glossaries {
-    pub async fn new(store: Arc<dyn GlossaryStore>, max_terms: usize) -> Result<Arc<Self>, GlossaryError> {
+    pub async fn new(
+        store: Arc<dyn GlossaryStore>,
+        max_terms: usize,
+    ) -> Result<Arc<Self>, GlossaryError> {
         let g = Arc::new(Glossaries {
             store,
             index: RwLock::new((0, Vec::new())),
@@ -561,7 +583,10 @@ impl Glossaries {
     pub async fn reload(&self) -> Result<(), GlossaryError> {
         let counter = self.store.change_counter().await?;
         let all = self.store.load_all().await?;
-        let compiled: Vec<Arc<Compiled>> = all.into_iter().map(|g| Arc::new(Compiled::new(g))).collect();
+        let compiled: Vec<Arc<Compiled>> = all
+            .into_iter()
+            .map(|g| Arc::new(Compiled::new(g)))
+            .collect();
         *self.index.write() = (counter, compiled);
         Ok(())
     }
@@ -580,7 +605,12 @@ impl Glossaries {
     }
 
     pub fn list(&self) -> Vec<Glossary> {
-        self.index.read().1.iter().map(|g| g.glossary.clone()).collect()
+        self.index
+            .read()
+            .1
+            .iter()
+            .map(|g| g.glossary.clone())
+            .collect()
     }
 
     /// The glossary for `room`: the one with the longest room pattern matching it.
@@ -665,12 +695,21 @@ mod tests {
             restore(out, &p.restores).expect("restores"),
             "How much is Blue & White porcelain and rattan basket <b>?"
         );
-        assert_eq!(restore("How much?", &p.restores), Err(RestoreError::Missing(0)));
         assert_eq!(
-            restore("<x i=\"0\">a</x><x i=\"0\">b</x><x i=\"1\">c</x>", &p.restores),
+            restore("How much?", &p.restores),
+            Err(RestoreError::Missing(0))
+        );
+        assert_eq!(
+            restore(
+                "<x i=\"0\">a</x><x i=\"0\">b</x><x i=\"1\">c</x>",
+                &p.restores
+            ),
             Err(RestoreError::Duplicated(0))
         );
-        assert_eq!(restore("<x i=\"7\">a</x>", &p.restores), Err(RestoreError::Malformed));
+        assert_eq!(
+            restore("<x i=\"7\">a</x>", &p.restores),
+            Err(RestoreError::Malformed)
+        );
     }
 
     #[test]

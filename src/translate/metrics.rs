@@ -6,7 +6,14 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// The tier that answered a translation lookup (one per target language of a text).
-pub const TIERS: [&str; 6] = ["phrasebook", "glossary", "lru", "shared", "provider", "failed"];
+pub const TIERS: [&str; 6] = [
+    "phrasebook",
+    "glossary",
+    "lru",
+    "shared",
+    "provider",
+    "failed",
+];
 
 /// Why a provider request failed.
 pub const ERROR_KINDS: [&str; 9] = [
@@ -100,7 +107,10 @@ pub struct TranslationMetrics {
 impl TranslationMetrics {
     pub fn new(provider_names: &[String]) -> Self {
         Self {
-            providers: provider_names.iter().map(|n| ProviderStats::new(n)).collect(),
+            providers: provider_names
+                .iter()
+                .map(|n| ProviderStats::new(n))
+                .collect(),
             ..Self::default()
         }
     }
@@ -140,22 +150,55 @@ impl TranslationMetrics {
             );
         }
         let one = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{node=\"{n}\"}} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{node=\"{n}\"}} {v}"
+            );
         };
-        one(out, "ferry_translation_budget_misses_total", "Comments published before all their translations were ready.", self.budget_misses.load(Relaxed));
-        one(out, "ferry_translation_late_published_total", "translation events published after the latency budget.", self.late_published.load(Relaxed));
-        one(out, "ferry_translation_late_abandoned_total", "Translations given up at the deadline (viewers keep the original).", self.late_abandoned.load(Relaxed));
+        one(
+            out,
+            "ferry_translation_budget_misses_total",
+            "Comments published before all their translations were ready.",
+            self.budget_misses.load(Relaxed),
+        );
+        one(
+            out,
+            "ferry_translation_late_published_total",
+            "translation events published after the latency budget.",
+            self.late_published.load(Relaxed),
+        );
+        one(
+            out,
+            "ferry_translation_late_abandoned_total",
+            "Translations given up at the deadline (viewers keep the original).",
+            self.late_abandoned.load(Relaxed),
+        );
         let _ = writeln!(out, "# HELP ferry_translation_provider_calls_total Requests sent to each provider.\n# TYPE ferry_translation_provider_calls_total counter");
         for p in &self.providers {
-            let _ = writeln!(out, "ferry_translation_provider_calls_total{{node=\"{n}\",provider=\"{}\"}} {}", p.name, p.calls.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "ferry_translation_provider_calls_total{{node=\"{n}\",provider=\"{}\"}} {}",
+                p.name,
+                p.calls.load(Relaxed)
+            );
         }
         let _ = writeln!(out, "# HELP ferry_translation_provider_texts_total Texts sent to each provider.\n# TYPE ferry_translation_provider_texts_total counter");
         for p in &self.providers {
-            let _ = writeln!(out, "ferry_translation_provider_texts_total{{node=\"{n}\",provider=\"{}\"}} {}", p.name, p.texts.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "ferry_translation_provider_texts_total{{node=\"{n}\",provider=\"{}\"}} {}",
+                p.name,
+                p.texts.load(Relaxed)
+            );
         }
         let _ = writeln!(out, "# HELP ferry_translation_provider_retries_total Provider requests retried.\n# TYPE ferry_translation_provider_retries_total counter");
         for p in &self.providers {
-            let _ = writeln!(out, "ferry_translation_provider_retries_total{{node=\"{n}\",provider=\"{}\"}} {}", p.name, p.retries.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "ferry_translation_provider_retries_total{{node=\"{n}\",provider=\"{}\"}} {}",
+                p.name,
+                p.retries.load(Relaxed)
+            );
         }
         let _ = writeln!(out, "# HELP ferry_translation_batch_size Texts per provider request.\n# TYPE ferry_translation_batch_size histogram");
         for p in &self.providers {
@@ -164,8 +207,17 @@ impl TranslationMetrics {
             }
             let calls = p.calls.load(Relaxed);
             let _ = writeln!(out, "ferry_translation_batch_size_bucket{{node=\"{n}\",provider=\"{}\",le=\"+Inf\"}} {calls}", p.name);
-            let _ = writeln!(out, "ferry_translation_batch_size_sum{{node=\"{n}\",provider=\"{}\"}} {}", p.name, p.texts.load(Relaxed));
-            let _ = writeln!(out, "ferry_translation_batch_size_count{{node=\"{n}\",provider=\"{}\"}} {calls}", p.name);
+            let _ = writeln!(
+                out,
+                "ferry_translation_batch_size_sum{{node=\"{n}\",provider=\"{}\"}} {}",
+                p.name,
+                p.texts.load(Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "ferry_translation_batch_size_count{{node=\"{n}\",provider=\"{}\"}} {calls}",
+                p.name
+            );
         }
         let _ = writeln!(out, "# HELP ferry_translation_provider_seconds Provider request latency (all attempts).\n# TYPE ferry_translation_provider_seconds histogram");
         for p in &self.providers {
@@ -174,8 +226,17 @@ impl TranslationMetrics {
             }
             let calls = p.calls.load(Relaxed);
             let _ = writeln!(out, "ferry_translation_provider_seconds_bucket{{node=\"{n}\",provider=\"{}\",le=\"+Inf\"}} {calls}", p.name);
-            let _ = writeln!(out, "ferry_translation_provider_seconds_sum{{node=\"{n}\",provider=\"{}\"}} {}", p.name, p.latency_micros.load(Relaxed) as f64 / 1e6);
-            let _ = writeln!(out, "ferry_translation_provider_seconds_count{{node=\"{n}\",provider=\"{}\"}} {calls}", p.name);
+            let _ = writeln!(
+                out,
+                "ferry_translation_provider_seconds_sum{{node=\"{n}\",provider=\"{}\"}} {}",
+                p.name,
+                p.latency_micros.load(Relaxed) as f64 / 1e6
+            );
+            let _ = writeln!(
+                out,
+                "ferry_translation_provider_seconds_count{{node=\"{n}\",provider=\"{}\"}} {calls}",
+                p.name
+            );
         }
         let _ = writeln!(out, "# HELP ferry_translation_provider_errors_total Failed provider attempts by kind.\n# TYPE ferry_translation_provider_errors_total counter");
         for p in &self.providers {
@@ -185,10 +246,22 @@ impl TranslationMetrics {
         }
         let _ = writeln!(out, "# HELP ferry_moderation_verdicts_total Texts checked against market rules, by verdict.\n# TYPE ferry_moderation_verdicts_total counter");
         for (i, s) in SEVERITIES.iter().enumerate() {
-            let _ = writeln!(out, "ferry_moderation_verdicts_total{{node=\"{n}\",severity=\"{s}\"}} {}", self.verdicts[i].load(Relaxed));
+            let _ = writeln!(
+                out,
+                "ferry_moderation_verdicts_total{{node=\"{n}\",severity=\"{s}\"}} {}",
+                self.verdicts[i].load(Relaxed)
+            );
         }
         let _ = writeln!(out, "# HELP ferry_moderation_resolved_total Held comments resolved by moderators.\n# TYPE ferry_moderation_resolved_total counter");
-        let _ = writeln!(out, "ferry_moderation_resolved_total{{node=\"{n}\",action=\"approved\"}} {}", self.approved.load(Relaxed));
-        let _ = writeln!(out, "ferry_moderation_resolved_total{{node=\"{n}\",action=\"rejected\"}} {}", self.rejected.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "ferry_moderation_resolved_total{{node=\"{n}\",action=\"approved\"}} {}",
+            self.approved.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "ferry_moderation_resolved_total{{node=\"{n}\",action=\"rejected\"}} {}",
+            self.rejected.load(Relaxed)
+        );
     }
 }

@@ -121,7 +121,9 @@ impl Translator {
 
     /// Detect `text`'s language among `candidates` (see [`text::detect`]).
     pub fn detect(&self, text: &str, candidates: &[String], hint: Option<&str>) -> Option<String> {
-        text::detect(text, candidates, hint, &|key| self.phrasebook.languages_of(key))
+        text::detect(text, candidates, hint, &|key| {
+            self.phrasebook.languages_of(key)
+        })
     }
 
     /// Start translating `text` from `source` into each of `targets` (the source itself is
@@ -195,7 +197,10 @@ impl Translator {
                 }
             }
             for p in &providers {
-                match p.translate(protected.markup.clone(), &source, &target).await {
+                match p
+                    .translate(protected.markup.clone(), &source, &target)
+                    .await
+                {
                     Ok(out) => match restore(&out, &protected.restores) {
                         Ok(t) => {
                             metrics.lookup("provider");
@@ -265,4 +270,3 @@ impl Translator {
         c.ready
     }
 }
-

@@ -126,9 +126,7 @@ impl Phrasebook {
     }
 
     fn one(&self, phrase: &str, source: &str, target: &str) -> Option<&str> {
-        let meaning = self
-            .index
-            .get(&(source.to_owned(), phrase_key(phrase)))?;
+        let meaning = self.index.get(&(source.to_owned(), phrase_key(phrase)))?;
         self.outputs[*meaning].get(target).map(String::as_str)
     }
 
@@ -142,7 +140,11 @@ impl Phrasebook {
         if parts.len() < 2 {
             return None;
         }
-        let sep = if matches!(target, "zh" | "ja") { "" } else { " " };
+        let sep = if matches!(target, "zh" | "ja") {
+            ""
+        } else {
+            " "
+        };
         let mut out = String::new();
         for p in parts {
             let t = self.one(p, source, target)?;
@@ -188,13 +190,22 @@ mod tests {
             };
             assert!(b.translate(probe, s, t).is_some(), "{s}->{t}");
         }
-        assert_eq!(b.translate("LINK PLS!!", "en", "zh").as_deref(), Some("请发链接"));
-        assert_eq!(b.translate("有货吗？", "zh", "en").as_deref(), Some("In stock?"));
+        assert_eq!(
+            b.translate("LINK PLS!!", "en", "zh").as_deref(),
+            Some("请发链接")
+        );
+        assert_eq!(
+            b.translate("有货吗？", "zh", "en").as_deref(),
+            Some("In stock?")
+        );
         assert_eq!(
             b.translate("hi! how much?", "en", "es").as_deref(),
             Some("Hola ¿Cuánto cuesta?")
         );
-        assert_eq!(b.translate("how much for the rattan basket", "en", "zh"), None);
+        assert_eq!(
+            b.translate("how much for the rattan basket", "en", "zh"),
+            None
+        );
         assert_eq!(b.languages_of("gracias"), vec!["es".to_owned()]);
     }
 

@@ -282,7 +282,11 @@ pub struct Provider {
 
 impl Provider {
     /// Start the provider's batcher. `index` is its position in the metrics.
-    pub fn spawn(cfg: ProviderConfig, metrics: Arc<TranslationMetrics>, index: usize) -> Arc<Provider> {
+    pub fn spawn(
+        cfg: ProviderConfig,
+        metrics: Arc<TranslationMetrics>,
+        index: usize,
+    ) -> Arc<Provider> {
         let http = reqwest::Client::builder()
             .connect_timeout(cfg.timeout)
             .pool_max_idle_per_host(cfg.concurrency)
@@ -328,7 +332,8 @@ impl Provider {
             .try_send(((source.to_owned(), target.to_owned()), item))
             .map_err(|_| ProviderError::Stopped)?;
         // The batch window plus the request's own timeout bound the wait.
-        let limit = self.shared.cfg.timeout + self.shared.cfg.batch_window + Duration::from_millis(50);
+        let limit =
+            self.shared.cfg.timeout + self.shared.cfg.batch_window + Duration::from_millis(50);
         match tokio::time::timeout(limit, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(ProviderError::Stopped),
@@ -405,10 +410,12 @@ async fn call_with_retries(
     let mut attempt = 0u32;
     loop {
         let started = Instant::now();
-        let result = match tokio::time::timeout_at(deadline, send_once(shared, texts, source, target)).await {
-            Ok(r) => r,
-            Err(_) => Err(ProviderError::Timeout),
-        };
+        let result =
+            match tokio::time::timeout_at(deadline, send_once(shared, texts, source, target)).await
+            {
+                Ok(r) => r,
+                Err(_) => Err(ProviderError::Timeout),
+            };
         stats.call(texts.len(), started.elapsed().as_secs_f64());
         let e = match result {
             Ok(out) => return Ok(out),
@@ -424,7 +431,9 @@ async fn call_with_retries(
             base / 2 + base.mul_f64(rand::rng().random::<f64>() / 2.0)
         };
         let delay = match &e {
-            ProviderError::RateLimited { retry_after: Some(d) } => *d,
+            ProviderError::RateLimited {
+                retry_after: Some(d),
+            } => *d,
             _ => backoff,
         };
         if Instant::now() + delay >= deadline {
@@ -495,7 +504,10 @@ mod tests {
         assert_eq!(one.body["q"], "a");
         let r = build(&cfg(ProviderKind::Deepl), &texts, "zh", "en");
         assert_eq!(r.path, "/v2/translate");
-        assert_eq!(r.headers, vec![("authorization", "DeepL-Auth-Key k".to_owned())]);
+        assert_eq!(
+            r.headers,
+            vec![("authorization", "DeepL-Auth-Key k".to_owned())]
+        );
         assert_eq!(r.body["target_lang"], "EN-US");
         assert_eq!(r.body["source_lang"], "ZH");
         assert_eq!(r.body["ignore_tags"], json!(["x"]));
@@ -508,11 +520,23 @@ mod tests {
     fn answers_and_errors_parse() {
         use ProviderKind::*;
         assert_eq!(
-            parse(Libretranslate, 200, None, br#"{"translatedText":["x","y"]}"#, 2),
+            parse(
+                Libretranslate,
+                200,
+                None,
+                br#"{"translatedText":["x","y"]}"#,
+                2
+            ),
             Ok(vec!["x".into(), "y".into()])
         );
         assert_eq!(
-            parse(Deepl, 200, None, br#"{"translations":[{"detected_source_language":"ZH","text":"x"}]}"#, 1),
+            parse(
+                Deepl,
+                200,
+                None,
+                br#"{"translations":[{"detected_source_language":"ZH","text":"x"}]}"#,
+                1
+            ),
             Ok(vec!["x".into()])
         );
         assert_eq!(
@@ -521,13 +545,24 @@ mod tests {
         );
         assert_eq!(
             parse(Deepl, 429, Some("2"), b"", 1),
-            Err(ProviderError::RateLimited { retry_after: Some(Duration::from_secs(2)) })
+            Err(ProviderError::RateLimited {
+                retry_after: Some(Duration::from_secs(2))
+            })
         );
         assert_eq!(parse(Deepl, 456, None, b"", 1), Err(ProviderError::Quota));
         assert_eq!(parse(Deepl, 403, None, b"", 1), Err(ProviderError::Auth));
-        assert_eq!(parse(Openai, 503, None, b"", 1), Err(ProviderError::Server(503)));
         assert_eq!(
-            parse(Libretranslate, 400, None, br#"{"error":"Invalid request"}"#, 1),
+            parse(Openai, 503, None, b"", 1),
+            Err(ProviderError::Server(503))
+        );
+        assert_eq!(
+            parse(
+                Libretranslate,
+                400,
+                None,
+                br#"{"error":"Invalid request"}"#,
+                1
+            ),
             Err(ProviderError::Client(400, "Invalid request".into()))
         );
         assert!(matches!(

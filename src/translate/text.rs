@@ -70,7 +70,19 @@ pub fn segments(text: &str) -> Vec<&str> {
     text.split(|c: char| {
         matches!(
             c,
-            '?' | '!' | '.' | ',' | ';' | '\n' | '。' | '？' | '！' | '，' | '、' | '；' | '¿' | '¡'
+            '?' | '!'
+                | '.'
+                | ','
+                | ';'
+                | '\n'
+                | '。'
+                | '？'
+                | '！'
+                | '，'
+                | '、'
+                | '；'
+                | '¿'
+                | '¡'
         )
     })
     .map(str::trim)
@@ -124,12 +136,65 @@ const LATIN: &[LatinProfile] = &[
     LatinProfile {
         lang: "en",
         words: &[
-            "the", "is", "it", "you", "do", "does", "this", "that", "what", "how", "much", "can",
-            "i", "my", "me", "to", "and", "please", "pls", "have", "are", "with", "for", "of",
-            "in", "on", "size", "color", "colour", "ship", "shipping", "link", "price", "want",
-            "love", "buy", "nice", "beautiful", "thanks", "thank", "hello", "hi", "yes", "no",
-            "where", "when", "will", "there", "any", "does", "show", "again", "available",
-            "stock", "so", "cute", "wow", "good", "great",
+            "the",
+            "is",
+            "it",
+            "you",
+            "do",
+            "does",
+            "this",
+            "that",
+            "what",
+            "how",
+            "much",
+            "can",
+            "i",
+            "my",
+            "me",
+            "to",
+            "and",
+            "please",
+            "pls",
+            "have",
+            "are",
+            "with",
+            "for",
+            "of",
+            "in",
+            "on",
+            "size",
+            "color",
+            "colour",
+            "ship",
+            "shipping",
+            "link",
+            "price",
+            "want",
+            "love",
+            "buy",
+            "nice",
+            "beautiful",
+            "thanks",
+            "thank",
+            "hello",
+            "hi",
+            "yes",
+            "no",
+            "where",
+            "when",
+            "will",
+            "there",
+            "any",
+            "does",
+            "show",
+            "again",
+            "available",
+            "stock",
+            "so",
+            "cute",
+            "wow",
+            "good",
+            "great",
         ],
         letters: "",
     },
@@ -138,10 +203,10 @@ const LATIN: &[LatinProfile] = &[
         words: &[
             "el", "la", "los", "las", "de", "que", "qué", "es", "y", "en", "un", "una", "por",
             "para", "con", "no", "sí", "si", "lo", "me", "mi", "tu", "hay", "cuánto", "cuanto",
-            "cuesta", "precio", "talla", "tallas", "color", "colores", "envío", "envio",
-            "quiero", "gracias", "hola", "favor", "está", "esta", "tiene", "tienes", "muy",
-            "bonito", "bonita", "dónde", "donde", "cuándo", "cuando", "puedo", "del", "al",
-            "también", "pero", "más",
+            "cuesta", "precio", "talla", "tallas", "color", "colores", "envío", "envio", "quiero",
+            "gracias", "hola", "favor", "está", "esta", "tiene", "tienes", "muy", "bonito",
+            "bonita", "dónde", "donde", "cuándo", "cuando", "puedo", "del", "al", "también",
+            "pero", "más",
         ],
         letters: "ñ¿¡áéíóú",
     },
@@ -157,24 +222,48 @@ const LATIN: &[LatinProfile] = &[
     LatinProfile {
         lang: "fr",
         words: &[
-            "le", "la", "les", "de", "des", "que", "est", "et", "un", "une", "pour", "avec",
-            "vous", "je", "combien", "merci", "bonjour", "taille", "couleur", "livraison",
-            "c'est", "très", "joli",
+            "le",
+            "la",
+            "les",
+            "de",
+            "des",
+            "que",
+            "est",
+            "et",
+            "un",
+            "une",
+            "pour",
+            "avec",
+            "vous",
+            "je",
+            "combien",
+            "merci",
+            "bonjour",
+            "taille",
+            "couleur",
+            "livraison",
+            "c'est",
+            "très",
+            "joli",
         ],
         letters: "çèêàùœ",
     },
     LatinProfile {
         lang: "de",
         words: &[
-            "der", "die", "das", "und", "ist", "ich", "sie", "nicht", "ein", "eine", "wie",
-            "viel", "kostet", "danke", "hallo", "größe", "farbe", "versand", "bitte", "schön",
+            "der", "die", "das", "und", "ist", "ich", "sie", "nicht", "ein", "eine", "wie", "viel",
+            "kostet", "danke", "hallo", "größe", "farbe", "versand", "bitte", "schön",
         ],
         letters: "äöüß",
     },
 ];
 
 /// A language whose script alone identifies it.
-fn script_language(s: &ScriptCounts, hint: Option<&str>, candidates: &[String]) -> Option<&'static str> {
+fn script_language(
+    s: &ScriptCounts,
+    hint: Option<&str>,
+    candidates: &[String],
+) -> Option<&'static str> {
     if s.kana > 0 {
         return Some("ja");
     }

@@ -138,7 +138,13 @@ pub fn fake_translate(kind: ProviderKind, markup: &str, target: &str) -> String 
         rest = &tail[end..];
     }
     pieces.push((false, rest.to_owned()));
-    let upper = |s: &str| s.to_uppercase().replace("&AMP;", "&amp;").replace("&LT;", "&lt;").replace("&GT;", "&gt;").replace("&QUOT;", "&quot;");
+    let upper = |s: &str| {
+        s.to_uppercase()
+            .replace("&AMP;", "&amp;")
+            .replace("&LT;", "&lt;")
+            .replace("&GT;", "&gt;")
+            .replace("&QUOT;", "&quot;")
+    };
     let mut out: Vec<String> = pieces
         .iter()
         .map(|(ph, text)| match (ph, kind) {
@@ -171,7 +177,9 @@ fn injected(state: &FakeState) -> Option<Response> {
             let body = match kind {
                 ProviderKind::Libretranslate => json!({"error": "Slowdown: 1 per 1 second"}),
                 ProviderKind::Deepl => json!({"message": "Too many requests"}),
-                ProviderKind::Openai => json!({"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}),
+                ProviderKind::Openai => {
+                    json!({"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}})
+                }
             };
             (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -186,7 +194,11 @@ fn injected(state: &FakeState) -> Option<Response> {
                 Json(json!({"message": "Quota exceeded"})),
             )
                 .into_response(),
-            _ => (StatusCode::TOO_MANY_REQUESTS, Json(json!({"error": "quota"}))).into_response(),
+            _ => (
+                StatusCode::TOO_MANY_REQUESTS,
+                Json(json!({"error": "quota"})),
+            )
+                .into_response(),
         },
         Failure::Status(code) => (
             StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -217,7 +229,11 @@ async fn libretranslate(State(state): State<Arc<FakeState>>, body: Bytes) -> Res
         return bad("Invalid request: body is not JSON");
     };
     if v.get("api_key").and_then(Value::as_str) != Some(KEY) {
-        return (StatusCode::FORBIDDEN, Json(json!({"error": "Invalid API key"}))).into_response();
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({"error": "Invalid API key"})),
+        )
+            .into_response();
     }
     let (Some(source), Some(target)) = (
         v.get("source").and_then(Value::as_str),
@@ -256,21 +272,37 @@ async fn deepl(State(state): State<Arc<FakeState>>, headers: HeaderMap, body: By
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     if auth != format!("DeepL-Auth-Key {KEY}") {
-        return (StatusCode::FORBIDDEN, Json(json!({"message": "Wrong endpoint or auth key"}))).into_response();
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({"message": "Wrong endpoint or auth key"})),
+        )
+            .into_response();
     }
     let Ok(v) = serde_json::from_slice::<Value>(&body) else {
         return bad("Invalid request");
     };
     let Some(texts) = v.get("text").and_then(Value::as_array) else {
-        return (StatusCode::BAD_REQUEST, Json(json!({"message": "Parameter 'text' not specified."}))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"message": "Parameter 'text' not specified."})),
+        )
+            .into_response();
     };
     let Some(target) = v.get("target_lang").and_then(Value::as_str) else {
-        return (StatusCode::BAD_REQUEST, Json(json!({"message": "Value for 'target_lang' not supported."}))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"message": "Value for 'target_lang' not supported."})),
+        )
+            .into_response();
     };
     if v.get("tag_handling").and_then(Value::as_str) != Some("xml")
         || v.get("ignore_tags") != Some(&json!(["x"]))
     {
-        return (StatusCode::BAD_REQUEST, Json(json!({"message": "expected tag_handling=xml, ignore_tags=[x]"}))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"message": "expected tag_handling=xml, ignore_tags=[x]"})),
+        )
+            .into_response();
     }
     let source = v
         .get("source_lang")
@@ -347,7 +379,10 @@ async fn openai(State(state): State<Arc<FakeState>>, headers: HeaderMap, body: B
         .map(|t| fake_translate(ProviderKind::Openai, t, target))
         .collect();
     state.texts.fetch_add(out.len() as u64, Relaxed);
-    state.log.lock().push(("?".into(), target.into(), out.len()));
+    state
+        .log
+        .lock()
+        .push(("?".into(), target.into(), out.len()));
     Json(json!({
         "id": "chatcmpl-fake",
         "object": "chat.completion",
