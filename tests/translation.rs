@@ -297,7 +297,7 @@ async fn a_room_in_four_languages_translates_once_per_language() {
     let (_zh, mut zh_e) = reader(&s, room, "zh1", Role::Viewer, "zh").await;
 
     let text = "Does the basket come in blue";
-    en1.comment(room, text).await.expect("comment");
+    let first_pos = en1.comment(room, text).await.expect("comment");
     let expect = |lang: &str| format!("{lang}: {}", text.to_uppercase());
     for (lang, events) in [
         ("zh", &mut host_e),
@@ -345,6 +345,29 @@ async fn a_room_in_four_languages_translates_once_per_language() {
     let (_, _, tr) = comment_with(&mut es_e, "How much??").await;
     assert_eq!(tr["es"], "¿Cuánto cuesta?");
     assert_eq!(fake.requests(), 3);
+
+    // Resuming replays translated comments in the resumer's language (node cache).
+    let first = Offset(first_pos.offset.0 - 1);
+    let mut o = s.options(room, "ja-late", Role::Viewer);
+    o.lang = Some("ja".into());
+    let (late, mut late_e) = Client::connect(o);
+    let reply = late
+        .request(ferry::protocol::Command::Join {
+            room: room.into(),
+            since: Some(ferry::protocol::StreamPosition {
+                epoch: again.epoch.clone(),
+                offset: first,
+            }),
+        })
+        .await
+        .expect("resume");
+    assert!(matches!(
+        reply,
+        ferry::protocol::ReplyBody::Joined(ref j) if j.recovered == Some(true)
+    ));
+    let (_, _, tr) = comment_with(&mut late_e, text).await;
+    assert_eq!(tr.len(), 1);
+    assert_eq!(tr["ja"], expect("ja"));
 
     // Changing language takes effect at once: en2 now reads Japanese.
     en2.set_language("ja").await.expect("set_language");

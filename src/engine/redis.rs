@@ -67,7 +67,6 @@ if op == 'resolve' then
 elseif op == 'hold' then
   if redis.call('HLEN', KEYS[5]) >= tonumber(ARGV[9]) then return {-3} end
   redis.call('HSET', KEYS[5], ARGV[7], ARGV[8])
-  redis.call('PEXPIRE', KEYS[5], ARGV[3])
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 if op == 'pin' then redis.call('HSET', KEYS[1], 'pinned', ARGV[7])
