@@ -119,7 +119,7 @@ pub fn parse_markets<'a>(
                     r.id
                 )));
             }
-            if let Some(t) = r.terms.iter().find(|t| Folded::of(t).text.is_empty()) {
+            if let Some(t) = r.terms.iter().find(|t| Folded::of(t).bytes().is_empty()) {
                 return Err(bad(format!(
                     "rule `{}`: term {t:?} has no letters or digits",
                     r.id
@@ -189,6 +189,25 @@ impl Verdict {
     }
 }
 
+/// A set of markets, resolved once for many checks ([`Moderator::market_set`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MarketSet {
+    bits: Vec<u64>,
+}
+
+impl MarketSet {
+    #[inline]
+    fn contains(&self, market: usize) -> bool {
+        self.bits
+            .get(market / 64)
+            .is_some_and(|w| w & (1 << (market % 64)) != 0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bits.iter().all(|w| *w == 0)
+    }
+}
+
 /// Every market's rules, compiled.
 #[derive(Debug)]
 pub struct Moderator {
@@ -201,6 +220,8 @@ pub struct Moderator {
     excepts: Option<AhoCorasick>,
     /// Per pattern of `excepts`: the rules it masks.
     except_rules: Vec<Vec<usize>>,
+    /// Per rule: whether it has exception phrases.
+    has_except: Vec<bool>,
 }
 
 thread_local! {
@@ -234,7 +255,7 @@ impl Moderator {
                     listings: spec.applies.contains(&Usage::Listings),
                 });
                 for term in &spec.terms {
-                    let folded = Folded::of(term).text;
+                    let folded = Folded::of(term).text();
                     if folded.is_empty() {
                         continue;
                     }
@@ -250,7 +271,7 @@ impl Moderator {
                     owners[pi].push(Owner { rule: ri, word });
                 }
                 for phrase in &spec.except {
-                    let folded = Folded::of(phrase).text;
+                    let folded = Folded::of(phrase).text();
                     if folded.is_empty() {
                         continue;
                     }
@@ -284,7 +305,14 @@ impl Moderator {
                     message: e.to_string(),
                 })
         };
+        let mut has_except = vec![false; rules.len()];
+        for rs in &except_rules {
+            for r in rs {
+                has_except[*r] = true;
+            }
+        }
         Ok(Moderator {
+            has_except,
             terms: build(&patterns)?,
             excepts: build(&except_patterns)?,
             markets: names,
@@ -305,6 +333,17 @@ impl Moderator {
         self.rules.len()
     }
 
+    /// Resolve market codes (unknown ones have no rules) into a set for [`Self::check_set`].
+    pub fn market_set<'a>(&self, markets: impl IntoIterator<Item = &'a str>) -> MarketSet {
+        let mut bits = vec![0u64; self.markets.len().div_ceil(64)];
+        for m in markets {
+            if let Some(&i) = self.market_index.get(m) {
+                bits[i / 64] |= 1 << (i % 64);
+            }
+        }
+        MarketSet { bits }
+    }
+
     /// Check `text` as `usage` against the rules of `markets` (unknown markets have no rules).
     pub fn check<'a>(
         &self,
@@ -312,46 +351,29 @@ impl Moderator {
         markets: impl IntoIterator<Item = &'a str>,
         usage: Usage,
     ) -> Verdict {
-        let mut wanted = [false; 64];
-        let mut wanted_big: Vec<bool> = Vec::new();
-        let big = self.markets.len() > wanted.len();
-        if big {
-            wanted_big = vec![false; self.markets.len()];
-        }
-        let mut any = false;
-        for m in markets {
-            if let Some(&i) = self.market_index.get(m) {
-                any = true;
-                if big {
-                    wanted_big[i] = true;
-                } else {
-                    wanted[i] = true;
-                }
-            }
-        }
-        let Some(terms) = self.terms.as_ref().filter(|_| any) else {
+        self.check_set(text, &self.market_set(markets), usage)
+    }
+
+    /// [`Self::check`] with the markets already resolved.
+    pub fn check_set(&self, text: &str, markets: &MarketSet, usage: Usage) -> Verdict {
+        let Some(terms) = self.terms.as_ref().filter(|_| !markets.is_empty()) else {
             return Verdict::green();
-        };
-        let is_wanted = |mi: usize| {
-            if big {
-                wanted_big[mi]
-            } else {
-                wanted[mi]
-            }
         };
         SCRATCH.with(|cell| {
             let mut folded = cell.borrow_mut();
             folded.fold_into(text);
+            let folded = &*folded;
             let mut best: Option<usize> = None;
             let mut masks: Option<Vec<(usize, usize, usize)>> = None;
-            for m in terms.find_overlapping_iter(folded.text.as_str()) {
+            let ftext = folded.bytes();
+            'matches: for m in terms.find_overlapping_iter(ftext) {
                 for owner in &self.owners[m.pattern().as_usize()] {
                     let rule = &self.rules[owner.rule];
                     let applies = match usage {
                         Usage::Comments => rule.comments,
                         Usage::Listings => rule.listings,
                     };
-                    if !applies || !is_wanted(rule.market) {
+                    if !applies || !markets.contains(rule.market) {
                         continue;
                     }
                     if best.is_some_and(|b| self.rules[b].severity >= rule.severity) {
@@ -360,12 +382,18 @@ impl Moderator {
                     if owner.word && !folded.is_word_at(m.start(), m.end()) {
                         continue;
                     }
-                    let masks = masks.get_or_insert_with(|| self.except_spans(&folded.text));
-                    let masked = masks
-                        .iter()
-                        .any(|&(s, e, r)| r == owner.rule && s <= m.start() && m.end() <= e);
+                    let masked = self.has_except[owner.rule] && {
+                        let masks = masks.get_or_insert_with(|| self.except_spans(ftext));
+                        masks
+                            .iter()
+                            .any(|&(s, e, r)| r == owner.rule && s <= m.start() && m.end() <= e)
+                    };
                     if !masked {
                         best = Some(owner.rule);
+                        if rule.severity == Severity::Red {
+                            // Nothing is more severe: stop scanning.
+                            break 'matches;
+                        }
                     }
                 }
             }
@@ -388,7 +416,7 @@ impl Moderator {
     }
 
     /// `(start, end, rule)` of every exception phrase in the folded text.
-    fn except_spans(&self, folded: &str) -> Vec<(usize, usize, usize)> {
+    fn except_spans(&self, folded: &[u8]) -> Vec<(usize, usize, usize)> {
         let Some(ac) = &self.excepts else {
             return Vec::new();
         };
