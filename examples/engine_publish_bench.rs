@@ -85,6 +85,7 @@ async fn main() {
         command_timeout: Duration::from_secs(2),
         presence_ttl: Duration::from_secs(10),
         broadcast_capacity: 1 << 16,
+        max_held: 200,
     })
     .await
     {

@@ -57,7 +57,7 @@ impl Claims {
 
 /// `*` matches any run of bytes; everything else matches itself. Iterative with one
 /// backtrack point, so it is linear-ish and cannot blow up on hostile patterns.
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+pub(crate) fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {

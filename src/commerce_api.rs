@@ -152,10 +152,29 @@ async fn put_product(
         }
         _ => claims.sub.clone(),
     };
+    // Listing rules of every enabled market, and translations into their languages.
+    let warnings = match app.chat.prepare_product(&mut product).await {
+        Ok(w) => w,
+        Err(crate::chat::ListingError::Blocked(rule)) => {
+            tracing::info!(product = %product.id, market = %rule.market, rule = %rule.rule, "listing refused by moderation");
+            return Ok((
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({"error": {
+                    "code": "moderation_blocked",
+                    "message": format!(
+                        "the product cannot be enabled in market {}: rule `{}` ({})",
+                        rule.market, rule.rule, rule.label
+                    ),
+                    "rule": rule,
+                }})),
+            )
+                .into_response());
+        }
+    };
     let product = app.commerce.put_product(product).await?;
     tracing::info!(product = %product.id, user = %claims.sub, "product saved");
     let view = crate::commerce::pricing::product_view(&product, app.commerce.config());
-    Ok(Json(json!({"product": product, "view": view})).into_response())
+    Ok(Json(json!({"product": product, "view": view, "warnings": warnings})).into_response())
 }
 
 async fn get_product(

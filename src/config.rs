@@ -23,6 +23,10 @@ pub struct Config {
     pub commerce: CommerceConfig,
     pub sfu: SfuConfig,
     pub log: LogConfig,
+    /// Comment translation: languages, latency budget, phrasebooks, glossaries, providers.
+    pub translation: TranslationConfig,
+    /// Per-market moderation rules and the moderator queue.
+    pub moderation: ModerationConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -459,6 +463,161 @@ impl Default for SfuConfig {
     }
 }
 
+/// Comment translation (see `docs/translation.md`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TranslationConfig {
+    /// Languages viewers may read in (primary BCP 47 subtags). Comments are translated into
+    /// each of them that is present in the room.
+    pub languages: Vec<String>,
+    /// How long a comment may wait for its translations before it goes out with the ones
+    /// that are ready; the rest follow in `translation` events.
+    #[serde(with = "humantime_serde")]
+    pub budget: Duration,
+    /// Late translations are given up after this (the viewers keep the original).
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+    /// Directory of phrasebook files (`*.toml`); empty = the phrasebooks shipped in
+    /// `config/phrasebook/`, compiled in.
+    pub phrasebook_dir: PathBuf,
+    /// Translations kept in this node's LRU cache.
+    pub cache_entries: usize,
+    /// Redis engine: how long translations stay in the shared cache.
+    #[serde(with = "humantime_serde")]
+    pub shared_cache_ttl: Duration,
+    /// Embedded engine: file the glossaries are saved to (empty = memory only).
+    pub glossary_path: PathBuf,
+    /// Redis engine: how often each node checks whether a glossary changed.
+    #[serde(with = "humantime_serde")]
+    pub glossary_refresh: Duration,
+    /// Most terms one glossary may hold.
+    pub max_glossary_terms: usize,
+    /// Market code → the language its product listings are translated into.
+    pub market_languages: std::collections::BTreeMap<String, String>,
+    /// Machine-translation providers, tried in order for each language pair they support.
+    pub providers: Vec<ProviderConfig>,
+}
+
+impl Default for TranslationConfig {
+    fn default() -> Self {
+        let langs = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(m, l)| ((*m).to_owned(), (*l).to_owned()))
+                .collect()
+        };
+        Self {
+            languages: ["zh", "en", "es", "ja", "ar"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            budget: Duration::from_millis(300),
+            deadline: Duration::from_secs(5),
+            phrasebook_dir: PathBuf::new(),
+            cache_entries: 100_000,
+            shared_cache_ttl: Duration::from_secs(7 * 86_400),
+            glossary_path: PathBuf::from("ferry-data/glossaries.json"),
+            glossary_refresh: Duration::from_secs(2),
+            max_glossary_terms: 1000,
+            market_languages: langs(&[
+                ("cn", "zh"),
+                ("us", "en"),
+                ("hk", "zh"),
+                ("mo", "zh"),
+                ("ae", "ar"),
+                ("sa", "ar"),
+                ("jp", "ja"),
+                ("es", "es"),
+            ]),
+            providers: Vec::new(),
+        }
+    }
+}
+
+/// Which API a provider speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// LibreTranslate-compatible `POST /translate`.
+    Libretranslate,
+    /// DeepL API v2 `POST /v2/translate`.
+    Deepl,
+    /// OpenAI-compatible `POST /v1/chat/completions`.
+    Openai,
+}
+
+/// One machine-translation provider.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderConfig {
+    /// Name in logs and metrics.
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Base URL (`https://api-free.deepl.com`); the API path is appended.
+    pub url: String,
+    /// API key (LibreTranslate `api_key`, DeepL `DeepL-Auth-Key`, OpenAI `Bearer`).
+    pub api_key: String,
+    /// OpenAI-compatible: the model.
+    pub model: String,
+    /// Languages this provider handles (both source and target); empty = all.
+    pub languages: Vec<String>,
+    /// One request (all its retries) gives up after this.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Requests in flight to this provider at once.
+    pub concurrency: usize,
+    /// Texts for the same language pair arriving within this window go in one request.
+    #[serde(with = "humantime_serde")]
+    pub batch_window: Duration,
+    /// Most texts in one request.
+    pub max_batch: usize,
+    /// Retries after a failed attempt (timeouts, 429, 5xx), with exponential backoff.
+    pub retries: u32,
+    /// First retry delay (doubles per retry, with jitter; a 429's Retry-After wins).
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            kind: ProviderKind::Libretranslate,
+            url: String::new(),
+            api_key: String::new(),
+            model: "gpt-4o-mini".to_owned(),
+            languages: Vec::new(),
+            timeout: Duration::from_secs(2),
+            concurrency: 4,
+            batch_window: Duration::from_millis(15),
+            max_batch: 32,
+            retries: 2,
+            retry_backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Per-market moderation (see `docs/translation.md`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModerationConfig {
+    /// Directory of market rule files (`*.toml`, one market each); empty = the rule sets
+    /// shipped in `config/markets/`, compiled in.
+    pub markets_dir: PathBuf,
+    /// Comments one room's moderator queue holds; more yellow comments are refused with
+    /// `moderation_queue_full` (1505) until moderators catch up.
+    pub max_held_per_room: usize,
+}
+
+impl Default for ModerationConfig {
+    fn default() -> Self {
+        Self {
+            markets_dir: PathBuf::new(),
+            max_held_per_room: 200,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -723,6 +882,50 @@ impl Config {
         }
         if v.max_sdp_bytes < 1024 {
             return bad("sfu.max_sdp_bytes", "must be at least 1024");
+        }
+        let t = &self.translation;
+        for (i, l) in t.languages.iter().enumerate() {
+            if ferry_client::protocol::translation::normalize_lang(l).as_deref() != Some(l) {
+                return bad(
+                    &format!("translation.languages[{i}]"),
+                    "must be a lowercase primary language subtag like \"en\"",
+                );
+            }
+        }
+        for (m, l) in &t.market_languages {
+            if ferry_client::protocol::translation::normalize_lang(l).as_deref() != Some(l) {
+                return bad(
+                    &format!("translation.market_languages.{m}"),
+                    "must be a lowercase primary language subtag like \"en\"",
+                );
+            }
+        }
+        if t.budget > t.deadline {
+            return bad("translation.budget", "must not exceed translation.deadline");
+        }
+        if t.cache_entries == 0 {
+            return bad("translation.cache_entries", "must be at least 1");
+        }
+        if t.glossary_refresh.is_zero() {
+            return bad("translation.glossary_refresh", "must be > 0");
+        }
+        for (i, p) in t.providers.iter().enumerate() {
+            let key = |k: &str| format!("translation.providers[{i}].{k}");
+            if !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
+                return bad(&key("url"), "must be an http:// or https:// URL");
+            }
+            if p.concurrency == 0 {
+                return bad(&key("concurrency"), "must be at least 1");
+            }
+            if p.max_batch == 0 || p.max_batch > 128 {
+                return bad(&key("max_batch"), "must be 1..=128");
+            }
+            if p.timeout.is_zero() {
+                return bad(&key("timeout"), "must be > 0");
+            }
+        }
+        if self.moderation.max_held_per_room == 0 {
+            return bad("moderation.max_held_per_room", "must be at least 1");
         }
         if self
             .log

@@ -32,6 +32,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::commerce_api::routes())
         .merge(crate::sfu::api::routes(state.clone()))
         .merge(pages)
+        .merge(crate::translation_api::routes())
         .fallback(not_found)
         .with_state(state)
 }
@@ -88,6 +89,14 @@ impl From<EngineError> for ApiError {
                 "unavailable",
                 format!("temporarily unavailable, retry: {why}"),
             ),
+            e @ EngineError::NotHeld => {
+                ApiError::new(StatusCode::CONFLICT, "not_held", e.to_string())
+            }
+            e @ EngineError::HeldQueueFull => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "moderation_queue_full",
+                e.to_string(),
+            ),
         }
     }
 }
@@ -128,6 +137,10 @@ async fn metrics(State(app): State<AppState>) -> Response {
             if let Some(sfu) = &app.sfu {
                 sfu.metrics.render(app.hub.node(), &mut text);
             }
+            app.chat
+                .translator()
+                .metrics()
+                .render(app.hub.node(), &mut text);
             text
         },
     )

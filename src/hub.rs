@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::engine::{Engine, EngineError, History, Publication, RoomRecord};
 use crate::limits::{TokenBucket, UserLimits};
 use crate::metrics::Metrics;
+use crate::room::audience::{self, Audience};
 use crate::room::{
     state_change_of, Aggregator, Incoming, ResumePlan, StreamTracker, ViewerThrottle,
 };
@@ -28,11 +29,13 @@ use crate::session::RoomView;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use dashmap::DashMap;
+use ferry_client::protocol::translation::HeldComment;
 use ferry_client::protocol::{
     CloseCode, ErrorCode, JoinReply, Offset, Push, Reply, ReplyBody, ReplyResult, RoomEvent,
     RoomId, RoomState, StreamPosition, UserId, UserRef,
 };
 use parking_lot::{Mutex, RwLock};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, AtomicU16, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,6 +78,10 @@ impl ConnSignal {
 pub struct Member {
     pub conn: u64,
     pub user: UserRef,
+    /// The language the connection reads comments in (`None`: originals only).
+    pub lang: Option<String>,
+    /// The market of the connection's token (its rules apply to the room's comments).
+    pub market: Option<String>,
     pub tx: mpsc::Sender<Outbound>,
     pub signal: Arc<ConnSignal>,
     /// Frames queued to this connection across all its rooms (for the queue-size gauge).
@@ -114,6 +121,10 @@ enum RoomCtl {
         announce: bool,
     },
     ViewerCount(u64),
+    SetLanguage {
+        conn: u64,
+        lang: Option<String>,
+    },
 }
 
 /// A room with members on this node.
@@ -124,6 +135,18 @@ pub struct LocalRoom {
     /// Likes received since the last aggregation tick.
     likes: AtomicU64,
     members: AtomicU64,
+    /// This node's members per audience key (`lang:en`, `market:ae`), kept by the room task.
+    local_audience: RwLock<BTreeMap<String, u64>>,
+    /// The whole cluster's audience as last read from the engine (every presence tick).
+    cluster_audience: RwLock<BTreeMap<String, u64>>,
+}
+
+/// The languages and markets present in a room (this node's exactly, other nodes' as of the
+/// last presence tick).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoomAudience {
+    pub langs: BTreeSet<String>,
+    pub markets: BTreeSet<String>,
 }
 
 /// Settings the hub takes from [`Config`].
@@ -313,6 +336,42 @@ impl Hub {
         })
     }
 
+    /// The languages and markets present in `room`.
+    pub fn audience(&self, room: &RoomId) -> RoomAudience {
+        let mut out = RoomAudience::default();
+        if let Some(r) = self.rooms.get(room) {
+            let local = r.local_audience.read();
+            let cluster = r.cluster_audience.read();
+            for (key, n) in local.iter().chain(cluster.iter()) {
+                if *n == 0 {
+                    continue;
+                }
+                if let Some(l) = key.strip_prefix("lang:") {
+                    out.langs.insert(l.to_owned());
+                } else if let Some(m) = key.strip_prefix("market:") {
+                    out.markets.insert(m.to_owned());
+                }
+            }
+        }
+        out
+    }
+
+    /// The room's moderator queue as this node last saw it.
+    pub fn held(&self, room: &RoomId) -> Vec<HeldComment> {
+        self.rooms
+            .get(room)
+            .map(|r| r.state.read().held.clone())
+            .unwrap_or_default()
+    }
+
+    /// Change the language a connection reads `room` in.
+    pub async fn set_language(&self, room: &RoomId, conn: u64, lang: Option<String>) {
+        let local = self.rooms.get(room).map(|r| r.clone());
+        if let Some(local) = local {
+            let _ = local.ctl.send(RoomCtl::SetLanguage { conn, lang }).await;
+        }
+    }
+
     /// Count likes toward the room's next aggregated `likes` event.
     pub fn like(&self, room: &RoomId, count: u32) {
         if let Some(r) = self.rooms.get(room) {
@@ -355,6 +414,8 @@ impl Hub {
                 state: RwLock::new(record),
                 likes: AtomicU64::new(0),
                 members: AtomicU64::new(0),
+                local_audience: RwLock::new(BTreeMap::new()),
+                cluster_audience: RwLock::new(BTreeMap::new()),
             });
             self.metrics.rooms.fetch_add(1, Relaxed);
             tokio::spawn(run_room(self.clone(), room.clone(), local.clone(), ctl_rx));
@@ -382,6 +443,10 @@ fn engine_join_error(metrics: &Metrics, e: EngineError) -> JoinError {
             ErrorCode::Unavailable,
             format!("temporarily unavailable, retry: {why}"),
         ),
+        e @ (EngineError::NotHeld | EngineError::HeldQueueFull) => {
+            let (code, _) = e.wire_code();
+            JoinError::Refused(code, e.to_string())
+        }
     }
 }
 
@@ -412,8 +477,10 @@ struct RoomTask {
     hub: Arc<Hub>,
     room: RoomId,
     local: Arc<LocalRoom>,
-    tracker: StreamTracker<Utf8Bytes>,
+    tracker: StreamTracker<EventFrame>,
     members: Vec<Member>,
+    /// Members per audience key on this node (`lang:en`, `market:ae`).
+    counts: BTreeMap<String, u64>,
     aggregator: Aggregator,
     viewers: ViewerThrottle,
     /// `{"push":"event","room":"<room>","epoch":"<epoch>","offset":` — shared by all frames.
@@ -478,6 +545,7 @@ async fn run_room(
         local: local.clone(),
         tracker,
         members: Vec::new(),
+        counts: BTreeMap::new(),
         frame_prefix: prefix,
         closing: false,
     };
@@ -591,18 +659,72 @@ impl RoomTask {
         &self.hub.metrics
     }
 
-    fn event_frame(&self, offset: Offset, body: &[u8]) -> Utf8Bytes {
+    /// The frame of the event at `offset`; `parsed` is its decoded body (used, instead of
+    /// `body`, when the event varies by audience).
+    fn event_frame(&self, offset: Offset, body: &[u8], parsed: Option<RoomEvent>) -> EventFrame {
         let mut s = String::with_capacity(self.frame_prefix.len() + body.len() + 32);
         s.push_str(&self.frame_prefix);
         s.push_str(&offset.0.to_string());
         s.push_str(",\"event\":");
+        if let Some(event) = parsed.filter(audience::varies) {
+            return EventFrame::Varied(Arc::new(VariedFrame {
+                head: s,
+                event,
+                built: Mutex::new(Vec::new()),
+            }));
+        }
         s.push_str(std::str::from_utf8(body).unwrap_or("{}"));
         s.push('}');
-        to_frame(s)
+        EventFrame::Shared(to_frame(s))
     }
 
-    fn room_state(&self) -> RoomState {
+    /// The frame of a publication read from history (decoded when it may vary).
+    fn history_frame(&self, p: &Publication) -> EventFrame {
+        let parsed = serde_json::from_slice::<RoomEvent>(&p.body).ok();
+        self.event_frame(p.offset, &p.body, parsed)
+    }
+
+    /// Count a member in (`+1`) or out (`-1`) of its audience keys; report to the engine
+    /// when a key appears or disappears on this node.
+    fn count(&mut self, m: &Member, delta: i64) {
+        let mut changed = false;
+        for key in audience_keys(m) {
+            let n = self.counts.entry(key.clone()).or_insert(0);
+            let before = *n;
+            *n = if delta >= 0 {
+                n.saturating_add(delta as u64)
+            } else {
+                n.saturating_sub(delta.unsigned_abs())
+            };
+            changed |= (before == 0) != (*n == 0);
+            if *n == 0 {
+                self.counts.remove(&key);
+            }
+        }
+        if changed {
+            *self.local.local_audience.write() = self.counts.clone();
+            self.report_audience();
+        }
+    }
+
+    fn report_audience(&self) {
+        let hub = self.hub.clone();
+        let room = self.room.clone();
+        let counts = self.counts.clone();
+        tokio::spawn(async move {
+            if let Err(e) = hub
+                .engine
+                .report_audience(&room, &hub.cfg.node, &counts)
+                .await
+            {
+                tracing::debug!(%room, error = %e, "audience not reported");
+            }
+        });
+    }
+
+    fn room_state(&self, member: &Member) -> RoomState {
         let st = self.local.state.read();
+        let staff = member.user.role.is_staff();
         RoomState {
             title: st.title.clone(),
             viewers: self
@@ -617,6 +739,19 @@ impl RoomTask {
             product: st.product.clone().map(Box::new),
             sale: st.sale.clone().map(Box::new),
             live: st.live,
+            held: if staff {
+                st.held
+                    .iter()
+                    .map(|h| {
+                        let mut h = h.clone();
+                        h.translations
+                            .retain(|l, _| member.lang.as_deref() == Some(l.as_str()));
+                        h
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -642,6 +777,15 @@ impl RoomTask {
                 }
             }
             RoomCtl::ViewerCount(count) => self.push_viewers(count),
+            RoomCtl::SetLanguage { conn, lang } => {
+                if let Some(i) = self.members.iter().position(|m| m.conn == conn) {
+                    let old = self.members[i].clone();
+                    self.count(&old, -1);
+                    self.members[i].lang = lang;
+                    let new = self.members[i].clone();
+                    self.count(&new, 1);
+                }
+            }
         }
     }
 
@@ -669,7 +813,7 @@ impl RoomTask {
             }
         }
         // Frames read from history by the joiner, contiguous after `since`.
-        let mut replay: Vec<Utf8Bytes> = Vec::new();
+        let mut replay: Vec<EventFrame> = Vec::new();
         let mut effective = since.clone();
         if let Some(s) = &mut effective {
             let mut expected = s.offset.next();
@@ -677,7 +821,7 @@ impl RoomTask {
                 if p.epoch != s.epoch || p.offset != expected {
                     break;
                 }
-                replay.push(self.event_frame(p.offset, &p.body));
+                replay.push(self.history_frame(p));
                 s.offset = p.offset;
                 expected = p.offset.next();
             }
@@ -708,12 +852,13 @@ impl RoomTask {
                 position: self.tracker.position(),
                 recovered,
                 missed: replay.len() as u64,
-                state: self.room_state(),
+                state: self.room_state(&member),
             })),
         };
         let reply = to_frame(serde_json::to_string(&reply).unwrap_or_default());
         let mut frames = vec![reply];
         // Replay coalesced like live traffic so a long resume fits the queue.
+        let replay: Vec<Utf8Bytes> = replay.iter().map(|f| f.for_member(&member)).collect();
         for chunk in replay.chunks(self.hub.cfg.max_batch) {
             frames.push(join_frames(chunk));
         }
@@ -735,6 +880,7 @@ impl RoomTask {
                 tracing::debug!(%room, error = %e, "unique viewer not recorded");
             }
         });
+        self.count(&member, 1);
         self.members.push(member);
         self.local.members.store(self.members.len() as u64, Relaxed);
         self.metrics().room_members.fetch_add(1, Relaxed);
@@ -743,6 +889,7 @@ impl RoomTask {
 
     fn remove_member(&mut self, i: usize) -> Member {
         let m = self.members.swap_remove(i);
+        self.count(&m, -1);
         self.local.members.store(self.members.len() as u64, Relaxed);
         self.metrics().room_members.fetch_sub(1, Relaxed);
         m
@@ -750,6 +897,11 @@ impl RoomTask {
 
     /// Queue one shared frame to every member; drop members that cannot keep up.
     fn broadcast(&mut self, frame: Utf8Bytes, events: u64) {
+        self.send_each(|_| frame.clone(), events);
+    }
+
+    /// Queue to every member the frame `pick` gives it; drop members that cannot keep up.
+    fn send_each(&mut self, mut pick: impl FnMut(&Member) -> Utf8Bytes, events: u64) {
         // Count the frames as queued before queueing them, so the writers' decrements can
         // never take the gauge below zero; frames that could not be queued are taken back.
         let planned = self.members.len() as u64;
@@ -758,12 +910,16 @@ impl RoomTask {
             .fetch_add(planned as i64, Relaxed);
         let mut i = 0;
         let mut sent = 0u64;
+        let mut bytes = 0u64;
         while i < self.members.len() {
             let m = &self.members[i];
+            let frame = pick(m);
+            let len = frame.len() as u64;
             m.queued.fetch_add(1, Relaxed);
-            match m.tx.try_send(Outbound::Frame(frame.clone())) {
+            match m.tx.try_send(Outbound::Frame(frame)) {
                 Ok(()) => {
                     sent += 1;
+                    bytes += len;
                     i += 1;
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -782,13 +938,14 @@ impl RoomTask {
         let m = self.metrics();
         m.frames_out.fetch_add(sent, Relaxed);
         m.events_delivered.fetch_add(sent * events, Relaxed);
-        m.bytes_out.fetch_add(sent * frame.len() as u64, Relaxed);
+        m.bytes_out.fetch_add(bytes, Relaxed);
         m.queued_frames.fetch_sub((planned - sent) as i64, Relaxed);
     }
 
     fn kick_all(&mut self, code: CloseCode) {
         let n = self.members.len();
-        for m in self.members.drain(..) {
+        for m in std::mem::take(&mut self.members) {
+            self.count(&m, -1);
             m.signal.close(code);
         }
         self.local.members.store(0, Relaxed);
@@ -800,7 +957,7 @@ impl RoomTask {
 
     /// Deliver publications in order, filling gaps from history first.
     async fn deliver_batch(&mut self, batch: Vec<Publication>) {
-        let mut frames: Vec<Utf8Bytes> = Vec::with_capacity(batch.len());
+        let mut frames: Vec<EventFrame> = Vec::with_capacity(batch.len());
         let mut events: Vec<RoomEvent> = Vec::new();
         for p in batch {
             match self.tracker.classify(&p) {
@@ -846,39 +1003,81 @@ impl RoomTask {
     fn accept(
         &mut self,
         p: &Publication,
-        frames: &mut Vec<Utf8Bytes>,
+        frames: &mut Vec<EventFrame>,
         events: &mut Vec<RoomEvent>,
     ) {
-        let frame = self.event_frame(p.offset, &p.body);
-        self.tracker.delivered(p.offset, frame.clone());
-        frames.push(frame);
-        match serde_json::from_slice::<RoomEvent>(&p.body) {
+        let frame = match serde_json::from_slice::<RoomEvent>(&p.body) {
             Ok(event) => {
                 if let Some(change) = state_change_of(&event) {
                     self.local.state.write().apply(&change);
                 }
                 self.local.state.write().offset = p.offset;
-                events.push(event);
+                if matches!(
+                    event,
+                    RoomEvent::UserBanned { .. } | RoomEvent::RoomClosed {}
+                ) {
+                    events.push(event.clone());
+                }
+                self.event_frame(p.offset, &p.body, Some(event))
             }
             Err(e) => {
-                tracing::warn!(room = %self.room, offset = %p.offset, error = %e, "undecodable room event")
+                tracing::warn!(room = %self.room, offset = %p.offset, error = %e, "undecodable room event");
+                self.event_frame(p.offset, &p.body, None)
             }
-        }
+        };
+        self.tracker.delivered(p.offset, frame.clone());
+        frames.push(frame);
     }
 
-    /// Send accumulated frames as one coalesced frame, then apply their side effects.
-    fn flush_frames(&mut self, frames: &mut Vec<Utf8Bytes>, events: &mut Vec<RoomEvent>) {
+    /// Send accumulated frames as one coalesced frame (one per audience when some vary),
+    /// then apply their side effects.
+    fn flush_frames(&mut self, frames: &mut Vec<EventFrame>, events: &mut Vec<RoomEvent>) {
         if frames.is_empty() {
             return;
         }
         let n = frames.len() as u64;
-        let frame = if frames.len() == 1 {
-            frames.pop().unwrap_or_default()
-        } else {
-            join_frames(frames)
-        };
-        frames.clear();
-        self.broadcast(frame, n);
+        let batch = std::mem::take(frames);
+        let shared: Option<Vec<Utf8Bytes>> = batch
+            .iter()
+            .map(|f| match f {
+                EventFrame::Shared(b) => Some(b.clone()),
+                EventFrame::Varied(_) => None,
+            })
+            .collect();
+        match shared {
+            Some(mut bytes) => {
+                let frame = if bytes.len() == 1 {
+                    bytes.pop().unwrap_or_default()
+                } else {
+                    join_frames(&bytes)
+                };
+                self.broadcast(frame, n);
+            }
+            None => {
+                // One coalesced frame per audience present, built on first use.
+                let mut by_audience: Vec<(Option<String>, bool, Utf8Bytes)> = Vec::new();
+                self.send_each(
+                    |m| {
+                        let staff = m.user.role.is_staff();
+                        if let Some((_, _, f)) = by_audience
+                            .iter()
+                            .find(|(l, s, _)| *s == staff && l.as_deref() == m.lang.as_deref())
+                        {
+                            return f.clone();
+                        }
+                        let parts: Vec<Utf8Bytes> = batch.iter().map(|f| f.for_member(m)).collect();
+                        let f = if parts.len() == 1 {
+                            parts[0].clone()
+                        } else {
+                            join_frames(&parts)
+                        };
+                        by_audience.push((m.lang.clone(), staff, f.clone()));
+                        f
+                    },
+                    n,
+                );
+            }
+        }
         for event in events.drain(..) {
             match event {
                 RoomEvent::UserBanned { user, .. } => {
@@ -901,6 +1100,7 @@ impl RoomTask {
                     };
                     let frame = to_frame(serde_json::to_string(&left).unwrap_or_default());
                     for m in std::mem::take(&mut self.members) {
+                        self.count(&m, -1);
                         let removed = Outbound::Removed {
                             room: self.room.clone(),
                             frame: frame.clone(),
@@ -963,6 +1163,8 @@ impl RoomTask {
         let room = self.room.clone();
         let count = self.members.len() as u64;
         let ctl = self.local.ctl.clone();
+        let counts = self.counts.clone();
+        let local = self.local.clone();
         tokio::spawn(async move {
             if hub
                 .engine
@@ -971,6 +1173,18 @@ impl RoomTask {
                 .is_err()
             {
                 return;
+            }
+            // Languages and markets in play across the cluster (translation targets and
+            // which markets' rules apply).
+            if hub
+                .engine
+                .report_audience(&room, &hub.cfg.node, &counts)
+                .await
+                .is_ok()
+            {
+                if let Ok(all) = hub.engine.audience(&room).await {
+                    *local.cluster_audience.write() = all;
+                }
             }
             if let Ok(total) = hub.engine.viewer_count(&room).await {
                 let _ = ctl.try_send(RoomCtl::ViewerCount(total));
@@ -989,6 +1203,65 @@ impl RoomTask {
         let frame = to_frame(serde_json::to_string(&push).unwrap_or_default());
         self.broadcast(frame, 0);
     }
+}
+
+/// A delivered event's frame: the same bytes for everyone, or one version per audience.
+#[derive(Clone)]
+enum EventFrame {
+    Shared(Utf8Bytes),
+    Varied(Arc<VariedFrame>),
+}
+
+/// An event whose frame differs by audience ([`audience::varies`]); versions are built on
+/// first use and kept with the event (in the node cache too, for resumes).
+struct VariedFrame {
+    /// `{"push":"event",...,"offset":N,"event":`
+    head: String,
+    event: RoomEvent,
+    built: Mutex<Vec<(Audience, Utf8Bytes)>>,
+}
+
+impl VariedFrame {
+    fn frame(&self, lang: Option<&str>, staff: bool) -> Utf8Bytes {
+        let mut built = self.built.lock();
+        if let Some((_, f)) = built
+            .iter()
+            .find(|(a, _)| a.staff == staff && a.lang.as_deref() == lang)
+        {
+            return f.clone();
+        }
+        let view = audience::view_for(&self.event, lang, staff);
+        let body = serde_json::to_string(&view).unwrap_or_else(|_| "{}".into());
+        let mut s = String::with_capacity(self.head.len() + body.len() + 1);
+        s.push_str(&self.head);
+        s.push_str(&body);
+        s.push('}');
+        let f = to_frame(s);
+        built.push((
+            Audience {
+                lang: lang.map(str::to_owned),
+                staff,
+            },
+            f.clone(),
+        ));
+        f
+    }
+}
+
+impl EventFrame {
+    fn for_member(&self, m: &Member) -> Utf8Bytes {
+        match self {
+            EventFrame::Shared(f) => f.clone(),
+            EventFrame::Varied(v) => v.frame(m.lang.as_deref(), m.user.role.is_staff()),
+        }
+    }
+}
+
+fn audience_keys(m: &Member) -> impl Iterator<Item = String> + '_ {
+    m.lang
+        .iter()
+        .map(|l| format!("lang:{l}"))
+        .chain(m.market.iter().map(|k| format!("market:{k}")))
 }
 
 /// Coalesce frames into one, newline-separated (the protocol's batching).

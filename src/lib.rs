@@ -3,6 +3,7 @@
 //! `ferry_client::protocol`) → rooms ([`hub`], [`room`]) → the engine ([`engine`]).
 
 pub mod auth;
+pub mod chat;
 pub mod commerce;
 pub mod commerce_api;
 pub mod config;
@@ -10,10 +11,13 @@ pub mod engine;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod moderation;
 pub mod pages;
 pub mod room;
 pub mod session;
 pub mod sfu;
+pub mod translate;
+pub mod translation_api;
 
 pub use ferry_client::protocol;
 pub mod http;

@@ -3,6 +3,7 @@
 //! elsewhere, wait up to `server.drain_timeout`).
 
 use crate::auth::{KeyError, Verifier};
+use crate::chat::Chat;
 use crate::commerce::memory::MemorySaleStore;
 use crate::commerce::redis::{RedisSaleStore, RedisSaleStoreOptions};
 use crate::commerce::service::Commerce;
@@ -13,7 +14,14 @@ use crate::engine::redis::{RedisEngine, RedisEngineOptions, RedisStartError};
 use crate::engine::Engine;
 use crate::hub::{ConnSignal, Hub, HubConfig};
 use crate::metrics::Metrics;
+use crate::moderation::Moderator;
 use crate::sfu::{Sfu, SfuStartError};
+use crate::translate::cache::{RedisConn, SharedCache};
+use crate::translate::glossary::{
+    FileGlossaryStore, Glossaries, GlossaryStore, RedisGlossaryStore,
+};
+use crate::translate::phrasebook::Phrasebook;
+use crate::translate::Translator;
 use axum::serve::ListenerExt;
 use dashmap::DashMap;
 use ferry_client::protocol::CloseCode;
@@ -34,6 +42,8 @@ pub struct AppState {
     pub commerce: Arc<Commerce>,
     /// Live video (WHIP/WHEP and the SFU); `None` when `sfu.enabled` is false.
     pub sfu: Option<Arc<Sfu>>,
+    /// Comment moderation and translation, glossaries.
+    pub chat: Arc<Chat>,
     /// Every open connection's close signal, for draining.
     pub conns: Arc<DashMap<u64, Arc<ConnSignal>>>,
     draining: Arc<AtomicBool>,
@@ -61,6 +71,9 @@ pub enum StartError {
     Commerce(String),
     #[error(transparent)]
     Sfu(#[from] SfuStartError),
+    /// Phrasebooks, market rules, glossaries or the shared translation cache.
+    #[error("translation: {0}")]
+    Translation(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -82,6 +95,7 @@ async fn build_engine(cfg: &Config) -> Result<Arc<dyn Engine>, StartError> {
             let engine = MemoryEngine::new(MemoryEngineOptions {
                 history_size: cfg.history.size,
                 history_ttl: cfg.history.ttl,
+                max_held: cfg.moderation.max_held_per_room,
                 ..MemoryEngineOptions::default()
             });
             let sweeper = engine.clone();
@@ -107,6 +121,7 @@ async fn build_engine(cfg: &Config) -> Result<Arc<dyn Engine>, StartError> {
                     command_timeout: r.command_timeout,
                     presence_ttl: r.presence_ttl,
                     broadcast_capacity: 4096,
+                    max_held: cfg.moderation.max_held_per_room,
                 })
                 .await?,
             )
@@ -144,6 +159,81 @@ async fn build_sale_store(cfg: &Config) -> Result<Arc<dyn SaleStore>, StartError
     }
 }
 
+/// Phrasebooks, market rules, glossaries and caches, from config: the translator and
+/// moderator behind [`Chat`].
+pub async fn build_chat(cfg: &Config, hub: Arc<Hub>) -> Result<Arc<Chat>, StartError> {
+    let t = &cfg.translation;
+    let err = |e: String| StartError::Translation(e);
+    let phrasebook = if t.phrasebook_dir.as_os_str().is_empty() {
+        Phrasebook::parse(crate::translate::phrasebook::BUILTIN.iter().copied())
+    } else {
+        Phrasebook::load_dir(&t.phrasebook_dir)
+    }
+    .map_err(|e| err(format!("translation.phrasebook_dir: {e}")))?;
+    let markets = if cfg.moderation.markets_dir.as_os_str().is_empty() {
+        crate::moderation::parse_markets(crate::moderation::BUILTIN_MARKETS.iter().copied())
+    } else {
+        crate::moderation::load_markets_dir(&cfg.moderation.markets_dir)
+    }
+    .map_err(|e| err(format!("moderation.markets_dir: {e}")))?;
+    let moderator = Arc::new(Moderator::new(&markets).map_err(|e| err(e.to_string()))?);
+    let (store, shared): (Arc<dyn GlossaryStore>, Option<Arc<SharedCache>>) = match cfg.engine.kind
+    {
+        EngineKind::Memory => {
+            let path = Some(t.glossary_path.clone()).filter(|p| !p.as_os_str().is_empty());
+            (
+                Arc::new(
+                    FileGlossaryStore::open(path)
+                        .map_err(|e| err(format!("translation.glossary_path: {e}")))?,
+                ),
+                None,
+            )
+        }
+        EngineKind::Redis => {
+            let r = &cfg.redis;
+            let conn = RedisConn::connect(&r.urls, r.cluster, r.connect_timeout, r.command_timeout)
+                .await
+                .map_err(|e| err(format!("Redis: {e}")))?;
+            (
+                Arc::new(RedisGlossaryStore::new(conn.clone(), &r.prefix)),
+                Some(Arc::new(SharedCache::new(
+                    conn,
+                    &r.prefix,
+                    t.shared_cache_ttl,
+                ))),
+            )
+        }
+    };
+    let glossaries = Glossaries::new(store, t.max_glossary_terms)
+        .await
+        .map_err(|e| err(format!("glossaries: {e}")))?;
+    if cfg.engine.kind == EngineKind::Redis {
+        // Other nodes change glossaries too: pick their changes up.
+        let weak = Arc::downgrade(&glossaries);
+        let every = t.glossary_refresh;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(g) = weak.upgrade() else { return };
+                if let Err(e) = g.refresh().await {
+                    tracing::debug!(error = %e, "glossary refresh failed");
+                }
+            }
+        });
+    }
+    tracing::info!(
+        phrases = phrasebook.len(),
+        markets = moderator.markets().len(),
+        rules = moderator.rule_count(),
+        providers = t.providers.len(),
+        "translation and moderation ready"
+    );
+    let translator = Translator::new(t.clone(), phrasebook, glossaries, shared);
+    Ok(Chat::new(hub, translator, moderator))
+}
+
 /// Bind and start serving.
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let verifier = Arc::new(Verifier::from_config(&config.auth)?);
@@ -169,8 +259,10 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     } else {
         None
     };
+    let chat = build_chat(&config, hub.clone()).await?;
     let state = AppState {
         sfu,
+        chat,
         config: Arc::new(config),
         hub,
         metrics,

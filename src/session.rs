@@ -66,6 +66,26 @@ pub enum Action {
         room: RoomId,
         op: CommerceOp,
     },
+    /// Read comments in `lang` from now on (already normalized; the driver checks the server
+    /// supports it, then calls [`Session::set_lang`]).
+    SetLanguage {
+        id: u64,
+        lang: String,
+    },
+    /// A staff command on the moderator queue.
+    Moderate {
+        id: u64,
+        room: RoomId,
+        op: ModerationOp,
+    },
+}
+
+/// Moderator-queue commands (staff only; checked here).
+#[derive(Debug, PartialEq)]
+pub enum ModerationOp {
+    Approve(String),
+    Reject(String),
+    Queue,
 }
 
 /// Commerce commands, checked for permission; the commerce service checks the rest.
@@ -93,6 +113,8 @@ pub struct Session {
     commands: TokenBucket,
     /// Consecutive frames refused for being malformed or over a rate limit.
     strikes: u32,
+    /// The language this connection reads comments in.
+    lang: Option<String>,
 }
 
 fn valid_room_id(room: &RoomId) -> bool {
@@ -120,7 +142,17 @@ impl Session {
             limits,
             rooms: HashMap::new(),
             strikes: 0,
+            lang: None,
         }
+    }
+
+    /// The language this connection reads comments in.
+    pub fn lang(&self) -> Option<&str> {
+        self.lang.as_deref()
+    }
+
+    pub fn set_lang(&mut self, lang: Option<String>) {
+        self.lang = lang;
     }
 
     pub fn user(&self) -> &UserRef {
@@ -236,6 +268,17 @@ impl Session {
         }
         match cmd {
             Command::Ping { t } => Action::Pong { id, t },
+            Command::SetLanguage { lang } => {
+                match ferry_client::protocol::translation::normalize_lang(&lang) {
+                    Some(lang) => Action::SetLanguage { id, lang },
+                    None => error(
+                        id,
+                        ErrorCode::UnsupportedLanguage,
+                        format!("`{}` is not a language tag", truncate(&lang, 40)),
+                        None,
+                    ),
+                }
+            }
             Command::Join { room, since } => {
                 if !self.claims.allows_room(&room) {
                     return Action::Close(CloseCode::Forbidden);
@@ -315,6 +358,9 @@ impl Session {
                             event: RoomEvent::Comment {
                                 user: self.user.clone(),
                                 text,
+                                lang: None,
+                                translations: Default::default(),
+                                held_id: None,
                             },
                         }
                     }
@@ -337,6 +383,8 @@ impl Session {
                             event: RoomEvent::Announcement {
                                 user: self.user.clone(),
                                 text,
+                                lang: None,
+                                translations: Default::default(),
                             },
                         }
                     }
@@ -380,6 +428,29 @@ impl Session {
                             _ => CommerceOp::UnpinProduct,
                         };
                         Action::Commerce { id, room, op }
+                    }
+                    moderation @ (Command::ApproveComment { .. }
+                    | Command::RejectComment { .. }
+                    | Command::ModerationQueue { .. }) => {
+                        if !role.is_staff() {
+                            return error(
+                                id,
+                                ErrorCode::Forbidden,
+                                format!("`{}` needs a host, moderator or admin", moderation.name()),
+                                None,
+                            );
+                        }
+                        let op = match moderation {
+                            Command::ApproveComment { held, .. } => ModerationOp::Approve(held),
+                            Command::RejectComment { held, .. } => ModerationOp::Reject(held),
+                            _ => ModerationOp::Queue,
+                        };
+                        if let ModerationOp::Approve(h) | ModerationOp::Reject(h) = &op {
+                            if h.is_empty() || h.len() > 64 {
+                                return error(id, ErrorCode::BadRequest, "bad held id", None);
+                            }
+                        }
+                        Action::Moderate { id, room, op }
                     }
                     staff_command => {
                         if !role.is_staff() {
@@ -464,6 +535,10 @@ const KNOWN_COMMANDS: &[&str] = &[
     "end_sale",
     "buy",
     "cancel_reservation",
+    "set_language",
+    "approve_comment",
+    "reject_comment",
+    "moderation_queue",
 ];
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -734,6 +809,56 @@ mod tests {
                 Action::Publish { .. }
             ));
         }
+    }
+
+    #[test]
+    fn languages_normalize_and_moderation_needs_staff() {
+        let (mut s, now) = joined(Role::Viewer);
+        let v = View::default();
+        let a = s.handle_text(
+            r#"{"id":1,"cmd":"set_language","lang":"es-MX"}"#,
+            now,
+            0,
+            &v,
+        );
+        assert_eq!(
+            a,
+            Action::SetLanguage {
+                id: 1,
+                lang: "es".into()
+            }
+        );
+        let a = s.handle_text(
+            r#"{"id":2,"cmd":"set_language","lang":"español"}"#,
+            now,
+            0,
+            &v,
+        );
+        assert_eq!(error_code(&a), Some(ErrorCode::UnsupportedLanguage.code()));
+        for cmd in [
+            r#"{"id":3,"cmd":"approve_comment","room":"r1","held":"h1"}"#,
+            r#"{"id":3,"cmd":"reject_comment","room":"r1","held":"h1"}"#,
+            r#"{"id":3,"cmd":"moderation_queue","room":"r1"}"#,
+        ] {
+            assert_eq!(
+                error_code(&s.handle_text(cmd, now, 0, &v)),
+                Some(ErrorCode::Forbidden.code())
+            );
+        }
+        let (mut m, now) = joined(Role::Moderator);
+        assert_eq!(
+            m.handle_text(
+                r#"{"id":4,"cmd":"approve_comment","room":"r1","held":"h1"}"#,
+                now,
+                0,
+                &v
+            ),
+            Action::Moderate {
+                id: 4,
+                room: "r1".into(),
+                op: ModerationOp::Approve("h1".into())
+            }
+        );
     }
 
     #[test]

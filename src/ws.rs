@@ -5,17 +5,20 @@
 //! [`crate::hub`].
 
 use crate::auth::{AuthError, Claims};
+use crate::chat::{ChatError, Outcome, Sender};
 use crate::commerce::service::{Buyer, CommerceError};
 use crate::commerce::BuyRefusal;
 use crate::config::AutoCreate;
+use crate::engine::EngineError;
 use crate::hub::{ConnSignal, JoinError, Member, Outbound};
 use crate::server::AppState;
-use crate::session::{Action, CommerceOp, Session};
+use crate::session::{Action, CommerceOp, ModerationOp, Session};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use ferry_client::protocol::commerce::{ReservationReply, SaleReply};
+use ferry_client::protocol::translation::{PendingReply, QueueReply};
 use ferry_client::protocol::{
     CloseCode, EmptyReply, ErrorCode, PongReply, PublishReply, Push, Reply, ReplyBody, ReplyResult,
     RoomId, PROTOCOL_VERSION,
@@ -29,6 +32,8 @@ use tokio::sync::mpsc;
 #[derive(Deserialize)]
 pub struct WsQuery {
     token: Option<String>,
+    /// The language to read comments in (overrides the token's `lang` claim).
+    lang: Option<String>,
 }
 
 /// The token from `Authorization: Bearer` or the `token` query parameter.
@@ -58,7 +63,7 @@ pub async fn ws_handler(
         .max_write_buffer_size(w.write_buffer_bytes.max(64 * 1024) + max)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| run_connection(app, socket, auth))
+        .on_upgrade(move |socket| run_connection(app, socket, auth, q.lang))
 }
 
 pub fn unix_ms_f64() -> f64 {
@@ -122,7 +127,12 @@ struct Conn {
     last_seen: Instant,
 }
 
-async fn run_connection(app: AppState, mut socket: WebSocket, auth: Result<Claims, AuthError>) {
+async fn run_connection(
+    app: AppState,
+    mut socket: WebSocket,
+    auth: Result<Claims, AuthError>,
+    query_lang: Option<String>,
+) {
     let metrics = app.metrics.clone();
     let claims = match auth {
         Ok(c) => c,
@@ -154,8 +164,15 @@ async fn run_connection(app: AppState, mut socket: WebSocket, auth: Result<Claim
     let id = app.next_conn_id();
     let signal = Arc::new(ConnSignal::default());
     app.conns.insert(id, signal.clone());
+    // `?lang=` wins over the token's claim; an unsupported language reads originals.
+    let lang = query_lang
+        .or_else(|| claims.lang.clone())
+        .and_then(|l| ferry_client::protocol::translation::normalize_lang(&l))
+        .filter(|l| app.chat.check_language(l).is_ok());
+    let mut session = Session::new(claims, app.config.limits.clone(), Instant::now());
+    session.set_lang(lang);
     let mut conn = Conn {
-        session: Session::new(claims, app.config.limits.clone(), Instant::now()),
+        session,
         app: app.clone(),
         id,
         signal,
@@ -196,6 +213,7 @@ impl Conn {
             node: self.app.hub.node().to_owned(),
             user: self.session.user().clone(),
             server_time: unix_ms_f64(),
+            lang: self.session.lang().map(str::to_owned),
         };
         let hello = Utf8Bytes::from(serde_json::to_string(&connected).unwrap_or_default());
         if let Err(code) = self.write(socket, hello).await {
@@ -356,6 +374,8 @@ impl Conn {
                 let member = Member {
                     conn: self.id,
                     user: self.session.user().clone(),
+                    lang: self.session.lang().map(str::to_owned),
+                    market: self.session.claims().market.clone(),
                     tx: self.tx.clone(),
                     signal: self.signal.clone(),
                     queued: self.queued.clone(),
@@ -422,22 +442,66 @@ impl Conn {
             }
             Action::Publish { id, room, event } => {
                 m.commands_in.fetch_add(1, Relaxed);
-                match self.app.hub.publish(&room, &event).await {
-                    Ok(position) => ok_reply(id, ReplyBody::Published(PublishReply { position })),
+                let user = self.session.user().clone();
+                let sender = Sender {
+                    user: &user,
+                    lang: self.session.lang(),
+                    market: self.session.claims().market.as_deref(),
+                };
+                match self.app.chat.publish(&room, event, sender).await {
+                    Ok(Outcome::Published(position)) => {
+                        ok_reply(id, ReplyBody::Published(PublishReply { position }))
+                    }
+                    Ok(Outcome::Held(pending)) => {
+                        ok_reply(id, ReplyBody::Pending(PendingReply { pending }))
+                    }
+                    Err(e) => self.chat_error(id, &room, e),
+                }
+            }
+            Action::SetLanguage { id, lang } => {
+                m.commands_in.fetch_add(1, Relaxed);
+                match self.app.chat.check_language(&lang) {
+                    Ok(()) => {
+                        self.session.set_lang(Some(lang.clone()));
+                        let rooms: Vec<RoomId> = self.session.rooms().cloned().collect();
+                        for room in rooms {
+                            self.app
+                                .hub
+                                .set_language(&room, self.id, Some(lang.clone()))
+                                .await;
+                        }
+                        ok_reply(id, ReplyBody::Empty(EmptyReply {}))
+                    }
                     Err(e) => {
                         m.errors_sent.fetch_add(1, Relaxed);
-                        tracing::warn!(conn = self.id, %room, error = %e, "publish failed");
-                        let (code, retry) = match e {
-                            crate::engine::EngineError::RoomNotFound => {
-                                (ErrorCode::RoomNotFound, None)
-                            }
-                            crate::engine::EngineError::RoomClosed => (ErrorCode::RoomClosed, None),
-                            crate::engine::EngineError::Unavailable(_) => {
-                                (ErrorCode::Unavailable, Some(1000))
-                            }
-                        };
-                        error_reply(id, code, e.to_string(), retry)
+                        reply_text(&Reply {
+                            id,
+                            result: ReplyResult::Error(e.body()),
+                        })
                     }
+                }
+            }
+            Action::Moderate { id, room, op } => {
+                m.commands_in.fetch_add(1, Relaxed);
+                let by = self.session.user().clone();
+                let chat = &self.app.chat;
+                let result = match op {
+                    ModerationOp::Approve(held) => chat
+                        .approve(&room, &held, &by)
+                        .await
+                        .map(|position| ReplyBody::Published(PublishReply { position })),
+                    ModerationOp::Reject(held) => chat
+                        .reject(&room, &held, &by)
+                        .await
+                        .map(|position| ReplyBody::Published(PublishReply { position })),
+                    ModerationOp::Queue => chat
+                        .queue(&room, self.session.lang())
+                        .await
+                        .map(|held| ReplyBody::Queue(QueueReply { held })),
+                };
+                match result {
+                    Ok(body) => ok_reply(id, body),
+                    Err(e) => self.chat_error(id, &room, e),
                 }
             }
         };
@@ -446,6 +510,22 @@ impl Conn {
 }
 
 impl Conn {
+    /// The error reply for a chat command, logged and counted.
+    fn chat_error(&self, id: u64, room: &RoomId, e: ChatError) -> Utf8Bytes {
+        let m = &self.app.metrics;
+        m.errors_sent.fetch_add(1, Relaxed);
+        match &e {
+            ChatError::Engine(EngineError::Unavailable(_)) => {
+                tracing::warn!(conn = self.id, %room, error = %e, "publish failed")
+            }
+            _ => tracing::info!(conn = self.id, %room, error = %e, "chat command refused"),
+        }
+        reply_text(&Reply {
+            id,
+            result: ReplyResult::Error(e.body()),
+        })
+    }
+
     /// Carry out a commerce command for this connection's user.
     async fn commerce(
         &self,

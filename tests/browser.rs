@@ -78,7 +78,7 @@ impl RustSide {
                     loop {
                         match self.events.recv().await {
                             Some(Event::Room {
-                                event: RoomEvent::Comment { user, text },
+                                event: RoomEvent::Comment { user, text, .. },
                                 ..
                             }) if text == want => return Ok(user),
                             Some(_) => {}

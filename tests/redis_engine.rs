@@ -20,6 +20,7 @@ fn options(urls: Vec<String>, cluster: bool, history_size: usize) -> RedisEngine
         command_timeout: Duration::from_secs(2),
         presence_ttl: Duration::from_secs(10),
         broadcast_capacity: 4096,
+        max_held: 5,
     }
 }
 

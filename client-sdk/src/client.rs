@@ -9,6 +9,7 @@
 use crate::protocol::commerce::{
     ProductId, ReservationId, ReservationReply, ReservationView, SaleId, SaleSpec, SaleView,
 };
+use crate::protocol::translation::{HeldComment, PendingComment};
 use crate::protocol::{
     close_code_reconnects, split_frame, ClientFrame, Command, ErrorBody, JoinReply, Offset,
     PongReply, Push, Reply, ReplyBody, ReplyResult, RoomEvent, RoomId, ServerFrame, StreamPosition,
@@ -49,6 +50,10 @@ pub struct ClientOptions {
     pub bind: Option<IpAddr>,
     /// tungstenite read buffer (small for load tests holding many connections).
     pub read_buffer_bytes: usize,
+    /// The language to read comments in (BCP 47, e.g. `en`), sent as `?lang=` on every
+    /// (re)connect; [`Client::set_language`] changes it for the session and later reconnects.
+    /// `None`: the token's `lang` claim, if any.
+    pub lang: Option<String>,
 }
 
 impl ClientOptions {
@@ -65,6 +70,7 @@ impl ClientOptions {
             event_buffer: 4096,
             bind: None,
             read_buffer_bytes: 8 * 1024,
+            lang: None,
         }
     }
 }
@@ -76,6 +82,8 @@ pub enum Event {
     Connected {
         node: String,
         user: UserRef,
+        /// The language the server will send translations in (`None`: originals only).
+        lang: Option<String>,
     },
     /// A room was joined or rejoined. `reply.recovered == Some(false)` means events were
     /// missed and cannot be replayed: reset the room's view from `reply.state`.
@@ -125,6 +133,19 @@ pub enum ClientError {
     Timeout,
     #[error("unexpected reply: {0}")]
     Protocol(String),
+    /// The comment was held for a moderator instead of published (see
+    /// [`Client::send_comment`]).
+    #[error("held for a moderator by rule {}", .0.rule.rule)]
+    Held(Box<PendingComment>),
+}
+
+/// What became of a comment.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CommentOutcome {
+    /// Published at this position.
+    Published(StreamPosition),
+    /// Held in the moderator queue (a moderator publishes or rejects it).
+    Held(PendingComment),
 }
 
 impl ClientError {
@@ -160,6 +181,8 @@ pub struct ClockEstimate {
 #[derive(Default)]
 struct Shared {
     clock: Mutex<VecDeque<ClockEstimate>>,
+    /// The language sent as `?lang=` on (re)connect.
+    lang: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -219,7 +242,10 @@ impl Client {
     pub fn connect(opts: ClientOptions) -> (Client, Events) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (event_tx, event_rx) = mpsc::channel(opts.event_buffer.max(1));
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            lang: Mutex::new(opts.lang.clone()),
+            ..Shared::default()
+        });
         let stats = Arc::new(ClientStats::default());
         let timeout = opts.request_timeout;
         let driver = Driver {
@@ -300,16 +326,95 @@ impl Client {
         }
     }
 
+    /// Post a comment; a comment held for a moderator is `Err(ClientError::Held(..))`.
     pub async fn comment(
         &self,
         room: impl Into<RoomId>,
         text: impl Into<String>,
     ) -> Result<StreamPosition, ClientError> {
-        self.publish(Command::Comment {
+        match self.send_comment(room, text).await? {
+            CommentOutcome::Published(p) => Ok(p),
+            CommentOutcome::Held(p) => Err(ClientError::Held(Box::new(p))),
+        }
+    }
+
+    /// Post a comment and learn whether it was published or held for a moderator. A comment
+    /// a market's rules forbid is refused with `moderation_blocked` (1019); the error's
+    /// `rule` names the rule.
+    pub async fn send_comment(
+        &self,
+        room: impl Into<RoomId>,
+        text: impl Into<String>,
+    ) -> Result<CommentOutcome, ClientError> {
+        match self
+            .request(Command::Comment {
+                room: room.into(),
+                text: text.into(),
+            })
+            .await?
+        {
+            ReplyBody::Published(p) => Ok(CommentOutcome::Published(p.position)),
+            ReplyBody::Pending(p) => Ok(CommentOutcome::Held(p.pending)),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Read comments in `lang` from now on (every room of this client, and after reconnects).
+    /// The server answers `unsupported_language` (1018) for a language it does not translate
+    /// into.
+    pub async fn set_language(&self, lang: impl Into<String>) -> Result<(), ClientError> {
+        let lang = lang.into();
+        self.request(Command::SetLanguage { lang: lang.clone() })
+            .await?;
+        if let Ok(mut l) = self.shared.lang.lock() {
+            *l = Some(lang);
+        }
+        Ok(())
+    }
+
+    /// The language this client asks for (its option, or the last `set_language`).
+    pub fn language(&self) -> Option<String> {
+        self.shared.lang.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// Publish a held comment from the room's moderator queue (staff).
+    pub async fn approve_comment(
+        &self,
+        room: impl Into<RoomId>,
+        held: impl Into<String>,
+    ) -> Result<StreamPosition, ClientError> {
+        self.publish(Command::ApproveComment {
             room: room.into(),
-            text: text.into(),
+            held: held.into(),
         })
         .await
+    }
+
+    /// Drop a held comment from the room's moderator queue (staff).
+    pub async fn reject_comment(
+        &self,
+        room: impl Into<RoomId>,
+        held: impl Into<String>,
+    ) -> Result<StreamPosition, ClientError> {
+        self.publish(Command::RejectComment {
+            room: room.into(),
+            held: held.into(),
+        })
+        .await
+    }
+
+    /// The room's moderator queue, oldest first (staff).
+    pub async fn moderation_queue(
+        &self,
+        room: impl Into<RoomId>,
+    ) -> Result<Vec<HeldComment>, ClientError> {
+        match self
+            .request(Command::ModerationQueue { room: room.into() })
+            .await?
+        {
+            ReplyBody::Queue(q) => Ok(q.held),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
     }
 
     pub async fn like(&self, room: impl Into<RoomId>, count: u32) -> Result<(), ClientError> {
@@ -632,12 +737,21 @@ impl Driver {
     }
 
     async fn connect(&self, url: &str) -> Result<Ws, String> {
-        let target = if self.opts.token_in_query {
+        let mut target = if self.opts.token_in_query {
             let sep = if url.contains('?') { '&' } else { '?' };
             format!("{url}{sep}token={}", self.opts.token)
         } else {
             url.to_owned()
         };
+        let lang = self.shared.lang.lock().ok().and_then(|l| l.clone());
+        if let Some(lang) = lang.filter(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        }) {
+            let sep = if target.contains('?') { '&' } else { '?' };
+            target = format!("{target}{sep}lang={lang}");
+        }
         let mut request = target
             .into_client_request()
             .map_err(|e| format!("bad url {url}: {e}"))?;
@@ -955,9 +1069,9 @@ impl Driver {
                         self.rooms.remove(&room);
                         self.emit(Event::Removed { room, code, reason }).await;
                     }
-                    Push::Connected { node, user, .. } => {
-                        self.emit(Event::Connected { node, user }).await
-                    }
+                    Push::Connected {
+                        node, user, lang, ..
+                    } => self.emit(Event::Connected { node, user, lang }).await,
                 }
                 None
             }

@@ -14,5 +14,6 @@ pub mod media;
 
 #[cfg(feature = "net")]
 pub use client::{
-    new_idempotency_key, Client, ClientError, ClientOptions, ClockEstimate, Event, Events,
+    new_idempotency_key, Client, ClientError, ClientOptions, ClockEstimate, CommentOutcome, Event,
+    Events,
 };

@@ -64,10 +64,12 @@ string_newtype!(
 );
 
 pub mod commerce;
+pub mod translation;
 use commerce::{
     PinnedProduct, ProductId, PurchaseNotice, ReservationId, ReservationReply, SaleId, SaleReply,
     SaleSpec, SaleStock, SaleView,
 };
+use translation::{HeldComment, PendingReply, QueueReply, RuleRef, Translations};
 
 /// A position in a room's event stream. Offsets increase by exactly one per published event
 /// within an epoch; the first event of an epoch has offset 1, so offset 0 means "nothing yet".
@@ -262,6 +264,27 @@ pub enum Command {
         room: RoomId,
         reservation: ReservationId,
     },
+    // -- translation and moderation (docs/protocol.md section 14) --
+    /// Choose the language this connection reads comments in (a BCP 47 tag; the server keeps
+    /// its primary subtag). Applies at once to every room of the connection and to later
+    /// joins.
+    SetLanguage {
+        lang: String,
+    },
+    /// Publish a held comment from the moderator queue (staff).
+    ApproveComment {
+        room: RoomId,
+        held: String,
+    },
+    /// Drop a held comment from the moderator queue (staff).
+    RejectComment {
+        room: RoomId,
+        held: String,
+    },
+    /// The room's moderator queue (staff).
+    ModerationQueue {
+        room: RoomId,
+    },
 }
 
 fn one() -> u32 {
@@ -291,13 +314,17 @@ impl Command {
             Command::EndSale { .. } => "end_sale",
             Command::Buy { .. } => "buy",
             Command::CancelReservation { .. } => "cancel_reservation",
+            Command::SetLanguage { .. } => "set_language",
+            Command::ApproveComment { .. } => "approve_comment",
+            Command::RejectComment { .. } => "reject_comment",
+            Command::ModerationQueue { .. } => "moderation_queue",
         }
     }
 
     /// The room a command targets, if any.
     pub fn room(&self) -> Option<&RoomId> {
         match self {
-            Command::Ping { .. } => None,
+            Command::Ping { .. } | Command::SetLanguage { .. } => None,
             Command::Join { room, .. }
             | Command::Leave { room }
             | Command::Comment { room, .. }
@@ -315,7 +342,10 @@ impl Command {
             | Command::StartSale { room, .. }
             | Command::EndSale { room, .. }
             | Command::Buy { room, .. }
-            | Command::CancelReservation { room, .. } => Some(room),
+            | Command::CancelReservation { room, .. }
+            | Command::ApproveComment { room, .. }
+            | Command::RejectComment { room, .. }
+            | Command::ModerationQueue { room } => Some(room),
         }
     }
 }
@@ -352,6 +382,10 @@ pub enum ReplyBody {
     Pong(PongReply),
     Reservation(ReservationReply),
     Sale(SaleReply),
+    /// A `comment` held for a moderator (not published).
+    Pending(PendingReply),
+    /// `moderation_queue`.
+    Queue(QueueReply),
     Empty(EmptyReply),
 }
 
@@ -400,6 +434,9 @@ pub struct RoomState {
     /// The host's video is live: play it with WHEP (`POST /whep/{room}`).
     #[serde(default)]
     pub live: bool,
+    /// The moderator queue, oldest first: sent to staff only (absent for viewers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<HeldComment>,
 }
 
 /// A message pinned above the chat.
@@ -435,6 +472,9 @@ pub struct ErrorBody {
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// `moderation_blocked`: the rule the text broke.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<Box<RuleRef>>,
 }
 
 /// Frames the server sends on its own. Field `push` selects the variant.
@@ -448,6 +488,10 @@ pub enum Push {
         user: UserRef,
         /// Server time (Unix ms) when the connection was accepted.
         server_time: f64,
+        /// The language this connection reads comments in (from `?lang=`, else the token's
+        /// `lang` claim, when the server supports it); change it with `set_language`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lang: Option<String>,
     },
     /// A room stream event with its position. Clients remember the last position per room
     /// and send it as `since` when they rejoin.
@@ -474,7 +518,18 @@ pub enum Push {
 pub enum RoomEvent {
     Comment {
         user: UserRef,
+        /// The original text, always.
         text: String,
+        /// Detected source language.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lang: Option<String>,
+        /// The translation into the receiving connection's language, when there is one
+        /// (section 14). More may follow in a `translation` event.
+        #[serde(default, skip_serializing_if = "Translations::is_empty")]
+        translations: Translations,
+        /// Set when a moderator approved this comment from the queue: the queue id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        held_id: Option<String>,
     },
     /// Likes received in one aggregation interval on one node.
     Likes {
@@ -493,6 +548,10 @@ pub enum RoomEvent {
     Announcement {
         user: UserRef,
         text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lang: Option<String>,
+        #[serde(default, skip_serializing_if = "Translations::is_empty")]
+        translations: Translations,
     },
     Pinned {
         pinned: Pinned,
@@ -561,6 +620,27 @@ pub enum RoomEvent {
     StreamEnded {
         reason: StreamEndReason,
     },
+    /// Translations of an earlier comment or announcement that were not ready within the
+    /// server's latency budget.
+    Translation {
+        /// Offset of the comment or announcement these translate.
+        offset: Offset,
+        /// At most the receiving connection's language (possibly empty).
+        #[serde(default)]
+        translations: Translations,
+    },
+    /// A comment was held for a moderator. Staff receive it in `held`; other connections
+    /// receive only the queue `id`.
+    CommentHeld {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        held: Option<Box<HeldComment>>,
+    },
+    /// A moderator rejected a held comment (approval publishes the `comment` with `held_id`).
+    CommentRejected {
+        id: String,
+        by: UserRef,
+    },
 }
 
 /// Why a room's stream ended.
@@ -604,10 +684,14 @@ pub enum ErrorCode {
     IdempotencyConflict,
     ReservationFinal,
     SaleNotStarted,
+    UnsupportedLanguage,
+    ModerationBlocked,
+    NotHeld,
+    ModerationQueueFull,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownCommand,
         ErrorCode::NotJoined,
@@ -631,6 +715,10 @@ impl ErrorCode {
         ErrorCode::IdempotencyConflict,
         ErrorCode::ReservationFinal,
         ErrorCode::SaleNotStarted,
+        ErrorCode::UnsupportedLanguage,
+        ErrorCode::ModerationBlocked,
+        ErrorCode::NotHeld,
+        ErrorCode::ModerationQueueFull,
     ];
 
     pub fn code(self) -> u16 {
@@ -658,6 +746,10 @@ impl ErrorCode {
             ErrorCode::IdempotencyConflict => 1016,
             ErrorCode::ReservationFinal => 1017,
             ErrorCode::SaleNotStarted => 1504,
+            ErrorCode::UnsupportedLanguage => 1018,
+            ErrorCode::ModerationBlocked => 1019,
+            ErrorCode::NotHeld => 1020,
+            ErrorCode::ModerationQueueFull => 1505,
         }
     }
 
@@ -686,6 +778,10 @@ impl ErrorCode {
             ErrorCode::IdempotencyConflict => "idempotency_conflict",
             ErrorCode::ReservationFinal => "reservation_final",
             ErrorCode::SaleNotStarted => "sale_not_started",
+            ErrorCode::UnsupportedLanguage => "unsupported_language",
+            ErrorCode::ModerationBlocked => "moderation_blocked",
+            ErrorCode::NotHeld => "not_held",
+            ErrorCode::ModerationQueueFull => "moderation_queue_full",
         }
     }
 
@@ -705,6 +801,7 @@ impl ErrorCode {
             name: self.name().to_owned(),
             message: message.into(),
             retry_after_ms,
+            rule: None,
         }
     }
 }

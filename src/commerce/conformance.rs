@@ -57,6 +57,8 @@ fn product(id: &str) -> Product {
         ]
         .into(),
         merchant: "m1".into(),
+        glossary: None,
+        translations: Default::default(),
     }
 }
 

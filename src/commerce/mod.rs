@@ -58,6 +58,14 @@ pub struct Product {
     /// change it.
     #[serde(default)]
     pub merchant: String,
+    /// The glossary its title and description are translated with (default: the
+    /// merchant's glossary, whose id is the merchant's user id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub glossary: Option<String>,
+    /// Title and description per language of the enabled markets (set by the server when
+    /// the product is saved).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub translations: BTreeMap<String, ferry_client::protocol::translation::ProductText>,
 }
 
 fn default_lang() -> String {

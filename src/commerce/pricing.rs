@@ -62,6 +62,7 @@ pub fn product_view(p: &Product, cfg: &CommerceConfig) -> ProductView {
         price_cny: p.price_cny,
         markets: offers(p.price_cny, &p.enabled_markets(), cfg),
         fx_date: cfg.fx_date.clone(),
+        translations: p.translations.clone(),
     }
 }
 

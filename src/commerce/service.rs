@@ -69,6 +69,7 @@ impl CommerceError {
             CommerceError::Room(EngineError::Unavailable(_)) | CommerceError::Unavailable(_) => {
                 (ErrorCode::Unavailable, Some(1000))
             }
+            CommerceError::Room(e) => e.wire_code(),
             CommerceError::Refused(r) => match r {
                 BuyRefusal::NotStarted { .. } => (ErrorCode::SaleNotStarted, None),
                 BuyRefusal::Ended => (ErrorCode::SaleEnded, None),

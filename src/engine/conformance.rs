@@ -33,6 +33,8 @@ where
     closed_rooms_refuse_publications(&*e).await;
     presence_sums_nodes(&*e).await;
     concurrent_publishers_get_unique_offsets(e.clone()).await;
+    held_comments_resolve_once(&*e).await;
+    audience_sums_nodes(&*e).await;
     let small = factory(10).await;
     history_window_is_enforced(&*small).await;
 }
@@ -245,6 +247,7 @@ async fn commerce_state_applies(e: &dyn Engine, r: &RoomId) {
         price_cny: 8900,
         markets: Default::default(),
         fx_date: "2026-11-20".into(),
+        translations: Default::default(),
     };
     let by = UserRef {
         id: UserId("h".into()),
@@ -378,4 +381,115 @@ pub async fn concurrent_publishers_get_unique_offsets(e: Arc<dyn Engine>) {
             .expect("no lag");
         assert_eq!(p.offset, Offset(i));
     }
+}
+
+fn held(id: &str, at: u64) -> ferry_client::protocol::translation::HeldComment {
+    use ferry_client::protocol::translation::{HeldComment, RuleRef, Severity};
+    HeldComment {
+        id: id.into(),
+        user: UserRef {
+            id: UserId("v1".into()),
+            name: "Viewer".into(),
+            role: Role::Viewer,
+        },
+        text: "any lottery tickets?".into(),
+        lang: Some("en".into()),
+        translations: [("zh".to_owned(), "有彩票吗？".to_owned())].into(),
+        rule: RuleRef {
+            market: "ae".into(),
+            rule: "gambling".into(),
+            severity: Severity::Yellow,
+            label: "Gambling is held for review".into(),
+        },
+        at,
+    }
+}
+
+/// The moderator queue is room state: holding and resolving are atomic with their events,
+/// a comment is resolved at most once, and the queue is bounded by the engine's `max_held`
+/// (engines under test are built with at least 3 and at most 1000).
+pub async fn held_comments_resolve_once(e: &dyn Engine) {
+    let r = room();
+    e.create_room(&r, "").await.expect("create");
+    e.publish(
+        &r,
+        body(1),
+        Some(StateChange::Hold(Box::new(held("h1", 10)))),
+    )
+    .await
+    .expect("hold h1");
+    e.publish(
+        &r,
+        body(2),
+        Some(StateChange::Hold(Box::new(held("h2", 20)))),
+    )
+    .await
+    .expect("hold h2");
+    let rec = e.room(&r).await.expect("room").expect("exists");
+    let ids: Vec<&str> = rec.held.iter().map(|h| h.id.as_str()).collect();
+    assert_eq!(ids, ["h1", "h2"]);
+    assert_eq!(rec.held[0], held("h1", 10));
+    let top = rec.offset;
+    e.publish(&r, body(3), Some(StateChange::Resolve("h1".into())))
+        .await
+        .expect("resolve h1");
+    // A second resolution of the same comment is refused and publishes nothing.
+    assert_eq!(
+        e.publish(&r, body(4), Some(StateChange::Resolve("h1".into())))
+            .await,
+        Err(EngineError::NotHeld)
+    );
+    let rec = e.room(&r).await.expect("room").expect("exists");
+    assert_eq!(rec.offset, Offset(top.0 + 1));
+    assert_eq!(rec.held.len(), 1);
+    // Fill the queue: the engine refuses holds past its bound.
+    let mut n = 3u64;
+    loop {
+        match e
+            .publish(
+                &r,
+                body(n),
+                Some(StateChange::Hold(Box::new(held(&format!("h{n}"), n)))),
+            )
+            .await
+        {
+            Ok(_) => n += 1,
+            Err(EngineError::HeldQueueFull) => break,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+        assert!(n < 2000, "the moderator queue is unbounded");
+    }
+    let rec = e.room(&r).await.expect("room").expect("exists");
+    assert!(rec.held.len() >= 3);
+    assert_eq!(rec.held.len() as u64, n - 2);
+}
+
+pub async fn audience_sums_nodes(e: &dyn Engine) {
+    use std::collections::BTreeMap;
+    let r = room();
+    e.create_room(&r, "").await.expect("create");
+    let counts = |pairs: &[(&str, u64)]| -> BTreeMap<String, u64> {
+        pairs.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect()
+    };
+    e.report_audience(&r, "node-a", &counts(&[("lang:en", 3), ("lang:zh", 1)]))
+        .await
+        .expect("report a");
+    e.report_audience(&r, "node-b", &counts(&[("lang:en", 2), ("market:ae", 1)]))
+        .await
+        .expect("report b");
+    assert_eq!(
+        e.audience(&r).await.expect("audience"),
+        counts(&[("lang:en", 5), ("lang:zh", 1), ("market:ae", 1)])
+    );
+    // A new report replaces the node's previous one; an empty one withdraws it.
+    e.report_audience(&r, "node-a", &counts(&[("lang:ja", 1)]))
+        .await
+        .expect("report a again");
+    e.report_audience(&r, "node-b", &BTreeMap::new())
+        .await
+        .expect("withdraw b");
+    assert_eq!(
+        e.audience(&r).await.expect("audience"),
+        counts(&[("lang:ja", 1)])
+    );
 }

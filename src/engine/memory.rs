@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use dashmap::DashMap;
 use ferry_client::protocol::{Epoch, Offset, RoomId, UserId};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
@@ -21,6 +21,8 @@ pub struct MemoryEngineOptions {
     pub history_ttl: Duration,
     /// Capacity of each room's live broadcast; a subscriber lagging further re-reads history.
     pub broadcast_capacity: usize,
+    /// Comments one room's moderator queue holds at most.
+    pub max_held: usize,
 }
 
 impl Default for MemoryEngineOptions {
@@ -29,6 +31,7 @@ impl Default for MemoryEngineOptions {
             history_size: 1000,
             history_ttl: Duration::from_secs(600),
             broadcast_capacity: 4096,
+            max_held: 200,
         }
     }
 }
@@ -40,6 +43,8 @@ struct MemRoom {
     live: broadcast::Sender<Publication>,
     /// Per-node viewer counts with the time of the report.
     presence: HashMap<String, (u64, Instant)>,
+    /// Per-node audience reports (`lang:en` → members) with the time of the report.
+    audience: HashMap<String, (BTreeMap<String, u64>, Instant)>,
     /// Distinct viewers, counted exactly up to [`UNIQUE_CAP`].
     unique: std::collections::HashSet<UserId>,
     closed_at: Option<Instant>,
@@ -139,6 +144,7 @@ impl Engine for MemoryEngine {
                 history: VecDeque::new(),
                 live,
                 presence: HashMap::new(),
+                audience: HashMap::new(),
                 unique: std::collections::HashSet::new(),
                 closed_at: None,
             }
@@ -163,6 +169,15 @@ impl Engine for MemoryEngine {
             .ok_or(EngineError::RoomNotFound)?;
         if r.record.closed {
             return Err(EngineError::RoomClosed);
+        }
+        match &change {
+            Some(StateChange::Resolve(id)) if !r.record.held.iter().any(|h| h.id == *id) => {
+                return Err(EngineError::NotHeld);
+            }
+            Some(StateChange::Hold(_)) if r.record.held.len() >= self.inner.opts.max_held => {
+                return Err(EngineError::HeldQueueFull);
+            }
+            _ => {}
         }
         let now = Instant::now();
         r.record.offset = r.record.offset.next();
@@ -286,6 +301,42 @@ impl Engine for MemoryEngine {
 
     async fn ready(&self) -> bool {
         true
+    }
+
+    async fn report_audience(
+        &self,
+        room: &RoomId,
+        node: &str,
+        counts: &BTreeMap<String, u64>,
+    ) -> Result<(), EngineError> {
+        if let Some(mut r) = self.inner.rooms.get_mut(room) {
+            let counts: BTreeMap<String, u64> = counts
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(k, n)| (k.clone(), *n))
+                .collect();
+            if counts.is_empty() {
+                r.audience.remove(node);
+            } else {
+                r.audience.insert(node.to_owned(), (counts, Instant::now()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn audience(&self, room: &RoomId) -> Result<BTreeMap<String, u64>, EngineError> {
+        let mut out = BTreeMap::new();
+        if let Some(r) = self.inner.rooms.get(room) {
+            for (counts, at) in r.audience.values() {
+                if at.elapsed() >= PRESENCE_EXPIRY {
+                    continue;
+                }
+                for (k, n) in counts {
+                    *out.entry(k.clone()).or_insert(0) += n;
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -21,8 +21,9 @@ pub mod redis;
 use async_trait::async_trait;
 use bytes::Bytes;
 use ferry_client::protocol::commerce::{PinnedProduct, SaleStock, SaleView};
+use ferry_client::protocol::translation::HeldComment;
 use ferry_client::protocol::{Epoch, Offset, Pinned, RoomId, UserId};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// One event in a room's stream, as engines store and deliver it: its position and its JSON
 /// body (a serialized `RoomEvent`), serialized once by the publisher.
@@ -61,6 +62,13 @@ pub enum StateChange {
     SaleStock(SaleStock),
     /// The room's video went live (true) or ended (false).
     Live(bool),
+    /// Put a comment in the moderator queue. Refused with [`EngineError::HeldQueueFull`] when
+    /// the room already holds the engine's `max_held` comments.
+    Hold(Box<HeldComment>),
+    /// Take a comment off the moderator queue (approved or rejected). Refused with
+    /// [`EngineError::NotHeld`] when it is not there, so two moderators resolving the same
+    /// comment publish once.
+    Resolve(String),
 }
 
 /// A room's durable state plus its stream position.
@@ -82,6 +90,8 @@ pub struct RoomRecord {
     pub sale: Option<SaleView>,
     /// A publisher is streaming video into the room.
     pub live: bool,
+    /// The moderator queue, oldest first.
+    pub held: Vec<HeldComment>,
 }
 
 impl RoomRecord {
@@ -112,6 +122,12 @@ impl RoomRecord {
                 }
             }
             StateChange::Live(live) => self.live = *live,
+            StateChange::Hold(h) => {
+                if !self.held.iter().any(|x| x.id == h.id) {
+                    self.held.push((**h).clone());
+                }
+            }
+            StateChange::Resolve(id) => self.held.retain(|h| h.id != *id),
         }
     }
 }
@@ -142,6 +158,26 @@ pub enum EngineError {
     /// The backing store is unreachable; the operation may succeed if retried later.
     #[error("engine unavailable: {0}")]
     Unavailable(String),
+    /// A [`StateChange::Resolve`] named a comment that is not in the moderator queue.
+    #[error("the comment is not in the moderator queue (already resolved?)")]
+    NotHeld,
+    /// A [`StateChange::Hold`] found the room's moderator queue full.
+    #[error("the moderator queue is full")]
+    HeldQueueFull,
+}
+
+impl EngineError {
+    /// The wire error code of a command refused with this error, and its retry delay.
+    pub fn wire_code(&self) -> (ferry_client::protocol::ErrorCode, Option<u64>) {
+        use ferry_client::protocol::ErrorCode;
+        match self {
+            EngineError::RoomNotFound => (ErrorCode::RoomNotFound, None),
+            EngineError::RoomClosed => (ErrorCode::RoomClosed, None),
+            EngineError::Unavailable(_) => (ErrorCode::Unavailable, Some(1000)),
+            EngineError::NotHeld => (ErrorCode::NotHeld, None),
+            EngineError::HeldQueueFull => (ErrorCode::ModerationQueueFull, Some(5000)),
+        }
+    }
 }
 
 /// Cross-node fan-out, history, room state and presence.
@@ -201,4 +237,17 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Whether the engine can serve requests now (drives `/readyz`).
     async fn ready(&self) -> bool;
+
+    /// Report this node's audience of the room: how many members per key (`lang:en`,
+    /// `market:ae`...). Replaces the node's previous report; an empty map withdraws it. Like
+    /// presence, a report lapses unless renewed.
+    async fn report_audience(
+        &self,
+        room: &RoomId,
+        node: &str,
+        counts: &BTreeMap<String, u64>,
+    ) -> Result<(), EngineError>;
+
+    /// The room's audience across all nodes (sum of the live reports), keys with count > 0.
+    async fn audience(&self, room: &RoomId) -> Result<BTreeMap<String, u64>, EngineError>;
 }

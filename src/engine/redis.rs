@@ -11,6 +11,9 @@
 //! - `<prefix>:{r}:banned`   SET   users
 //! - `<prefix>:{r}:viewers`  HASH  node → viewer count;  `…:viewers:exp` ZSET node → expiry
 //! - `<prefix>:{r}:uniq`     HLL   unique viewers of the stream
+//! - `<prefix>:{r}:held`     HASH  moderator queue: held comment id → JSON
+//! - `<prefix>:{r}:aud`      HASH  `<node>\x1f<key>` → members (audience reports: `lang:en`,
+//!   `market:ae`...); `…:aud:exp` ZSET node → expiry
 //! - channel `<prefix>:{r}:ch`: each publication as `<offset>:<epoch>:<body>`
 //!
 //! One script per publish assigns the next offset, applies the state change, appends to the
@@ -25,9 +28,11 @@ use super::{Engine, EngineError, History, Publication, RoomRecord, StateChange, 
 use async_trait::async_trait;
 use bytes::Bytes;
 use dashmap::DashMap;
+use ferry_client::protocol::translation::HeldComment;
 use ferry_client::protocol::{Epoch, Offset, Pinned, RoomId, UserId};
 use redis::aio::ConnectionLike;
 use redis::{PushKind, Value};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -48,15 +53,23 @@ pub struct RedisEngineOptions {
     pub presence_ttl: Duration,
     /// Capacity of each room's local broadcast.
     pub broadcast_capacity: usize,
+    /// Comments one room's moderator queue holds at most.
+    pub max_held: usize,
 }
 
 const PUBLISH: &str = r#"
--- KEYS: meta stream muted banned ; ARGV: body size ttl_ms channel publish_cmd op a1 a2
+-- KEYS: meta stream muted banned held ; ARGV: body size ttl_ms channel publish_cmd op a1 a2 max_held
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then return {0} end
 if redis.call('HGET', KEYS[1], 'closed') == '1' then return {-1} end
-local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 local op = ARGV[6]
+if op == 'resolve' then
+  if redis.call('HDEL', KEYS[5], ARGV[7]) == 0 then return {-2} end
+elseif op == 'hold' then
+  if redis.call('HLEN', KEYS[5]) >= tonumber(ARGV[9]) then return {-3} end
+  redis.call('HSET', KEYS[5], ARGV[7], ARGV[8])
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 if op == 'pin' then redis.call('HSET', KEYS[1], 'pinned', ARGV[7])
 elseif op == 'unpin' then redis.call('HDEL', KEYS[1], 'pinned')
 elseif op == 'mute' then redis.call('HSET', KEYS[3], ARGV[7], ARGV[8])
@@ -73,7 +86,7 @@ elseif op == 'salestock' then redis.call('HSET', KEYS[1], 'sale_stock', ARGV[7])
 elseif op == 'live' then redis.call('HSET', KEYS[1], 'live', ARGV[7])
 elseif op == 'close' then
   redis.call('HSET', KEYS[1], 'closed', '1')
-  for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
+  for i = 1, 5 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
 end
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-1', 'd', ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
@@ -90,8 +103,8 @@ return 1
 "#;
 
 const SNAPSHOT: &str = r#"
--- KEYS: meta muted banned
-return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), redis.call('SMEMBERS', KEYS[3])}
+-- KEYS: meta muted banned held
+return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), redis.call('SMEMBERS', KEYS[3]), redis.call('HGETALL', KEYS[4])}
 "#;
 
 const HISTORY: &str = r#"
@@ -143,6 +156,54 @@ end
 local sum = 0
 for _, v in ipairs(redis.call('HVALS', KEYS[1])) do sum = sum + tonumber(v) end
 return sum
+"#;
+
+const AUDIENCE_REPORT: &str = r#"
+-- KEYS: aud aud_exp ; ARGV: node ttl_ms key1 count1 key2 count2 ...
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local prefix = ARGV[1] .. '\31'
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(f, 1, #prefix) == prefix then redis.call('HDEL', KEYS[1], f) end
+end
+local n = 0
+for i = 3, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], prefix .. ARGV[i], ARGV[i + 1])
+  n = n + 1
+end
+if n > 0 then
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 6)
+  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) * 6)
+else
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+return n
+"#;
+
+const AUDIENCE_READ: &str = r#"
+-- KEYS: aud aud_exp ; returns the live fields
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local dead = {}
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
+  dead[node .. '\31'] = true
+  redis.call('ZREM', KEYS[2], node)
+end
+local out = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local f = all[i]
+  local sep = string.find(f, '\31', 1, true)
+  local node = sep and string.sub(f, 1, sep) or ''
+  if dead[node] then
+    redis.call('HDEL', KEYS[1], f)
+  elseif sep then
+    table.insert(out, string.sub(f, sep + 1))
+    table.insert(out, all[i + 1])
+  end
+end
+return out
 "#;
 
 /// A command connection to standalone Redis or a cluster.
@@ -254,6 +315,8 @@ struct Scripts {
     position: redis::Script,
     presence: redis::Script,
     count: redis::Script,
+    audience_report: redis::Script,
+    audience_read: redis::Script,
 }
 
 /// The Redis engine.
@@ -360,6 +423,8 @@ impl RedisEngine {
                 position: redis::Script::new(POSITION),
                 presence: redis::Script::new(PRESENCE),
                 count: redis::Script::new(COUNT),
+                audience_report: redis::Script::new(AUDIENCE_REPORT),
+                audience_read: redis::Script::new(AUDIENCE_READ),
             },
         });
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
@@ -739,6 +804,12 @@ fn state_args(change: Option<&StateChange>) -> [String; 3] {
             serde_json::to_string(sale).unwrap_or_default(),
             s(""),
         ],
+        Some(StateChange::Hold(h)) => [
+            s("hold"),
+            h.id.clone(),
+            serde_json::to_string(h).unwrap_or_default(),
+        ],
+        Some(StateChange::Resolve(id)) => [s("resolve"), id.clone(), s("")],
     }
 }
 
@@ -788,6 +859,7 @@ impl Engine for RedisEngine {
             i.key(room, "meta"),
             i.key(room, "muted"),
             i.key(room, "banned"),
+            i.key(room, "held"),
         ];
         let v: Vec<Value> = conn
             .run(&i.scripts.snapshot, &keys, &[])
@@ -831,6 +903,14 @@ impl Engine for RedisEngine {
             let users: Vec<String> = redis::from_redis_value(banned.clone()).unwrap_or_default();
             record.banned.extend(users.into_iter().map(UserId));
         }
+        if let Some(held) = v.get(3) {
+            let mut items: Vec<HeldComment> = flat_map(held)
+                .into_iter()
+                .filter_map(|(_, json)| serde_json::from_str(&json).ok())
+                .collect();
+            items.sort_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id)));
+            record.held = items;
+        }
         Ok(Some(record))
     }
 
@@ -847,6 +927,7 @@ impl Engine for RedisEngine {
             i.key(room, "stream"),
             i.key(room, "muted"),
             i.key(room, "banned"),
+            i.key(room, "held"),
         ];
         let body_text = String::from_utf8_lossy(&body).into_owned();
         let [op, a1, a2] = state_args(change.as_ref());
@@ -864,6 +945,7 @@ impl Engine for RedisEngine {
             op,
             a1,
             a2,
+            i.opts.max_held.to_string(),
         ];
         let v: Vec<Value> = conn
             .run(&i.scripts.publish, &keys, &args)
@@ -872,6 +954,8 @@ impl Engine for RedisEngine {
         match v.first() {
             Some(Value::Int(1)) => {}
             Some(Value::Int(-1)) => return Err(EngineError::RoomClosed),
+            Some(Value::Int(-2)) => return Err(EngineError::NotHeld),
+            Some(Value::Int(-3)) => return Err(EngineError::HeldQueueFull),
             _ => return Err(EngineError::RoomNotFound),
         }
         let offset = v
@@ -976,6 +1060,45 @@ impl Engine for RedisEngine {
         self.inner
             .healthy
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn report_audience(
+        &self,
+        room: &RoomId,
+        node: &str,
+        counts: &BTreeMap<String, u64>,
+    ) -> Result<(), EngineError> {
+        let i = &self.inner;
+        let mut conn = i.live_conn()?;
+        let keys = [i.key(room, "aud"), i.key(room, "aud:exp")];
+        let mut args = vec![node.to_owned(), i.opts.presence_ttl.as_millis().to_string()];
+        for (k, n) in counts.iter().filter(|(_, n)| **n > 0) {
+            args.push(k.clone());
+            args.push(n.to_string());
+        }
+        let _: i64 = conn
+            .run(&i.scripts.audience_report, &keys, &args)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn audience(&self, room: &RoomId) -> Result<BTreeMap<String, u64>, EngineError> {
+        let i = &self.inner;
+        let mut conn = i.live_conn()?;
+        let keys = [i.key(room, "aud"), i.key(room, "aud:exp")];
+        let v: Value = conn
+            .run(&i.scripts.audience_read, &keys, &[])
+            .await
+            .map_err(unavailable)?;
+        let mut out = BTreeMap::new();
+        for (k, n) in flat_map(&v) {
+            let n: u64 = n.parse().unwrap_or(0);
+            if n > 0 {
+                *out.entry(k).or_insert(0) += n;
+            }
+        }
+        Ok(out)
     }
 }
 

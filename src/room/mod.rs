@@ -7,6 +7,10 @@
 //! - [`Aggregator`] turns many likes and joins/leaves into one event per interval.
 //! - [`ViewerThrottle`] limits viewer-count pushes.
 //! - [`state_change_of`] says which durable state an event changes.
+//! - [`audience`] says what each member receives of an event (translations per language,
+//!   held comments for staff).
+
+pub mod audience;
 
 use crate::engine::{Publication, StateChange};
 use ferry_client::protocol::{Epoch, Offset, RoomEvent, StreamPosition, UserRef};
@@ -265,7 +269,15 @@ pub fn state_change_of(event: &RoomEvent) -> Option<StateChange> {
         | RoomEvent::SaleEnded { stock } => StateChange::SaleStock(stock.clone()),
         RoomEvent::StreamStarted { .. } => StateChange::Live(true),
         RoomEvent::StreamEnded { .. } => StateChange::Live(false),
+        // Approving a held comment publishes it and takes it off the queue in one step.
+        RoomEvent::Comment {
+            held_id: Some(id), ..
+        }
+        | RoomEvent::CommentRejected { id, .. } => StateChange::Resolve(id.clone()),
+        RoomEvent::CommentHeld { held: Some(h), .. } => StateChange::Hold(h.clone()),
         RoomEvent::Comment { .. }
+        | RoomEvent::CommentHeld { .. }
+        | RoomEvent::Translation { .. }
         | RoomEvent::Joined { .. }
         | RoomEvent::Left { .. }
         | RoomEvent::Announcement { .. }

@@ -2,6 +2,7 @@
 //! the network, and a minimal HTTP client.
 #![allow(dead_code)]
 
+pub mod providers;
 pub mod redis;
 
 use ferry::auth::{mint, TokenRequest};
@@ -33,6 +34,8 @@ pub fn test_config() -> Config {
     cfg.commerce.journal_path = std::path::PathBuf::new();
     cfg.commerce.sweep_interval = Duration::from_millis(50);
     cfg.commerce.webhook_secret = WEBHOOK_SECRET.into();
+    // Glossaries in memory only (each test server starts empty).
+    cfg.translation.glossary_path = std::path::PathBuf::new();
     cfg
 }
 
@@ -87,7 +90,13 @@ impl TestServer {
     }
 
     pub fn metric(&self, name_and_labels: &str) -> f64 {
-        let text = self.server.state.metrics.render("test-node");
+        let mut text = self.server.state.metrics.render("test-node");
+        self.server
+            .state
+            .chat
+            .translator()
+            .metrics()
+            .render("test-node", &mut text);
         metric_value(&text, name_and_labels)
     }
 }

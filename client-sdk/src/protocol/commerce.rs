@@ -6,6 +6,7 @@
 //! display price in its own currency, converted with the FX rate configured on the server
 //! (and that rate's date), so every viewer sees the same numbers for the same market.
 
+use super::translation::ProductText;
 use super::{RoomId, UserRef};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -65,6 +66,10 @@ pub struct ProductView {
     pub markets: BTreeMap<String, MarketOffer>,
     /// Date of the FX rates used for the display prices (`YYYY-MM-DD`).
     pub fx_date: String,
+    /// Title and description in each language of the markets the product is sold in,
+    /// translated through the merchant's glossary (absent: not translated).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub translations: BTreeMap<String, ProductText>,
 }
 
 impl ProductView {
