@@ -78,7 +78,7 @@ struct Step {
     forwarded_per_cpu_sec: f64,
     /// Packets received by all subscribers per second.
     received_per_sec: f64,
-    /// Lost / expected over the window, all subscribers.
+    /// Lost / expected over the whole run (after a 2 s drain), all subscribers.
     loss: f64,
     /// Subscribers that connected.
     connected: usize,
@@ -200,7 +200,13 @@ async fn ferry_step(args: &Args, n: usize) -> Result<Step, String> {
     let f1 = metric(&base, "ferry_sfu_packets_forwarded_total").await;
     let forwarded = (f1 - f0) / (secs + 1.1);
     let cores = (c1 - c0) / secs;
-    let (recv, lost) = (r1 - r0, l1.saturating_sub(l0));
+    // A subscriber that fell behind has packets waiting in its socket: they are neither
+    // received nor (yet) gaps. Stop the publisher, let them drain, then count the whole run.
+    publisher.abort();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (r_end, l_end) = totals(&subs);
+    let _ = (l0, l1);
+    let (recv, lost) = (r1 - r0, l_end);
     let step = Step {
         target: "ferry",
         subscribers: n,
@@ -209,8 +215,8 @@ async fn ferry_step(args: &Args, n: usize) -> Result<Step, String> {
         server_cores: cores,
         forwarded_per_cpu_sec: if cores > 0.0 { forwarded / cores } else { 0.0 },
         received_per_sec: recv as f64 / secs,
-        loss: if recv + lost > 0 {
-            lost as f64 / (recv + lost) as f64
+        loss: if r_end + lost > 0 {
+            lost as f64 / (r_end + lost) as f64
         } else {
             0.0
         },
@@ -218,7 +224,6 @@ async fn ferry_step(args: &Args, n: usize) -> Result<Step, String> {
         loadgen_cores: (g1 - g0) / secs,
         machine_busy_cores: (m1 - m0) / secs,
     };
-    publisher.abort();
     drop(subs);
     let _ = server.stop(Duration::from_secs(5)).await;
     Ok(step)
