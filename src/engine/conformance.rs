@@ -287,21 +287,75 @@ async fn commerce_state_applies(e: &dyn Engine, r: &RoomId) {
     assert_eq!(rec.product, Some(pinned));
     let mut expected = sale.clone();
     expected.remaining = 40;
-    assert_eq!(rec.sale, Some(expected));
-    // Stock for another sale does not touch this one; a new view replaces the patch.
+    assert_eq!(rec.sale, Some(expected.clone()));
+    // Two sales in one room: stock of another sale (not the room's latest) leaves the
+    // latest one with its own latest patch (read straight after, nothing republished).
     let mut other = stock(0, SaleStatus::SoldOut);
     other.sale = "s2".into();
-    e.publish(r, body(12), Some(StateChange::SaleStock(other)))
+    e.publish(r, body(12), Some(StateChange::SaleStock(other.clone())))
         .await
         .expect("stock");
-    e.publish(r, body(13), Some(StateChange::Sale(Box::new(sale.clone()))))
+    let rec = e.room(r).await.expect("room").expect("exists");
+    assert_eq!(rec.sale, Some(expected.clone()), "another sale's stock");
+    e.publish(
+        r,
+        body(13),
+        Some(StateChange::SaleStock(stock(35, SaleStatus::Open))),
+    )
+    .await
+    .expect("stock");
+    e.publish(r, body(14), Some(StateChange::SaleStock(other)))
         .await
-        .expect("sale again");
-    e.publish(r, body(14), Some(StateChange::Product(None)))
+        .expect("stock");
+    let rec = e.room(r).await.expect("room").expect("exists");
+    expected.remaining = 35;
+    assert_eq!(
+        rec.sale,
+        Some(expected),
+        "the latest patch of the latest sale"
+    );
+    // A newer sale takes over: its view as announced, then its own patches; the older
+    // sale's stock no longer touches the room's state.
+    let mut second = sale.clone();
+    second.id = "s2".into();
+    e.publish(
+        r,
+        body(15),
+        Some(StateChange::Sale(Box::new(second.clone()))),
+    )
+    .await
+    .expect("second sale");
+    e.publish(
+        r,
+        body(16),
+        Some(StateChange::SaleStock(stock(10, SaleStatus::Open))),
+    )
+    .await
+    .expect("stock of the first sale");
+    let rec = e.room(r).await.expect("room").expect("exists");
+    assert_eq!(
+        rec.sale,
+        Some(second.clone()),
+        "a new view replaces the patch"
+    );
+    let mut second_stock = stock(60, SaleStatus::Open);
+    second_stock.sale = "s2".into();
+    e.publish(r, body(17), Some(StateChange::SaleStock(second_stock)))
+        .await
+        .expect("stock of the second sale");
+    e.publish(
+        r,
+        body(18),
+        Some(StateChange::SaleStock(stock(5, SaleStatus::Open))),
+    )
+    .await
+    .expect("stock of the first sale");
+    e.publish(r, body(19), Some(StateChange::Product(None)))
         .await
         .expect("unpin product");
     let rec = e.room(r).await.expect("room").expect("exists");
-    assert_eq!(rec.sale, Some(sale));
+    second.remaining = 60;
+    assert_eq!(rec.sale, Some(second));
     assert_eq!(rec.product, None);
 }
 

@@ -3,8 +3,9 @@
 //!
 //! Keys of one room share the hash tag `{<room>}` so every script runs on one shard:
 //! - `<prefix>:{r}:meta`     HASH  epoch, offset, title, created_at, pinned, slow, likes, closed,
-//!   product (pinned showcase product, JSON), sale (the room's current sale view, JSON),
-//!   sale_stock (the latest stock counters of that sale, JSON; patches `sale` on read)
+//!   product (pinned showcase product, JSON), sale (the room's latest sale view, JSON),
+//!   sale_id (that sale's id), sale_stock (the latest stock counters of that sale, JSON;
+//!   patches `sale` on read; another sale's stock is not stored)
 //! - `<prefix>:{r}:stream`   STREAM history, entry id `<offset>-1`, field `d` = event body
 //! - `<prefix>:{r}:muted`    HASH  user → until (Unix ms, 0 = until unmuted)
 //! - `<prefix>:{r}:banned`   SET   users
@@ -66,9 +67,17 @@ elseif op == 'likes' then redis.call('HINCRBY', KEYS[1], 'likes', ARGV[7])
 elseif op == 'product' then redis.call('HSET', KEYS[1], 'product', ARGV[7])
 elseif op == 'unproduct' then redis.call('HDEL', KEYS[1], 'product')
 elseif op == 'sale' then
-  redis.call('HSET', KEYS[1], 'sale', ARGV[7])
+  redis.call('HSET', KEYS[1], 'sale', ARGV[7], 'sale_id', ARGV[8])
   redis.call('HDEL', KEYS[1], 'sale_stock')
-elseif op == 'salestock' then redis.call('HSET', KEYS[1], 'sale_stock', ARGV[7])
+elseif op == 'salestock' then
+  -- Only the room's latest sale is patched (a room may run several sales at once).
+  local current = redis.call('HGET', KEYS[1], 'sale_id')
+  if not current then
+    -- A room whose sale view was stored before `sale_id` existed.
+    local view = redis.call('HGET', KEYS[1], 'sale')
+    if view then current = cjson.decode(view).id end
+  end
+  if current == ARGV[8] then redis.call('HSET', KEYS[1], 'sale_stock', ARGV[7]) end
 elseif op == 'close' then
   redis.call('HSET', KEYS[1], 'closed', '1')
   for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
@@ -729,12 +738,12 @@ fn state_args(change: Option<&StateChange>) -> [String; 3] {
         Some(StateChange::SaleStock(stock)) => [
             s("salestock"),
             serde_json::to_string(stock).unwrap_or_default(),
-            s(""),
+            stock.sale.0.clone(),
         ],
         Some(StateChange::Sale(sale)) => [
             s("sale"),
             serde_json::to_string(sale).unwrap_or_default(),
-            s(""),
+            sale.id.0.clone(),
         ],
     }
 }
