@@ -141,10 +141,14 @@ pub async fn sales_are_created_once(s: &dyn SaleStore) {
     let snap = s.sale(&sale.id).await.expect("get").expect("exists");
     assert_eq!(snap.sale, sale);
     assert_eq!((snap.remaining, snap.reserved, snap.confirmed), (10, 0, 0));
+    assert_eq!(snap.version, 0);
     assert!(s.sales().await.expect("list").contains(&sale.id));
     assert_eq!(s.sale(&SaleId(unique("nope"))).await.expect("get"), None);
     let ended = s.end_sale(&sale.id, 5_000).await.expect("end");
     assert_eq!(ended.sale.ended_at, Some(5_000));
+    assert_eq!(ended.version, 1, "ending early is a change");
+    let again = s.end_sale(&sale.id, 6_000).await.expect("end again");
+    assert_eq!((again.sale.ended_at, again.version), (Some(5_000), 1));
     assert_eq!(
         buy(s, &sale.id, req("a", "k", 1, 5_000)).await,
         Err(BuyRefusal::Ended)
@@ -286,6 +290,8 @@ pub async fn reservations_end_exactly_once(s: &dyn SaleStore) {
     );
     let snap = s.sale(&id).await.expect("get").expect("exists");
     assert_eq!((snap.remaining, snap.reserved, snap.confirmed), (3, 0, 2));
+    // One change per order event; replays and already-ended answers change nothing.
+    assert_eq!(snap.version, 6);
     let got = s
         .reservation(&id, &r.id)
         .await

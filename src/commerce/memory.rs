@@ -282,7 +282,7 @@ impl State {
                 }
                 match self.books.get_mut(&sale.id) {
                     // A later definition (ended early, markets changed) keeps the book.
-                    Some(book) => book.sale = sale,
+                    Some(book) => book.redefine(sale),
                     None => {
                         self.books.insert(sale.id.clone(), SaleBook::new(sale));
                     }
@@ -331,6 +331,7 @@ impl State {
             remaining: book.remaining,
             reserved: book.reserved_units(),
             confirmed: book.confirmed,
+            version: book.version,
         }
     }
 }

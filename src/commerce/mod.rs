@@ -190,6 +190,10 @@ pub struct SaleSnapshot {
     pub remaining: u64,
     pub reserved: u64,
     pub confirmed: u64,
+    /// The sale's change sequence: its number of order events, plus one once a host ended
+    /// it early. Read atomically with the counters, so a stock event built from this
+    /// snapshot carries it and clients can drop an older event that arrives late.
+    pub version: u64,
 }
 
 /// Why a store operation failed (not a business refusal: those are values).

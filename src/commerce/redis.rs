@@ -191,20 +191,23 @@ end
 return out
 "#;
 
-/// Reads a sale's definition and counters. KEYS: def stock.
+/// Reads a sale's definition, counters and number of order events (its version is that
+/// number, plus one if `ended_at` is set). KEYS: def stock orders.
 const SNAPSHOT_FN: &str = r#"
 local function snapshot()
-  return {redis.call('HGETALL', KEYS[1]), redis.call('HMGET', KEYS[2], 'remaining', 'confirmed')}
+  return {redis.call('HGETALL', KEYS[1]), redis.call('HMGET', KEYS[2], 'remaining', 'confirmed'),
+    redis.call('XLEN', KEYS[3])}
 end
 "#;
 
-/// KEYS: def stock.
+/// KEYS: def stock orders.
 const SNAPSHOT: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 return snapshot()
 "#;
 
-/// KEYS: def stock. ARGV: now. Buys are refused from `now` (unless the sale already ended).
+/// KEYS: def stock orders. ARGV: now. Buys are refused from `now` (unless the sale already
+/// ended).
 const END: &str = r#"
 local d = redis.call('HMGET', KEYS[1], 'ends_at', 'ended_at')
 if not d[1] then return false end
@@ -500,15 +503,18 @@ fn settle_event(r: &Reservation, now: u64) -> OrderEvent {
     OrderEvent::of(kind, r, now)
 }
 
-/// `[HGETALL def, HMGET stock remaining confirmed]` → snapshot.
+/// `[HGETALL def, HMGET stock remaining confirmed, XLEN orders]` → snapshot.
 fn parse_snapshot(v: Value) -> Result<Option<SaleSnapshot>, StoreError> {
     if matches!(v, Value::Nil) {
         return Ok(None);
     }
     let mut parts = array(v, "a sale snapshot")?.into_iter();
-    let (Some(def), Some(stock)) = (parts.next(), parts.next()) else {
+    let (Some(def), Some(stock), Some(events)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(bad_reply("a sale snapshot", &"too short"));
     };
+    let events = int(&events)
+        .and_then(|n| u64::try_from(n).ok())
+        .ok_or_else(|| bad_reply("a sale snapshot (XLEN)", &events))?;
     let def = array(def, "a sale snapshot")?;
     let mut json = None;
     let mut ended_at = None;
@@ -543,6 +549,7 @@ fn parse_snapshot(v: Value) -> Result<Option<SaleSnapshot>, StoreError> {
             .quantity
             .saturating_sub(remaining)
             .saturating_sub(confirmed),
+        version: events + u64::from(sale.ended_at.is_some()),
         sale,
         remaining,
         confirmed,
@@ -858,7 +865,7 @@ impl SaleStore for RedisSaleStore {
 
     async fn sale(&self, id: &SaleId) -> Result<Option<SaleSnapshot>, StoreError> {
         let i = &self.inner;
-        let keys = [i.key(id, "def"), i.key(id, "stock")];
+        let keys = [i.key(id, "def"), i.key(id, "stock"), i.key(id, "orders")];
         parse_snapshot(i.eval(&i.scripts.snapshot, &keys, &[]).await?)
     }
 
@@ -880,7 +887,7 @@ impl SaleStore for RedisSaleStore {
 
     async fn end_sale(&self, id: &SaleId, now: u64) -> Result<SaleSnapshot, StoreError> {
         let i = &self.inner;
-        let keys = [i.key(id, "def"), i.key(id, "stock")];
+        let keys = [i.key(id, "def"), i.key(id, "stock"), i.key(id, "orders")];
         parse_snapshot(i.eval(&i.scripts.end, &keys, &[now.to_string()]).await?)?
             .ok_or(StoreError::SaleNotFound)
     }

@@ -333,6 +333,7 @@ impl Commerce {
             remaining: sale.quantity,
             reserved: 0,
             confirmed: 0,
+            version: 0,
             sale,
         };
         let view = sale_view(&snapshot, &product, &self.cfg, now);
@@ -595,12 +596,12 @@ impl Commerce {
     }
 
     /// Publish the sale's stock (or sold-out) update if this node wins the throttle.
+    ///
+    /// The counters are read after the claim, so they are the freshest this node can give,
+    /// and carry the sale's version: an event that reaches the room late (a slow publish on
+    /// one node while another node publishes a newer one) is ignored by the engines' room
+    /// state and by clients, instead of undoing the newer one.
     async fn publish_stock(&self, sale: &SaleId, now: u64) {
-        let Ok(view) = self.sale(sale, now).await else {
-            return;
-        };
-        let sold_out = view.status == SaleStatus::SoldOut;
-        let room = view.room.clone();
         // Sold-out notices share the stock throttle: a sale that sells out, gets units back
         // and sells out again announces each change (the dirty flag keeps a throttled change
         // for the next sweep).
@@ -612,17 +613,24 @@ impl Commerce {
         if let Some(p) = self.pending.lock().get_mut(sale) {
             p.stock_dirty = false;
         }
-        let event = if sold_out {
-            RoomEvent::SaleSoldOut {
-                stock: view.stock(),
+        let published = match self.sale(sale, now).await {
+            Ok(view) => {
+                let event = if view.status == SaleStatus::SoldOut {
+                    RoomEvent::SaleSoldOut {
+                        stock: view.stock(),
+                    }
+                } else {
+                    RoomEvent::SaleStock {
+                        stock: view.stock(),
+                    }
+                };
+                self.hub.publish(&view.room, &event).await.map(|_| ())
             }
-        } else {
-            RoomEvent::SaleStock {
-                stock: view.stock(),
-            }
+            Err(e) => Err(EngineError::Unavailable(e.to_string())),
         };
-        if let Err(e) = self.hub.publish(&room, &event).await {
-            tracing::debug!(%sale, error = %e, "stock update not published");
+        if let Err(e) = published {
+            tracing::debug!(%sale, error = %e, "stock update not published; retried");
+            self.mark_dirty(sale);
         }
     }
 
