@@ -113,6 +113,14 @@ impl MemorySaleStore {
 
     /// Open (or create) the journal at `path`, replay it, and start the writer thread.
     pub fn open(path: &Path) -> Result<Self, String> {
+        Self::open_with(path, |file| Box::new(file))
+    }
+
+    /// [`MemorySaleStore::open`] with the journal file wrapped by `sink` (tests slow it down).
+    fn open_with(
+        path: &Path,
+        sink: impl FnOnce(std::fs::File) -> Box<dyn JournalSink>,
+    ) -> Result<Self, String> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -154,9 +162,10 @@ impl MemorySaleStore {
         let (tx, rx) = std::sync::mpsc::channel::<Write_>();
         let poisoned = Arc::new(AtomicBool::new(false));
         let flag = poisoned.clone();
+        let sink = sink(file);
         std::thread::Builder::new()
             .name("ferry-journal".into())
-            .spawn(move || writer(file, rx, flag))
+            .spawn(move || writer(sink, rx, flag))
             .map_err(|e| format!("cannot start the journal writer: {e}"))?;
         tracing::info!(path = %path.display(), sales = state.books.len(), products = state.products.len(), "commerce journal replayed");
         Ok(Self {
@@ -177,6 +186,11 @@ impl MemorySaleStore {
     }
 
     /// Wait until everything queued so far is on disk (before showing it to anyone).
+    ///
+    /// Read the state first, then wait on the barrier, then answer: entries are queued while
+    /// the state lock is held, so every change a read saw was queued before the barrier and
+    /// is on disk once it is answered. (Waiting first and reading after could show a change
+    /// queued in between, not yet on disk.)
     async fn barrier(&self) -> Result<(), StoreError> {
         let Some(tx) = &self.journal else {
             return Ok(());
@@ -230,11 +244,24 @@ impl MemorySaleStore {
     }
 }
 
+/// Where the writer thread appends: the journal file (write, then `fdatasync`).
+trait JournalSink: Send + 'static {
+    /// Append `buf` and make it durable.
+    fn append(&mut self, buf: &[u8]) -> std::io::Result<()>;
+}
+
+impl JournalSink for std::fs::File {
+    fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.write_all(buf)?;
+        self.sync_data()
+    }
+}
+
 /// The writer thread: append everything queued, fsync once, answer every waiter. An empty
 /// line is a barrier: it writes nothing and is answered once what was queued before it is
 /// on disk (earlier batches were fsynced before this one started).
 fn writer(
-    mut file: std::fs::File,
+    mut file: Box<dyn JournalSink>,
     rx: std::sync::mpsc::Receiver<Write_>,
     poisoned: Arc<AtomicBool>,
 ) {
@@ -255,8 +282,7 @@ fn writer(
         } else if buf.is_empty() {
             Ok(())
         } else {
-            file.write_all(&buf)
-                .and_then(|()| file.sync_data())
+            file.append(&buf)
                 .map_err(|e| format!("journal write failed: {e}"))
         };
         if let Err(e) = &result {
@@ -356,11 +382,17 @@ impl SaleStore for MemorySaleStore {
     }
 
     async fn product(&self, id: &ProductId) -> Result<Option<Product>, StoreError> {
-        Ok(self.state.lock().products.get(id).cloned())
+        self.check()?;
+        let product = self.state.lock().products.get(id).cloned();
+        self.barrier().await?;
+        Ok(product)
     }
 
     async fn products(&self) -> Result<Vec<Product>, StoreError> {
-        Ok(self.state.lock().products.values().cloned().collect())
+        self.check()?;
+        let products = self.state.lock().products.values().cloned().collect();
+        self.barrier().await?;
+        Ok(products)
     }
 
     async fn create_sale(&self, sale: SaleRecord) -> Result<(), StoreError> {
@@ -379,11 +411,19 @@ impl SaleStore for MemorySaleStore {
     }
 
     async fn sale(&self, id: &SaleId) -> Result<Option<SaleSnapshot>, StoreError> {
-        Ok(self.state.lock().books.get(id).map(State::snapshot))
+        // Stock shown to anyone (GET /api/sales, stock events) must be on disk: a buy whose
+        // fsync is still running is not shown before it is.
+        self.check()?;
+        let snapshot = self.state.lock().books.get(id).map(State::snapshot);
+        self.barrier().await?;
+        Ok(snapshot)
     }
 
     async fn sales(&self) -> Result<Vec<SaleId>, StoreError> {
-        Ok(self.state.lock().sale_order.clone())
+        self.check()?;
+        let sales = self.state.lock().sale_order.clone();
+        self.barrier().await?;
+        Ok(sales)
     }
 
     async fn end_sale(&self, id: &SaleId, now: u64) -> Result<SaleSnapshot, StoreError> {
@@ -460,13 +500,14 @@ impl SaleStore for MemorySaleStore {
         id: &ReservationId,
     ) -> Result<Option<Reservation>, StoreError> {
         self.check()?;
-        self.barrier().await?;
-        Ok(self
+        let reservation = self
             .state
             .lock()
             .books
             .get(sale)
-            .and_then(|b| b.reservation(id).cloned()))
+            .and_then(|b| b.reservation(id).cloned());
+        self.barrier().await?;
+        Ok(reservation)
     }
 
     async fn expire_due(
@@ -512,47 +553,11 @@ impl SaleStore for MemorySaleStore {
         now: u64,
     ) -> Result<Vec<DeliveredOrderEvent>, StoreError> {
         self.check()?;
-        // An order system must never see an event the disk does not have yet.
+        let delivered = self.deliver(sale, group, count, redeliver_after_ms, now)?;
+        // An order system must never see an event the disk does not have yet (the events
+        // picked were queued before this barrier).
         self.barrier().await?;
-        let mut st = self.state.lock();
-        if !st.books.contains_key(sale) {
-            return Err(StoreError::SaleNotFound);
-        }
-        let total = st.orders.get(sale).map_or(0, Vec::len);
-        let mut picked: Vec<(usize, u64)> = Vec::new();
-        {
-            let g = st
-                .groups
-                .entry((sale.clone(), group.to_owned()))
-                .or_default();
-            for (i, (last, n)) in g.pending.iter_mut() {
-                if picked.len() >= count {
-                    break;
-                }
-                // `last == 0`: restored from the journal, never delivered by this process.
-                if *last == 0 || now.saturating_sub(*last) >= redeliver_after_ms {
-                    *last = now;
-                    *n += 1;
-                    picked.push((*i, *n));
-                }
-            }
-            while picked.len() < count && g.next < total {
-                g.pending.insert(g.next, (now, 1));
-                picked.push((g.next, 1));
-                g.next += 1;
-            }
-        }
-        let events = st.orders.get(sale);
-        Ok(picked
-            .into_iter()
-            .filter_map(|(i, n)| {
-                Some(DeliveredOrderEvent {
-                    id: event_id(i),
-                    deliveries: n,
-                    event: events?.get(i)?.clone(),
-                })
-            })
-            .collect())
+        Ok(delivered)
     }
 
     async fn ack_orders(
@@ -594,14 +599,15 @@ impl SaleStore for MemorySaleStore {
 
     async fn all_orders(&self, sale: &SaleId) -> Result<Vec<OrderEvent>, StoreError> {
         self.check()?;
-        self.barrier().await?;
-        Ok(self
+        let events = self
             .state
             .lock()
             .orders
             .get(sale)
             .cloned()
-            .unwrap_or_default())
+            .unwrap_or_default();
+        self.barrier().await?;
+        Ok(events)
     }
 
     async fn claim(&self, what: &str, ttl_ms: u64, now: u64) -> Result<bool, StoreError> {
@@ -636,6 +642,56 @@ impl SaleStore for MemorySaleStore {
 }
 
 impl MemorySaleStore {
+    /// Pick the events a consumer group gets now and mark them delivered (under the lock).
+    fn deliver(
+        &self,
+        sale: &SaleId,
+        group: &str,
+        count: usize,
+        redeliver_after_ms: u64,
+        now: u64,
+    ) -> Result<Vec<DeliveredOrderEvent>, StoreError> {
+        let mut st = self.state.lock();
+        if !st.books.contains_key(sale) {
+            return Err(StoreError::SaleNotFound);
+        }
+        let total = st.orders.get(sale).map_or(0, Vec::len);
+        let mut picked: Vec<(usize, u64)> = Vec::new();
+        {
+            let g = st
+                .groups
+                .entry((sale.clone(), group.to_owned()))
+                .or_default();
+            for (i, (last, n)) in g.pending.iter_mut() {
+                if picked.len() >= count {
+                    break;
+                }
+                // `last == 0`: restored from the journal, never delivered by this process.
+                if *last == 0 || now.saturating_sub(*last) >= redeliver_after_ms {
+                    *last = now;
+                    *n += 1;
+                    picked.push((*i, *n));
+                }
+            }
+            while picked.len() < count && g.next < total {
+                g.pending.insert(g.next, (now, 1));
+                picked.push((g.next, 1));
+                g.next += 1;
+            }
+        }
+        let events = st.orders.get(sale);
+        Ok(picked
+            .into_iter()
+            .filter_map(|(i, n)| {
+                Some(DeliveredOrderEvent {
+                    id: event_id(i),
+                    deliveries: n,
+                    event: events?.get(i)?.clone(),
+                })
+            })
+            .collect())
+    }
+
     async fn settle(
         &self,
         sale: &SaleId,
@@ -692,6 +748,129 @@ mod tests {
     use super::*;
     use ferry_client::protocol::commerce::Money;
     use ferry_client::protocol::{RoomId, UserId};
+    use std::sync::{Condvar, Mutex as StdMutex};
+    use std::time::Duration;
+
+    /// A journal whose appends wait while the gate is closed: an fsync that takes a while.
+    #[derive(Clone, Default)]
+    struct Gate(Arc<(StdMutex<bool>, Condvar)>);
+
+    impl Gate {
+        fn set(&self, closed: bool) {
+            let (lock, cv) = &*self.0;
+            *lock.lock().expect("gate lock") = closed;
+            cv.notify_all();
+        }
+    }
+
+    struct GatedFile(std::fs::File, Gate);
+
+    impl JournalSink for GatedFile {
+        fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {
+            let (lock, cv) = &*(self.1).0;
+            let mut closed = lock.lock().expect("gate lock");
+            while *closed {
+                closed = cv.wait(closed).expect("gate lock");
+            }
+            drop(closed);
+            self.0.append(buf)
+        }
+    }
+
+    fn open_gated(path: &Path, gate: &Gate) -> MemorySaleStore {
+        let gate = gate.clone();
+        MemorySaleStore::open_with(path, move |file| Box::new(GatedFile(file, gate))).expect("open")
+    }
+
+    /// What a read shows (stock, a product, a reservation) is on disk: while a buy's fsync is
+    /// still running, `sale()` and `product()` wait for it instead of showing the new stock.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_never_show_what_is_not_on_disk_yet() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let gate = Gate::default();
+        let store = Arc::new(open_gated(&dir.path().join("j"), &gate));
+        let sale = SaleRecord {
+            id: SaleId("s".into()),
+            room: RoomId("r".into()),
+            product: ProductId("p".into()),
+            quantity: 10,
+            price_cny: 100,
+            per_buyer_limit: 10,
+            starts_at: 0,
+            ends_at: 1_000_000,
+            hold_ms: 60_000,
+            markets: ["us".to_owned()].into(),
+            ended_at: None,
+            created_at: 0,
+        };
+        store.create_sale(sale.clone()).await.expect("sale");
+        // The disk stalls; a buy is applied in memory and waits for its fsync.
+        gate.set(true);
+        let buying = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let req = BuyRequest {
+                    buyer: UserId("b".into()),
+                    market: "us".into(),
+                    quantity: 1,
+                    key: "k".into(),
+                    now: 10,
+                    new_id: ReservationId("s.1".into()),
+                    amount_display: Money {
+                        currency: "USD".into(),
+                        minor: 14,
+                    },
+                };
+                store.buy(&SaleId("s".into()), req).await
+            }
+        });
+        let product = Product {
+            id: ProductId("p".into()),
+            title: "t".into(),
+            description: String::new(),
+            image_url: String::new(),
+            lang: "zh".into(),
+            price_cny: 100,
+            stock: 0,
+            markets: BTreeMap::new(),
+            merchant: "m".into(),
+        };
+        let putting = tokio::spawn({
+            let store = store.clone();
+            async move { store.put_product(product).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            store.state.lock().books[&sale.id].remaining,
+            9,
+            "the buy is applied in memory"
+        );
+        let reading = tokio::spawn({
+            let store = store.clone();
+            async move {
+                (
+                    store.sale(&SaleId("s".into())).await,
+                    store.product(&ProductId("p".into())).await,
+                )
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !reading.is_finished(),
+            "a read answered while what it shows was not on disk"
+        );
+        assert!(!buying.is_finished() && !putting.is_finished());
+        gate.set(false);
+        let (snapshot, product) = reading.await.expect("read");
+        let snapshot = snapshot.expect("sale").expect("exists");
+        assert_eq!((snapshot.remaining, snapshot.version), (9, 1));
+        assert!(product.expect("product").is_some());
+        assert!(matches!(
+            buying.await.expect("buy"),
+            Ok(Ok(Bought::New(..)))
+        ));
+        putting.await.expect("put").expect("put");
+    }
 
     #[tokio::test]
     async fn unacknowledged_events_below_the_highest_ack_survive_a_restart() {
