@@ -16,7 +16,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use ferry_client::protocol::commerce::{
-    ProductId, ReservationId, ReservationReply, ReservationState, SaleId, SaleSpec,
+    ProductId, ReservationId, ReservationLookup, ReservationReply, ReservationState, RoomSalesPage,
+    SaleId, SaleLookup, SaleSpec,
 };
 use ferry_client::protocol::ErrorCode;
 use hmac::{Hmac, Mac};
@@ -242,37 +243,47 @@ async fn start_sale(
     Ok((StatusCode::CREATED, Json(json!({ "sale": sale }))).into_response())
 }
 
-/// Every sale of a room, newest last (staff of the room).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoomSalesQuery {
+    #[serde(default = "default_page")]
+    limit: usize,
+    #[serde(default)]
+    before: Option<u64>,
+}
+
+fn default_page() -> usize {
+    20
+}
+
+/// A room's sales, newest first, a page at a time (staff of the room).
 async fn room_sales(
     State(app): State<AppState>,
     headers: HeaderMap,
     Path(room): Path<String>,
+    query: Result<Query<RoomSalesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let room = check_room_id(&room)?;
     authorize(&app, &headers, &room, false)?;
-    let now = crate::unix_ms();
-    let mut sales = Vec::new();
-    for id in app
-        .commerce
-        .store()
-        .sales()
-        .await
-        .map_err(CommerceError::from)?
-    {
-        let Some(snap) = app
-            .commerce
-            .store()
-            .sale(&id)
-            .await
-            .map_err(CommerceError::from)?
-        else {
-            continue;
-        };
-        if snap.sale.room == room {
-            sales.push(app.commerce.sale(&id, now).await?);
-        }
+    let Query(q) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{e} (expected ?limit=1..100&before=POSITION)"),
+        )
+    })?;
+    if !(1..=100).contains(&q.limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "limit must be 1..=100",
+        ));
     }
-    Ok(Json(json!({ "sales": sales })).into_response())
+    let (sales, next) = app
+        .commerce
+        .room_sales(&room, q.before, q.limit, crate::unix_ms())
+        .await?;
+    Ok(Json(RoomSalesPage { sales, next }).into_response())
 }
 
 async fn get_sale(
@@ -285,7 +296,8 @@ async fn get_sale(
     if !claims.allows_room(&sale.room) {
         return Err(CommerceError::NotFound("sale").into());
     }
-    Ok(Json(json!({ "sale": sale, "server_time": crate::unix_ms() })).into_response())
+    let server_time = crate::unix_ms();
+    Ok(Json(SaleLookup { sale, server_time }).into_response())
 }
 
 async fn end_sale(
@@ -403,7 +415,10 @@ async fn get_reservation(
     if r.buyer != claims.user_id() && claims.role != ferry_client::protocol::Role::Admin {
         return Err(CommerceError::NotFound("reservation").into());
     }
-    Ok(Json(json!({ "reservation": r.view() })).into_response())
+    Ok(Json(ReservationLookup {
+        reservation: r.view(),
+    })
+    .into_response())
 }
 
 async fn cancel(

@@ -951,3 +951,65 @@ mod answers {
         }
     }
 }
+
+/// A room's sales are listed newest first, a page at a time, from the room's own index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rooms_sales_are_listed_newest_first_in_pages() {
+    let s = TestServer::start(|_| {}).await;
+    put_basket(&s).await;
+    let (host, _e) = host_in_room(&s).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(
+            host.start_sale(ROOM, spec(5, 1, None, 60))
+                .await
+                .expect("sale")
+                .id
+                .0,
+        );
+    }
+    // Another room's sale is not listed.
+    let (other, _oe) = s.client("other", "host", Role::Host);
+    other.join("other").await.expect("join");
+    other
+        .start_sale("other", spec(5, 1, None, 60))
+        .await
+        .expect("sale");
+    let token = s.token(ROOM, "mod", Role::Moderator);
+    let mut before: Option<u64> = None;
+    let mut listed = Vec::new();
+    let mut pages = 0;
+    loop {
+        let path = match before {
+            Some(b) => format!("/api/rooms/{ROOM}/sales?limit=2&before={b}"),
+            None => format!("/api/rooms/{ROOM}/sales?limit=2"),
+        };
+        let (status, text) = http(s.addr(), "GET", &path, Some(&token), None).await;
+        assert_eq!(status, 200, "{text}");
+        let page: Value = serde_json::from_str(&text).expect("json");
+        let sales = page["sales"].as_array().expect("sales");
+        assert!(sales.len() <= 2);
+        assert!(sales.iter().all(|v| v["status"] == "open" && v["room"] == ROOM));
+        listed.extend(sales.iter().map(|v| v["id"].as_str().expect("id").to_owned()));
+        pages += 1;
+        match page["next"].as_u64() {
+            Some(n) => before = Some(n),
+            None => break,
+        }
+    }
+    ids.reverse();
+    assert_eq!(listed, ids, "newest first, each once");
+    assert_eq!(pages, 3);
+    for bad in ["limit=0", "limit=101", "before=x", "page=2"] {
+        let (status, text) = http(
+            s.addr(),
+            "GET",
+            &format!("/api/rooms/{ROOM}/sales?{bad}"),
+            Some(&token),
+            None,
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}: {text}");
+        assert!(text.contains("bad_request"), "{text}");
+    }
+}

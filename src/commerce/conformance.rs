@@ -38,6 +38,8 @@ where
     expiry_returns_stock(&*s).await;
     order_events_are_consumed_with_acks(&*s).await;
     claims_are_exclusive(&*s).await;
+    announcements_are_leased_then_recorded(&*s).await;
+    sales_are_listed_per_room_and_while_live(&*s).await;
     concurrent_buyers_never_oversell(s.clone()).await;
 }
 
@@ -380,6 +382,123 @@ pub async fn claims_are_exclusive(s: &dyn SaleStore) {
     let what = unique("claim:");
     assert!(s.claim(&what, 1_000, 10_000).await.expect("claim"));
     assert!(!s.claim(&what, 1_000, 10_500).await.expect("claim"));
+}
+
+/// One caller at a time holds an announcement's lease; a lapsed lease may be taken again
+/// (the announcement was not made); a recorded announcement is never claimed again, and the
+/// sale's snapshot says so.
+pub async fn announcements_are_leased_then_recorded(s: &dyn SaleStore) {
+    use super::Announcement::{Ended, Started};
+    let id = new_sale(s, 5, 1).await;
+    assert!(s
+        .claim_announcement(&id, Started, 1_000, 10_000)
+        .await
+        .expect("claim"));
+    assert!(!s
+        .claim_announcement(&id, Started, 1_000, 10_500)
+        .await
+        .expect("claim"));
+    // The holder failed to publish: once the lease lapses, another caller may try.
+    assert!(s
+        .claim_announcement(&id, Started, 1_000, 11_001)
+        .await
+        .expect("claim"));
+    // Leases are per announcement.
+    assert!(s
+        .claim_announcement(&id, Ended, 1_000, 11_001)
+        .await
+        .expect("claim"));
+    s.mark_announced(&id, Started).await.expect("mark");
+    s.mark_announced(&id, Started)
+        .await
+        .expect("marking twice is fine");
+    let far = 11_001 + 30 * 86_400_000;
+    assert!(!s
+        .claim_announcement(&id, Started, 1_000, far)
+        .await
+        .expect("claim"));
+    let snap = s.sale(&id).await.expect("sale").expect("exists");
+    assert_eq!(
+        (snap.announced.started, snap.announced.ended),
+        (true, false)
+    );
+    assert!(s
+        .claim_announcement(&id, Ended, 1_000, far)
+        .await
+        .expect("claim"));
+    s.mark_announced(&id, Ended).await.expect("mark");
+    assert!(s
+        .sale(&id)
+        .await
+        .expect("sale")
+        .expect("exists")
+        .announced
+        .all());
+    let nope = SaleId(unique("nope"));
+    assert_eq!(
+        s.claim_announcement(&nope, Started, 1_000, 0).await,
+        Err(StoreError::SaleNotFound)
+    );
+    assert_eq!(
+        s.mark_announced(&nope, Ended).await,
+        Err(StoreError::SaleNotFound)
+    );
+}
+
+/// A room's sales come newest first, a page at a time; the live list holds sales until they
+/// are retired, oldest first after a position.
+pub async fn sales_are_listed_per_room_and_while_live(s: &dyn SaleStore) {
+    let (room, other) = (RoomId(unique("lr")), RoomId(unique("lr")));
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let mut sale = sale(5, 1);
+        sale.room = if n == 2 { other.clone() } else { room.clone() };
+        ids.push(sale.id.clone());
+        s.create_sale(sale).await.expect("create");
+    }
+    let page = s.room_sales(&room, None, 3).await.expect("page");
+    let listed: Vec<&SaleId> = page.iter().map(|(_, id)| id).collect();
+    assert_eq!(listed, vec![&ids[4], &ids[3], &ids[1]], "newest first");
+    assert!(page.windows(2).all(|w| w[0].0 > w[1].0));
+    let rest = s.room_sales(&room, Some(page[2].0), 3).await.expect("page");
+    let listed: Vec<&SaleId> = rest.iter().map(|(_, id)| id).collect();
+    assert_eq!(listed, vec![&ids[0]]);
+    let theirs = s.room_sales(&other, None, 10).await.expect("page");
+    assert_eq!(theirs.len(), 1);
+    assert_eq!(theirs[0].1, ids[2]);
+    assert!(s
+        .room_sales(&RoomId(unique("empty")), None, 10)
+        .await
+        .expect("page")
+        .is_empty());
+    // Live: every new sale, in creation order, paged after a position.
+    let live = |all: Vec<(u64, SaleId)>| -> Vec<SaleId> {
+        all.into_iter()
+            .map(|(_, id)| id)
+            .filter(|id| ids.contains(id))
+            .collect()
+    };
+    let first = rest[0].0; // ids[0], the first of these sales
+    let from_mine = s.live_sales(first - 1, 100_000).await.expect("live");
+    assert!(
+        from_mine.windows(2).all(|w| w[0].0 < w[1].0),
+        "oldest first"
+    );
+    assert_eq!(live(from_mine.clone()), ids);
+    let after_two = s.live_sales(from_mine[1].0, 2).await.expect("live");
+    assert_eq!(after_two.len(), 2);
+    assert_eq!(after_two[0].0, from_mine[2].0);
+    s.retire_sale(&ids[1]).await.expect("retire");
+    s.retire_sale(&ids[1]).await.expect("retire twice");
+    let mut expected = ids.clone();
+    expected.remove(1);
+    assert_eq!(
+        live(s.live_sales(first - 1, 100_000).await.expect("live")),
+        expected
+    );
+    // Retiring takes a sale off the sweep's list only: it is still listed in its room.
+    assert_eq!(s.room_sales(&room, None, 10).await.expect("page").len(), 4);
+    assert!(s.sale(&ids[1]).await.expect("sale").is_some());
 }
 
 /// 2,000 buyers × 5 attempts (double clicks included) racing for 100 units, limit 2.

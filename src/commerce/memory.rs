@@ -10,11 +10,13 @@
 
 use super::book::SaleBook;
 use super::{
-    Bought, BuyRefusal, BuyRequest, DeliveredOrderEvent, OrderEvent, Product, ReleaseReason,
-    Reservation, SaleRecord, SaleSnapshot, SaleStore, Settled, StoreError,
+    Announced, Announcement, Bought, BuyRefusal, BuyRequest, DeliveredOrderEvent, OrderEvent,
+    Product, ReleaseReason, Reservation, SalePosition, SaleRecord, SaleSnapshot, SaleStore,
+    Settled, StoreError,
 };
 use async_trait::async_trait;
 use ferry_client::protocol::commerce::{ProductId, ReservationId, SaleId};
+use ferry_client::protocol::RoomId;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -45,9 +47,16 @@ enum Entry {
         group: String,
         ids: Vec<String>,
     },
-    /// A long-lived claim (sale started/ended announced), so a restart does not repeat it.
+    /// An announcement of a sale was published: never make it again.
+    Announced {
+        sale: SaleId,
+        what: Announcement,
+    },
+    /// Written by earlier versions for announcements (`started:<sale>`, `ended:<sale>`);
+    /// replayed as [`Entry::Announced`], never written any more.
     Claim {
         what: String,
+        #[allow(dead_code)]
         until: u64,
     },
 }
@@ -69,8 +78,18 @@ struct Group {
 struct State {
     products: BTreeMap<ProductId, Product>,
     books: HashMap<SaleId, SaleBook>,
-    /// Creation order, for listing.
+    /// Creation order: a sale's position is its index here plus one.
     sale_order: Vec<SaleId>,
+    positions: HashMap<SaleId, SalePosition>,
+    /// Sales the sweep still visits, by position (not journaled: rebuilt on replay from the
+    /// announcements and holds).
+    live: BTreeMap<SalePosition, SaleId>,
+    /// Each room's sales, oldest first.
+    by_room: HashMap<RoomId, Vec<(SalePosition, SaleId)>>,
+    announced: HashMap<SaleId, Announced>,
+    /// Announcement leases: who publishes what until when (in memory only: a restart lets
+    /// the announcement be tried again, which is what an unrecorded one needs).
+    leases: HashMap<(SaleId, Announcement), u64>,
     orders: HashMap<SaleId, Vec<OrderEvent>>,
     groups: HashMap<(SaleId, String), Group>,
     claims: HashMap<String, u64>,
@@ -302,18 +321,11 @@ impl State {
             Entry::Product { product } => {
                 self.products.insert(product.id.clone(), product);
             }
-            Entry::Sale { sale } => {
-                if !self.books.contains_key(&sale.id) {
-                    self.sale_order.push(sale.id.clone());
-                }
-                match self.books.get_mut(&sale.id) {
-                    // A later definition (ended early, markets changed) keeps the book.
-                    Some(book) => book.redefine(sale),
-                    None => {
-                        self.books.insert(sale.id.clone(), SaleBook::new(sale));
-                    }
-                }
-            }
+            Entry::Sale { sale } => match self.books.get_mut(&sale.id) {
+                // A later definition (ended early, markets changed) keeps the book.
+                Some(book) => book.redefine(sale),
+                None => self.add_sale(sale),
+            },
             Entry::Reservation { reservation, event } => {
                 let sale = reservation.sale.clone();
                 if let Some(book) = self.books.get_mut(&sale) {
@@ -328,15 +340,56 @@ impl State {
                 g.replay_acked
                     .extend(ids.iter().filter_map(|id| event_index(id)));
             }
-            Entry::Claim { what, until } => {
-                self.claims.insert(what, until);
+            Entry::Announced { sale, what } => {
+                self.announced.entry(sale).or_default().set(what);
+            }
+            Entry::Claim { what, .. } => {
+                let legacy = [
+                    ("started:", Announcement::Started),
+                    ("ended:", Announcement::Ended),
+                ];
+                for (prefix, kind) in legacy {
+                    if let Some(sale) = what.strip_prefix(prefix) {
+                        let sale = SaleId(sale.to_owned());
+                        self.announced.entry(sale).or_default().set(kind);
+                    }
+                }
             }
         }
+    }
+
+    /// A new sale: its book, its position, its room's listing; live until retired.
+    fn add_sale(&mut self, sale: SaleRecord) {
+        self.sale_order.push(sale.id.clone());
+        let position = self.sale_order.len() as SalePosition;
+        self.positions.insert(sale.id.clone(), position);
+        self.live.insert(position, sale.id.clone());
+        self.by_room
+            .entry(sale.room.clone())
+            .or_default()
+            .push((position, sale.id.clone()));
+        self.books.insert(sale.id.clone(), SaleBook::new(sale));
     }
 
     /// After replay: a group resumes after its highest acknowledged event, and every event
     /// below it that was never acknowledged is pending, due for delivery at once.
     fn finish_replay(&mut self) {
+        // The sweep has nothing more to do for a sale whose announcements are both made and
+        // which holds nothing: it is not live. (An ended sale whose end was not announced,
+        // or with holds to release, stays live.)
+        let done: Vec<SalePosition> = self
+            .live
+            .iter()
+            .filter(|(_, id)| {
+                let announced = self.announced.get(*id).copied().unwrap_or_default();
+                let held = self.books.get(*id).map_or(0, SaleBook::reserved_units);
+                announced.all() && held == 0
+            })
+            .map(|(position, _)| *position)
+            .collect();
+        for position in done {
+            self.live.remove(&position);
+        }
         for g in self.groups.values_mut() {
             let acked = std::mem::take(&mut g.replay_acked);
             let Some(top) = acked.last().copied() else {
@@ -351,14 +404,16 @@ impl State {
         }
     }
 
-    fn snapshot(book: &SaleBook) -> SaleSnapshot {
-        SaleSnapshot {
+    fn snapshot(&self, id: &SaleId) -> Option<SaleSnapshot> {
+        let book = self.books.get(id)?;
+        Some(SaleSnapshot {
             sale: book.sale.clone(),
             remaining: book.remaining,
             reserved: book.reserved_units(),
             confirmed: book.confirmed,
             version: book.version,
-        }
+            announced: self.announced.get(id).copied().unwrap_or_default(),
+        })
     }
 }
 
@@ -403,8 +458,7 @@ impl SaleStore for MemorySaleStore {
                 return Err(StoreError::SaleExists);
             }
             let rx = self.queue(&Entry::Sale { sale: sale.clone() });
-            st.sale_order.push(sale.id.clone());
-            st.books.insert(sale.id.clone(), SaleBook::new(sale));
+            st.add_sale(sale);
             rx
         };
         Self::durable(rx).await
@@ -414,7 +468,7 @@ impl SaleStore for MemorySaleStore {
         // Stock shown to anyone (GET /api/sales, stock events) must be on disk: a buy whose
         // fsync is still running is not shown before it is.
         self.check()?;
-        let snapshot = self.state.lock().books.get(id).map(State::snapshot);
+        let snapshot = self.state.lock().snapshot(id);
         self.barrier().await?;
         Ok(snapshot)
     }
@@ -426,6 +480,54 @@ impl SaleStore for MemorySaleStore {
         Ok(sales)
     }
 
+    async fn live_sales(
+        &self,
+        after: SalePosition,
+        limit: usize,
+    ) -> Result<Vec<(SalePosition, SaleId)>, StoreError> {
+        self.check()?;
+        let st = self.state.lock();
+        Ok(st
+            .live
+            .range(after.saturating_add(1)..)
+            .take(limit)
+            .map(|(p, id)| (*p, id.clone()))
+            .collect())
+    }
+
+    async fn retire_sale(&self, id: &SaleId) -> Result<(), StoreError> {
+        self.check()?;
+        let mut st = self.state.lock();
+        if let Some(position) = st.positions.get(id).copied() {
+            st.live.remove(&position);
+        }
+        Ok(())
+    }
+
+    async fn room_sales(
+        &self,
+        room: &RoomId,
+        before: Option<SalePosition>,
+        limit: usize,
+    ) -> Result<Vec<(SalePosition, SaleId)>, StoreError> {
+        self.check()?;
+        let st = self.state.lock();
+        let before = before.unwrap_or(SalePosition::MAX);
+        Ok(st
+            .by_room
+            .get(room)
+            .map(|sales| {
+                sales
+                    .iter()
+                    .rev()
+                    .filter(|(p, _)| *p < before)
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     async fn end_sale(&self, id: &SaleId, now: u64) -> Result<SaleSnapshot, StoreError> {
         self.check()?;
         let (rx, snap) = {
@@ -433,8 +535,9 @@ impl SaleStore for MemorySaleStore {
             let book = st.books.get_mut(id).ok_or(StoreError::SaleNotFound)?;
             book.end(now);
             let sale = book.sale.clone();
-            let snap = State::snapshot(book);
-            (self.queue(&Entry::Sale { sale }), snap)
+            let rx = self.queue(&Entry::Sale { sale });
+            let snap = st.snapshot(id).ok_or(StoreError::SaleNotFound)?;
+            (rx, snap)
         };
         Self::durable(rx).await?;
         Ok(snap)
@@ -612,28 +715,66 @@ impl SaleStore for MemorySaleStore {
 
     async fn claim(&self, what: &str, ttl_ms: u64, now: u64) -> Result<bool, StoreError> {
         self.check()?;
+        // Throttles only: kept in memory (a restart may repeat a throttled update, which is
+        // harmless; announcements have their own durable record).
         let until = now.saturating_add(ttl_ms);
+        let mut st = self.state.lock();
+        if st.claims.len() > 10_000 {
+            st.claims.retain(|_, held| *held > now);
+        }
+        if st.claims.get(what).is_some_and(|held| *held > now) {
+            return Ok(false);
+        }
+        st.claims.insert(what.to_owned(), until);
+        Ok(true)
+    }
+
+    async fn claim_announcement(
+        &self,
+        sale: &SaleId,
+        what: Announcement,
+        lease_ms: u64,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        self.check()?;
+        let mut st = self.state.lock();
+        if !st.books.contains_key(sale) {
+            return Err(StoreError::SaleNotFound);
+        }
+        if st.announced.get(sale).is_some_and(|a| a.get(what)) {
+            return Ok(false);
+        }
+        let key = (sale.clone(), what);
+        if st.leases.get(&key).is_some_and(|until| *until > now) {
+            return Ok(false);
+        }
+        st.leases.insert(key, now.saturating_add(lease_ms));
+        Ok(true)
+    }
+
+    async fn mark_announced(&self, sale: &SaleId, what: Announcement) -> Result<(), StoreError> {
+        self.check()?;
         let rx = {
             let mut st = self.state.lock();
-            if st.claims.len() > 10_000 {
-                st.claims.retain(|_, held| *held > now);
+            if !st.books.contains_key(sale) {
+                return Err(StoreError::SaleNotFound);
             }
-            if st.claims.get(what).is_some_and(|held| *held > now) {
-                return Ok(false);
-            }
-            st.claims.insert(what.to_owned(), until);
-            // Announcements must not repeat after a restart; throttles may.
-            if ttl_ms >= 60_000 {
-                self.queue(&Entry::Claim {
-                    what: what.to_owned(),
-                    until,
-                })
-            } else {
+            st.leases.remove(&(sale.clone(), what));
+            let announced = st.announced.entry(sale.clone()).or_default();
+            if announced.get(what) {
                 None
+            } else {
+                announced.set(what);
+                self.queue(&Entry::Announced {
+                    sale: sale.clone(),
+                    what,
+                })
             }
         };
-        Self::durable(rx).await?;
-        Ok(true)
+        match rx {
+            Some(rx) => Self::durable(Some(rx)).await,
+            None => self.barrier().await,
+        }
     }
 
     async fn ready(&self) -> bool {
@@ -931,10 +1072,48 @@ mod tests {
             .expect("read");
         let ids: Vec<&str> = again.iter().map(|d| d.id.as_str()).collect();
         assert_eq!(ids, vec!["0-1", "0-2"]);
-        // Announcement claims survive too; short throttles need not.
-        assert!(store.claim("ended:s", 600_000, 300).await.expect("claim"));
+        // Recorded announcements survive too (and are never claimed again); a lease does
+        // not (the announcement may not have been made).
+        let ended = Announcement::Ended;
+        let started = Announcement::Started;
+        assert!(store
+            .claim_announcement(&sale.id, started, 5_000, 300)
+            .await
+            .expect("claim"));
+        assert!(store
+            .claim_announcement(&sale.id, ended, 5_000, 300)
+            .await
+            .expect("claim"));
+        store.mark_announced(&sale.id, ended).await.expect("mark");
         drop(store);
         let store = MemorySaleStore::open(&path).expect("reopen");
-        assert!(!store.claim("ended:s", 600_000, 400).await.expect("claim"));
+        let far = 300 + 30 * 86_400_000;
+        assert!(!store
+            .claim_announcement(&sale.id, ended, 5_000, far)
+            .await
+            .expect("claim"));
+        assert!(store
+            .claim_announcement(&sale.id, started, 5_000, 400)
+            .await
+            .expect("an unrecorded announcement is tried again"));
+        let snap = store.sale(&sale.id).await.expect("sale").expect("exists");
+        assert_eq!(
+            (snap.announced.started, snap.announced.ended),
+            (false, true)
+        );
+        // The journal of an earlier version recorded announcements as long claims.
+        drop(store);
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .expect("append");
+            f.write_all(b"{\"t\":\"claim\",\"what\":\"started:s\",\"until\":604800300}\n")
+                .expect("write");
+        }
+        let store = MemorySaleStore::open(&path).expect("reopen");
+        let snap = store.sale(&sale.id).await.expect("sale").expect("exists");
+        assert!(snap.announced.all());
     }
 }

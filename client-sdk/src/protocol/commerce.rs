@@ -261,6 +261,28 @@ pub struct SaleReply {
     pub sale: Box<SaleView>,
 }
 
+/// `GET /api/sales/{id}`: a sale with live stock, and the server's clock (Unix ms) when it
+/// answered, so a client without a WebSocket can count down.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SaleLookup {
+    pub sale: SaleView,
+    pub server_time: u64,
+}
+
+/// `GET /api/rooms/{room}/sales`: one page of a room's sales, newest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoomSalesPage {
+    pub sales: Vec<SaleView>,
+    /// Pass as `before` to get the next (older) page; `None` when this is the last one.
+    pub next: Option<u64>,
+}
+
+/// `GET /api/reservations/{id}`: a reservation in its current state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReservationLookup {
+    pub reservation: ReservationView,
+}
+
 /// Social proof: "someone in Hong Kong just bought this" — the market only, never who.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PurchaseNotice {
