@@ -350,8 +350,9 @@ async fn buy(
     };
     let now = crate::unix_ms();
     let sale = SaleId(id);
-    // The token must allow the sale's room, like joining it would.
-    let room = app.commerce.sale(&sale, now).await?.room;
+    // The token must allow the sale's room, like joining it would. The room comes from the
+    // cache WebSocket buys use: once cached, a buy is one store step here too.
+    let room = app.commerce.sale_room(&sale).await?;
     if !claims.allows_room(&room) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -361,7 +362,7 @@ async fn buy(
     }
     match app
         .commerce
-        .buy(None, &sale, &buyer, req.quantity, &key, now)
+        .buy(Some(&room), &sale, &buyer, req.quantity, &key, now)
         .await
     {
         Ok((reservation, replayed)) => {

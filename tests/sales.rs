@@ -989,8 +989,14 @@ async fn a_rooms_sales_are_listed_newest_first_in_pages() {
         let page: Value = serde_json::from_str(&text).expect("json");
         let sales = page["sales"].as_array().expect("sales");
         assert!(sales.len() <= 2);
-        assert!(sales.iter().all(|v| v["status"] == "open" && v["room"] == ROOM));
-        listed.extend(sales.iter().map(|v| v["id"].as_str().expect("id").to_owned()));
+        assert!(sales
+            .iter()
+            .all(|v| v["status"] == "open" && v["room"] == ROOM));
+        listed.extend(
+            sales
+                .iter()
+                .map(|v| v["id"].as_str().expect("id").to_owned()),
+        );
         pages += 1;
         match page["next"].as_u64() {
             Some(n) => before = Some(n),

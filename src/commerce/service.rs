@@ -562,6 +562,14 @@ impl Commerce {
         }
     }
 
+    /// The room a sale runs in, from the same cache as buys (no store step once cached).
+    pub async fn sale_room(&self, sale: &SaleId) -> Result<RoomId, CommerceError> {
+        if !valid_id(sale.as_str()) {
+            return Err(CommerceError::NotFound("sale"));
+        }
+        Ok(self.sale_basics(sale).await?.0)
+    }
+
     /// A sale's room and price, which never change: cached, so a buy costs the store one
     /// step (one script on Redis) rather than two.
     async fn sale_basics(&self, sale: &SaleId) -> Result<(RoomId, i64), CommerceError> {
