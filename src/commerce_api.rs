@@ -237,7 +237,7 @@ async fn start_sale(
     let spec: SaleSpec = body(&bytes)?;
     let sale = app
         .commerce
-        .start_sale(&room, spec, crate::unix_ms())
+        .start_sale(&room, spec, crate::unix_ms(), &claims.user_ref())
         .await?;
     tracing::info!(sale = %sale.id, %room, user = %claims.sub, "sale started over HTTP");
     Ok((StatusCode::CREATED, Json(json!({ "sale": sale }))).into_response())

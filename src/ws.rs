@@ -466,7 +466,7 @@ impl Conn {
                 empty()
             }
             CommerceOp::StartSale(spec) => ReplyBody::Sale(SaleReply {
-                sale: Box::new(commerce.start_sale(room, *spec, now).await?),
+                sale: Box::new(commerce.start_sale(room, *spec, now, user).await?),
             }),
             CommerceOp::EndSale(sale) => ReplyBody::Sale(SaleReply {
                 sale: Box::new(commerce.end_sale(Some(room), &sale, now).await?),

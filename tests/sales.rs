@@ -1019,3 +1019,73 @@ async fn a_rooms_sales_are_listed_newest_first_in_pages() {
         assert!(text.contains("bad_request"), "{text}");
     }
 }
+
+/// A host may pin and sell only its own merchant's products; an admin may pin and sell any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_pin_and_sell_only_their_own_products() {
+    let s = TestServer::start(|_| {}).await;
+    put_basket(&s).await; // merchant "host"
+    let (host, _he) = host_in_room(&s).await;
+    let (rival, _re) = s.client(ROOM, "rival", Role::Host);
+    rival.join(ROOM).await.expect("join");
+    let err = rival
+        .pin_product(ROOM, "basket")
+        .await
+        .expect_err("another merchant's product");
+    assert_eq!(code_of(&err), ErrorCode::Forbidden.code());
+    assert!(err.to_string().contains("another merchant"), "{err}");
+    let err = rival
+        .start_sale(ROOM, spec(5, 1, None, 60))
+        .await
+        .expect_err("another merchant's product");
+    assert_eq!(code_of(&err), ErrorCode::Forbidden.code());
+    let rival_token = s.token(ROOM, "rival", Role::Host);
+    let (status, body) = http(
+        s.addr(),
+        "POST",
+        &format!("/api/rooms/{ROOM}/product"),
+        Some(&rival_token),
+        Some(r#"{"product":"basket"}"#),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("another merchant"), "{body}");
+    let (status, body) = http(
+        s.addr(),
+        "POST",
+        &format!("/api/rooms/{ROOM}/sales"),
+        Some(&rival_token),
+        Some(r#"{"product":"basket","quantity":1,"price_cny":1,"duration_secs":60}"#),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    // The merchant itself, and an admin, may.
+    host.pin_product(ROOM, "basket").await.expect("own product");
+    let (admin, _ae) = s.client("*", "ops", Role::Admin);
+    admin.join(ROOM).await.expect("join");
+    admin
+        .start_sale(ROOM, spec(5, 1, None, 60))
+        .await
+        .expect("admins sell any product");
+    let (status, body) = http(
+        s.addr(),
+        "POST",
+        &format!("/api/rooms/{ROOM}/product"),
+        Some(&admin_token(&s)),
+        Some(r#"{"product":"basket"}"#),
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    // Nothing the rival tried reached the room: one sale, pinned twice.
+    let (status, text) = http(
+        s.addr(),
+        "GET",
+        &format!("/api/rooms/{ROOM}/sales"),
+        Some(&rival_token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let page: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(page["sales"].as_array().map(Vec::len), Some(1));
+}

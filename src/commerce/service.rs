@@ -25,7 +25,7 @@ use ferry_client::protocol::commerce::{
     PinnedProduct, ProductId, PurchaseNotice, ReservationId, ReservationView, SaleId, SaleSpec,
     SaleStatus, SaleView,
 };
-use ferry_client::protocol::{ErrorCode, RoomEvent, RoomId, UserId, UserRef};
+use ferry_client::protocol::{ErrorCode, Role, RoomEvent, RoomId, UserId, UserRef};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
@@ -233,6 +233,17 @@ impl Commerce {
             .ok_or(CommerceError::NotFound("product"))
     }
 
+    /// A host may show and sell only its own merchant's products (admins any; a product
+    /// saved before products had merchants belongs to nobody and may be used by any host).
+    fn check_merchant(product: &Product, by: &UserRef) -> Result<(), CommerceError> {
+        if by.role == Role::Admin || product.merchant.is_empty() || product.merchant == by.id.0 {
+            return Ok(());
+        }
+        Err(CommerceError::Forbidden(
+            "this product belongs to another merchant".into(),
+        ))
+    }
+
     // -- room showcase ----------------------------------------------------------------
 
     pub async fn pin_product(
@@ -242,6 +253,7 @@ impl Commerce {
         by: &UserRef,
     ) -> Result<(), CommerceError> {
         let product = self.product(product).await?;
+        Self::check_merchant(&product, by)?;
         let event = RoomEvent::ProductPinned {
             pinned: Box::new(PinnedProduct {
                 product: product_view(&product, &self.cfg),
@@ -271,8 +283,10 @@ impl Commerce {
         room: &RoomId,
         spec: SaleSpec,
         now: u64,
+        by: &UserRef,
     ) -> Result<SaleView, CommerceError> {
         let product = self.product(&spec.product).await?;
+        Self::check_merchant(&product, by)?;
         if spec.quantity == 0 || spec.quantity > 10_000_000 {
             return Err(CommerceError::Invalid(
                 "quantity must be 1..=10000000".into(),
@@ -1025,6 +1039,11 @@ mod tests {
         }
 
         async fn start(&self, starts_at: u64, duration_secs: u64) -> SaleId {
+            let host = UserRef {
+                id: UserId("host".into()),
+                name: "Host".into(),
+                role: Role::Host,
+            };
             let spec = SaleSpec {
                 product: "basket".into(),
                 quantity: 10,
@@ -1036,7 +1055,7 @@ mod tests {
                 hold_secs: 60,
             };
             self.commerce
-                .start_sale(&RoomId(ROOM.into()), spec, T0)
+                .start_sale(&RoomId(ROOM.into()), spec, T0, &host)
                 .await
                 .expect("sale")
                 .id
