@@ -10,7 +10,7 @@ use crate::http::{authorize, check_room_id, ApiError};
 use crate::server::AppState;
 use crate::ws::bearer;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -43,6 +43,19 @@ pub fn routes() -> Router<AppState> {
         .route("/api/reservations/{id}", get(get_reservation))
         .route("/api/reservations/{id}/cancel", post(cancel))
         .route("/api/payments/webhook", post(webhook))
+        .layer(axum::middleware::from_fn(stamp_arrival))
+}
+
+/// When a request arrived (Unix ms), stamped as soon as its head was read and before its
+/// body is: a decision that depends on the time — a buy before the sale's start, a payment
+/// before the deadline, a countdown's start — uses the arrival, not the moment the handler
+/// ran (under load, or with a body that is slow to come, those can be far apart).
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival(pub u64);
+
+async fn stamp_arrival(mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    req.extensions_mut().insert(Arrival(crate::unix_ms()));
+    next.run(req).await
 }
 
 impl From<CommerceError> for ApiError {
@@ -228,6 +241,7 @@ async fn unpin_product(
 
 async fn start_sale(
     State(app): State<AppState>,
+    Extension(Arrival(now)): Extension<Arrival>,
     headers: HeaderMap,
     Path(room): Path<String>,
     bytes: Bytes,
@@ -237,7 +251,7 @@ async fn start_sale(
     let spec: SaleSpec = body(&bytes)?;
     let sale = app
         .commerce
-        .start_sale(&room, spec, crate::unix_ms(), &claims.user_ref())
+        .start_sale(&room, spec, now, &claims.user_ref())
         .await?;
     tracing::info!(sale = %sale.id, %room, user = %claims.sub, "sale started over HTTP");
     Ok((StatusCode::CREATED, Json(json!({ "sale": sale }))).into_response())
@@ -302,11 +316,11 @@ async fn get_sale(
 
 async fn end_sale(
     State(app): State<AppState>,
+    Extension(Arrival(now)): Extension<Arrival>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = SaleId(id);
-    let now = crate::unix_ms();
     verify(&app, &headers)?;
     let room = app.commerce.sale(&id, now).await?.room;
     authorize(&app, &headers, &room, true)?;
@@ -329,6 +343,7 @@ fn one() -> u32 {
 
 async fn buy(
     State(app): State<AppState>,
+    Extension(Arrival(now)): Extension<Arrival>,
     headers: HeaderMap,
     Path(id): Path<String>,
     bytes: Bytes,
@@ -348,7 +363,7 @@ async fn buy(
         user: claims.user_id(),
         market: claims.market.clone().unwrap_or_default(),
     };
-    let now = crate::unix_ms();
+    // Judged at the request's arrival (`now`), like a WebSocket buy at its frame's receipt.
     let sale = SaleId(id);
     // The token must allow the sale's room, like joining it would. The room comes from the
     // cache WebSocket buys use: once cached, a buy is one store step here too.
@@ -424,18 +439,14 @@ async fn get_reservation(
 
 async fn cancel(
     State(app): State<AppState>,
+    Extension(Arrival(now)): Extension<Arrival>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let claims = verify(&app, &headers)?;
     let view = app
         .commerce
-        .cancel(
-            None,
-            &reservation_id(id)?,
-            &claims.user_id(),
-            crate::unix_ms(),
-        )
+        .cancel(None, &reservation_id(id)?, &claims.user_id(), now)
         .await?;
     Ok(Json(json!({ "reservation": view })).into_response())
 }
@@ -525,10 +536,11 @@ pub fn sign_webhook(secret: &str, t: u64, body: &[u8]) -> String {
 
 async fn webhook(
     State(app): State<AppState>,
+    Extension(Arrival(now)): Extension<Arrival>,
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let result = webhook_inner(&app, &headers, &bytes).await;
+    let result = webhook_inner(&app, &headers, &bytes, now).await;
     let label = match &result {
         Ok((label, _)) => label,
         Err(e) if e.code() == "bad_signature" => "bad_signature",
@@ -539,10 +551,13 @@ async fn webhook(
     result.map(|(_, response)| response)
 }
 
+/// `now`: when the notification arrived (a payment that arrived before the deadline is in
+/// time, however long it waited to be handled).
 async fn webhook_inner(
     app: &AppState,
     headers: &HeaderMap,
     bytes: &[u8],
+    now: u64,
 ) -> Result<(&'static str, Response), ApiError> {
     let cfg = app.commerce.config();
     if cfg.webhook_secret.is_empty() {
@@ -552,7 +567,6 @@ async fn webhook_inner(
             "commerce.webhook_secret is not configured",
         ));
     }
-    let now = crate::unix_ms();
     let signature = headers.get("ferry-signature").and_then(|v| v.to_str().ok());
     if let Err(why) = check_signature(
         &cfg.webhook_secret,

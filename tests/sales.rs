@@ -1089,3 +1089,51 @@ async fn hosts_pin_and_sell_only_their_own_products() {
     let page: Value = serde_json::from_str(&text).expect("json");
     assert_eq!(page["sales"].as_array().map(Vec::len), Some(1));
 }
+
+/// A buy is judged at its arrival: an HTTP request whose head arrived before the sale's
+/// start is refused as too early even though its body (and its handling) came after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_buy_that_arrived_before_the_start_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start(|_| {}).await;
+    put_basket(&s).await;
+    let (host, _e) = host_in_room(&s).await;
+    let sale = host
+        .start_sale(ROOM, spec(10, 2, Some(2), 60))
+        .await
+        .expect("sale");
+    let token = s.token(ROOM, "early", Role::Viewer);
+    let until = |t: u64| Duration::from_millis(t.saturating_sub(ferry::unix_ms()));
+    // The server runs in this process: its clock is ours.
+    tokio::time::sleep(until(sale.starts_at - 400)).await;
+    let mut conn = tokio::net::TcpStream::connect(s.addr())
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /api/sales/{}/buy HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nIdempotency-Key: k1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n",
+        sale.id
+    );
+    conn.write_all(head.as_bytes()).await.expect("head");
+    let sent_head = ferry::unix_ms();
+    assert!(
+        sent_head + 100 < sale.starts_at,
+        "the machine is too slow for this test's timing"
+    );
+    tokio::time::sleep(until(sale.starts_at + 400)).await;
+    conn.write_all(b"{}").await.expect("body");
+    let mut raw = String::new();
+    conn.read_to_string(&mut raw).await.expect("response");
+    assert!(raw.starts_with("HTTP/1.1 409"), "{raw}");
+    assert!(raw.contains("sale_not_started"), "{raw}");
+    // The same request sent whole now is admitted (the sale is open), with the same key.
+    let (status, text) = http_with(
+        s.addr(),
+        "POST",
+        &format!("/api/sales/{}/buy", sale.id),
+        Some(&token),
+        &[("Idempotency-Key", "k1")],
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(status, 201, "{text}");
+}
