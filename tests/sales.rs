@@ -1137,3 +1137,143 @@ async fn an_http_buy_that_arrived_before_the_start_is_refused() {
     .await;
     assert_eq!(status, 201, "{text}");
 }
+
+/// What viewers see of a sale's stock: a sell-out, units coming back, a second sell-out, the
+/// end (once, and nothing after it), each applied with the SDK's `SaleView::apply_stock`; the
+/// SDK's HTTP reads give the same sale, the buyer's reservation states and the room's sales.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_see_sell_outs_units_coming_back_and_the_end() {
+    use ferry::protocol::commerce::SaleView;
+    let s = TestServer::start(|_| {}).await;
+    put_basket(&s).await;
+    let (host, _he) = host_in_room(&s).await;
+    let (viewer, mut events) = s.client(ROOM, "watcher", Role::Viewer);
+    viewer.join(ROOM).await.expect("join");
+    let sale = host
+        .start_sale(ROOM, spec(2, 2, None, 60))
+        .await
+        .expect("sale");
+    let (buyer, _be) = s.client(ROOM, "b", Role::Viewer);
+    buyer.join(ROOM).await.expect("join");
+    // The viewer's own copy of the sale, kept current from the stock events.
+    let mut held: SaleView = wait_for(&mut events, |e| match e {
+        Event::Room {
+            event: RoomEvent::SaleScheduled { sale },
+            ..
+        } => Some((**sale).clone()),
+        _ => None,
+    })
+    .await;
+    let mut seen: Vec<(String, u64, SaleStatus, u64)> = Vec::new();
+    // Wait for the next stock event satisfying `pred`, applying every one on the way.
+    macro_rules! until {
+        ($pred:expr) => {{
+            let pred = $pred;
+            wait_for(&mut events, |e| match e {
+                Event::Room { event, .. } => {
+                    let stock = event.sale_stock()?.clone();
+                    let kind = serde_json::to_value(event).ok()?["type"]
+                        .as_str()?
+                        .to_owned();
+                    held.apply_stock(&stock);
+                    seen.push((kind.clone(), stock.remaining, stock.status, stock.version));
+                    pred(kind.as_str(), &stock).then_some(stock)
+                }
+                _ => None,
+            })
+            .await
+        }};
+    }
+    until!(|k: &str, _: &_| k == "sale_started");
+    let first = buyer
+        .buy(ROOM, sale.id.clone(), 2, new_idempotency_key())
+        .await
+        .expect("buy both")
+        .reservation;
+    let sold_out = until!(|k: &str, _: &_| k == "sale_sold_out");
+    assert_eq!(
+        (sold_out.remaining, sold_out.status),
+        (0, SaleStatus::SoldOut)
+    );
+    // The buyer gives them back: the viewer is told units are on sale again.
+    buyer
+        .cancel_reservation(ROOM, first.id.clone())
+        .await
+        .expect("cancel");
+    let back = until!(
+        |k: &str, s: &ferry::protocol::commerce::SaleStock| k == "sale_stock" && s.remaining == 2
+    );
+    assert_eq!(back.status, SaleStatus::Open);
+    assert!(back.version > sold_out.version);
+    // Sold out again: announced again.
+    let second = buyer
+        .buy(ROOM, sale.id.clone(), 2, new_idempotency_key())
+        .await
+        .expect("buy again")
+        .reservation;
+    let again = until!(|k: &str, _: &_| k == "sale_sold_out");
+    assert!(again.version > back.version);
+    host.end_sale(ROOM, sale.id.clone()).await.expect("end");
+    let ended = until!(|k: &str, _: &_| k == "sale_ended");
+    assert_eq!(ended.status, SaleStatus::Ended);
+    // The holds lapse or get paid after the end: no stock event follows `sale_ended`.
+    let paid = json!({"id": "e1", "type": "payment.succeeded", "reservation": second.id, "payment_ref": "p1"});
+    let (status, text) = webhook(&s, &paid, WEBHOOK_SECRET).await;
+    assert_eq!(status, 200, "{text}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    while let Some(e) = events.try_recv() {
+        if let Event::Room { event, .. } = &e {
+            assert!(event.sale_stock().is_none(), "after the end: {event:?}");
+        }
+    }
+    let kinds: Vec<&str> = seen.iter().map(|(k, ..)| k.as_str()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "sale_sold_out").count(),
+        2,
+        "{seen:?}"
+    );
+    assert_eq!(kinds.iter().filter(|k| **k == "sale_ended").count(), 1);
+    assert_eq!(kinds.iter().filter(|k| **k == "sale_started").count(), 1);
+    // The viewer's copy is the sale's last announced state.
+    assert_eq!(
+        (held.remaining, held.status, held.version),
+        (0, SaleStatus::Ended, ended.version)
+    );
+    // The SDK's HTTP reads: the sale, the buyer's reservations, the room's sales.
+    let http = buyer.http().expect("http client");
+    let looked = http.sale(&sale.id).await.expect("sale");
+    assert_eq!(
+        (looked.sale.id.clone(), looked.sale.status),
+        (sale.id.clone(), SaleStatus::Ended)
+    );
+    assert!(looked.server_time >= sale.starts_at);
+    assert_eq!(
+        http.reservation(&first.id).await.expect("first").state,
+        ReservationState::Released
+    );
+    assert_eq!(
+        http.reservation(&second.id).await.expect("second").state,
+        ReservationState::Confirmed
+    );
+    let other = viewer.http().expect("http client");
+    match other.reservation(&second.id).await {
+        Err(ClientError::Http { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (404, "not_found"))
+        }
+        other => panic!("another buyer's reservation: {other:?}"),
+    }
+    match other.room_sales(&ROOM.into(), None, 10).await {
+        Err(ClientError::Http { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (403, "forbidden"))
+        }
+        other => panic!("a viewer listing sales: {other:?}"),
+    }
+    let page = host
+        .http()
+        .expect("http client")
+        .room_sales(&ROOM.into(), None, 10)
+        .await
+        .expect("room sales");
+    assert_eq!((page.sales.len(), page.next), (1, None));
+    assert_eq!(page.sales[0].id, sale.id);
+}

@@ -125,6 +125,14 @@ pub enum ClientError {
     Timeout,
     #[error("unexpected reply: {0}")]
     Protocol(String),
+    /// An HTTP call ([`crate::HttpClient`]) was answered with an error status; `code` is the
+    /// documented error code (`not_found`, `forbidden`...), empty if the body had none.
+    #[error("HTTP {status} {code}: {message}")]
+    Http {
+        status: u16,
+        code: String,
+        message: String,
+    },
 }
 
 impl ClientError {
@@ -189,6 +197,9 @@ pub struct Client {
     shared: Arc<Shared>,
     stats: Arc<ClientStats>,
     timeout: Duration,
+    /// First node URL and the token, for [`Client::http`].
+    url: String,
+    token: String,
 }
 
 /// The stream of [`Event`]s.
@@ -222,6 +233,8 @@ impl Client {
         let shared = Arc::new(Shared::default());
         let stats = Arc::new(ClientStats::default());
         let timeout = opts.request_timeout;
+        let url = opts.urls.first().cloned().unwrap_or_default();
+        let token = opts.token.clone();
         let driver = Driver {
             opts,
             requests: rx,
@@ -238,6 +251,8 @@ impl Client {
                 shared,
                 stats,
                 timeout,
+                url,
+                token,
             },
             Events { rx: event_rx },
         )
@@ -528,6 +543,12 @@ impl Client {
         self.request(Command::Ping { t: Some(unix_ms()) }).await?;
         self.clock_offset()
             .ok_or_else(|| ClientError::Protocol("no clock sample".into()))
+    }
+
+    /// The flash-sale HTTP reads (reservation state, a sale, a room's sales) on the client's
+    /// first node, with its token and request timeout.
+    pub fn http(&self) -> Result<crate::HttpClient, ClientError> {
+        Ok(crate::HttpClient::new(&self.url, self.token.clone())?.with_timeout(self.timeout))
     }
 
     /// Stop the client: close the socket and end the event stream.
