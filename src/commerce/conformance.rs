@@ -41,6 +41,7 @@ where
     announcements_are_leased_then_recorded(&*s).await;
     sales_are_listed_per_room_and_while_live(&*s).await;
     concurrent_buyers_never_oversell(s.clone()).await;
+    confirmations_race_the_expiry_sweep(s.clone()).await;
 }
 
 fn product(id: &str) -> Product {
@@ -551,6 +552,195 @@ pub async fn concurrent_buyers_never_oversell(s: Arc<dyn SaleStore>) {
     assert_eq!(in_stream.len(), 100);
     let told: HashSet<ReservationId> = reserved.into_values().flatten().collect();
     assert_eq!(told, in_stream.keys().cloned().collect());
+}
+
+/// Invariants of a sale's snapshot at one instant: never oversold, and conservation.
+fn check_snapshot(snap: &super::SaleSnapshot) -> Result<(), String> {
+    let q = snap.sale.quantity;
+    if snap.reserved + snap.confirmed > q {
+        return Err(format!("oversold: {snap:?}"));
+    }
+    if snap.remaining + snap.reserved + snap.confirmed != q {
+        return Err(format!("conservation: {snap:?}"));
+    }
+    Ok(())
+}
+
+/// Invariants of an order stream at one instant: every reservation has exactly one
+/// `reserved` event before at most one ending event.
+fn check_orders(events: &[super::OrderEvent]) -> Result<(), String> {
+    use super::OrderEventKind as K;
+    let mut seen: HashMap<&ReservationId, (u32, u32)> = HashMap::new();
+    for e in events {
+        let (reserved, ended) = seen.entry(&e.reservation.id).or_default();
+        match e.kind {
+            K::Reserved => *reserved += 1,
+            K::Confirmed | K::Released(_) => *ended += 1,
+        }
+        if *reserved != 1 || *ended > 1 {
+            return Err(format!(
+                "{}: {reserved} reserved, {ended} endings so far",
+                e.reservation.id
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Payment confirmations race the expiry sweep at the payment deadline, on real concurrent
+/// tasks: 300 reservations share one deadline; two in three get a confirmation stamped a few
+/// ms either side of it, while four sweepers whose clocks have just passed it release what
+/// is due.
+/// While this runs, a watcher checks the sale's counters and its order stream over and
+/// over. Afterwards: each reservation ended exactly once (exactly one caller was told
+/// `Settled::Now`), its one ending order event is the one that caller got, and its final
+/// state is that outcome.
+pub async fn confirmations_race_the_expiry_sweep(s: Arc<dyn SaleStore>) {
+    use std::sync::atomic::AtomicBool;
+    const N: u64 = 300;
+    let id = new_sale(&*s, N, 1).await;
+    let mut ids = Vec::new();
+    for b in 0..N {
+        let r = new_reservation(buy(&*s, &id, req(&format!("racer{b}"), "k", 1, 2_000)).await);
+        ids.push(r.id);
+    }
+    let deadline = 62_000u64; // 2_000 + the 60 s hold
+    let running = Arc::new(AtomicBool::new(true));
+    let watcher = {
+        let (s, id, running) = (s.clone(), id.clone(), running.clone());
+        tokio::spawn(async move {
+            let mut checks = 0u32;
+            let mut last_version = 0;
+            while running.load(Relaxed) || checks < 3 {
+                let snap = s.sale(&id).await.expect("sale").expect("exists");
+                check_snapshot(&snap).unwrap_or_else(|e| panic!("during the race: {e}"));
+                assert!(snap.version >= last_version, "the version went back");
+                last_version = snap.version;
+                if checks % 4 == 0 {
+                    let events = s.all_orders(&id).await.expect("orders");
+                    check_orders(&events).unwrap_or_else(|e| panic!("during the race: {e}"));
+                }
+                checks += 1;
+                tokio::task::yield_now().await;
+            }
+            checks
+        })
+    };
+    // Everyone starts at once.
+    let paying: Vec<(usize, &ReservationId)> =
+        ids.iter().enumerate().filter(|(n, _)| n % 3 != 0).collect();
+    let start = Arc::new(tokio::sync::Barrier::new(paying.len() + 4));
+    let mut confirmers = Vec::new();
+    for (n, rid) in paying {
+        let (s, id, rid, start) = (s.clone(), id.clone(), rid.clone(), start.clone());
+        // deadline − 3 ..= deadline + 3: some in time, some too late.
+        let now = deadline - 3 + (n as u64) % 7;
+        confirmers.push(tokio::spawn(async move {
+            start.wait().await;
+            let out = s
+                .confirm(&id, &rid, &format!("pay-{rid}"), now)
+                .await
+                .expect("confirm");
+            (rid, now, out)
+        }));
+    }
+    let mut sweepers = Vec::new();
+    for k in 0..4u64 {
+        let (s, id, start) = (s.clone(), id.clone(), start.clone());
+        sweepers.push(tokio::spawn(async move {
+            start.wait().await;
+            let mut released = Vec::new();
+            for step in 0..40u64 {
+                let now = deadline + 1 + (step + k) / 10;
+                released.extend(s.expire_due(&id, now, 3).await.expect("sweep"));
+                tokio::task::yield_now().await;
+            }
+            released
+        }));
+    }
+    let mut winner: HashMap<ReservationId, (&'static str, ReservationState)> = HashMap::new();
+    let mut lost_to_the_sweep = 0u32;
+    let mut settle = |rid: &ReservationId, how: &'static str, state: ReservationState| {
+        let before = winner.insert(rid.clone(), (how, state));
+        assert!(before.is_none(), "{rid} ended twice: {before:?} and {how}");
+    };
+    for t in confirmers {
+        let (rid, now, out) = t.await.expect("confirmer");
+        match out {
+            Some(Settled::Now(r, event)) => {
+                assert_eq!(event.reservation, r);
+                if now > deadline {
+                    assert_eq!(r.state, ReservationState::Released, "paid too late");
+                    assert_eq!(r.release_reason, Some(ReleaseReason::Expired));
+                } else {
+                    assert_eq!(r.state, ReservationState::Confirmed);
+                }
+                settle(&rid, "confirm", r.state);
+            }
+            // The sweep got there first.
+            Some(Settled::Already(r)) => {
+                assert_eq!(r.state, ReservationState::Released, "{rid}");
+                assert_eq!(r.release_reason, Some(ReleaseReason::Expired));
+                lost_to_the_sweep += 1;
+            }
+            None => panic!("{rid} vanished"),
+        }
+    }
+    for t in sweepers {
+        for r in t.await.expect("sweeper") {
+            assert_eq!(r.state, ReservationState::Released);
+            settle(&r.id, "sweep", r.state);
+        }
+    }
+    // The sweep keeps going until nothing is left (confirmations before the deadline that
+    // lost no race are confirmed; everything else lapses).
+    for r in s
+        .expire_due(&id, deadline + 10, 1_000)
+        .await
+        .expect("sweep")
+    {
+        settle(&r.id, "sweep", r.state);
+    }
+    running.store(false, Relaxed);
+    let checks = watcher.await.expect("watcher");
+    assert!(checks >= 3);
+    assert_eq!(winner.len() as u64, N, "every reservation ended");
+    let confirmed = winner
+        .values()
+        .filter(|(_, st)| *st == ReservationState::Confirmed)
+        .count() as u64;
+    assert!(confirmed > 0, "some confirmations won");
+    assert!(
+        winner.values().any(|(how, _)| *how == "sweep"),
+        "some expiries won"
+    );
+    tracing::debug!(lost_to_the_sweep, confirmed, "confirm/expiry race");
+    let events = s.all_orders(&id).await.expect("orders");
+    check_orders(&events).expect("after the race");
+    use super::OrderEventKind as K;
+    for e in events.iter().filter(|e| e.kind != K::Reserved) {
+        let (_, state) = winner[&e.reservation.id];
+        assert_eq!(e.reservation.state, state, "{}", e.reservation.id);
+    }
+    assert_eq!(
+        events.len() as u64,
+        2 * N,
+        "one reserved and one ending event each"
+    );
+    for rid in &ids {
+        let r = s
+            .reservation(&id, rid)
+            .await
+            .expect("read")
+            .expect("exists");
+        assert_eq!(r.state, winner[rid].1, "{rid}");
+    }
+    let snap = s.sale(&id).await.expect("sale").expect("exists");
+    check_snapshot(&snap).expect("after the race");
+    assert_eq!(
+        (snap.reserved, snap.confirmed, snap.remaining),
+        (0, confirmed, N - confirmed)
+    );
 }
 
 #[cfg(test)]
