@@ -10,7 +10,6 @@ use ferry::protocol::commerce::{ReservationState, SaleSpec, SaleStatus};
 use ferry::protocol::{ErrorCode, Role, RoomEvent};
 use ferry_client::{new_idempotency_key, Client, ClientError, Event, Events};
 use serde_json::{json, Value};
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 const ROOM: &str = "shop";
@@ -271,104 +270,17 @@ async fn ten_thousand_buys_from_two_thousand_clients_reserve_exactly_the_stock()
     let s = TestServer::start(|c| {
         c.limits.join_rate = 100_000.0;
         c.limits.join_burst = 100_000.0;
+        common::sales::quiet_room(c);
     })
     .await;
-    put_basket(&s).await;
-    let (host, _e) = host_in_room(&s).await;
-    let sale = host
-        .start_sale(ROOM, spec(100, 2, Some(3), 300))
-        .await
-        .expect("sale");
-    let mut tasks = Vec::new();
-    for b in 0..2_000u32 {
-        let mut o = s.options(ROOM, &format!("b{b}"), Role::Viewer);
-        o.read_buffer_bytes = 4096;
-        o.event_buffer = 64;
-        let (sale_id, starts_at) = (sale.id.clone(), sale.starts_at);
-        tasks.push(tokio::spawn(async move {
-            let (c, events) = Client::connect(o);
-            drop(events);
-            c.join(ROOM).await.expect("join");
-            // Everyone presses Buy at the same instant on the server's clock.
-            let wait = c.ms_until(starts_at).max(0.0);
-            tokio::time::sleep(Duration::from_millis(wait as u64 + 1)).await;
-            let mut outcomes = Vec::new();
-            for attempt in 0..5u32 {
-                // A double click on the first press: attempts 0 and 1 share a key.
-                let key = format!("press-{}", attempt.max(1));
-                loop {
-                    // A clock estimate off by a few ms can press just before the start:
-                    // the server says how long to wait, and the same key is retried.
-                    match c.buy(ROOM, sale_id.clone(), 1, key.clone()).await {
-                        Err(ClientError::Server(e))
-                            if e.code == ErrorCode::SaleNotStarted.code() =>
-                        {
-                            let wait = e.retry_after_ms.unwrap_or(10);
-                            tokio::time::sleep(Duration::from_millis(wait)).await;
-                        }
-                        other => {
-                            outcomes.push(other);
-                            break;
-                        }
-                    }
-                }
-            }
-            c.close();
-            (b, outcomes)
-        }));
-    }
-    let mut held: HashMap<u32, HashSet<String>> = HashMap::new();
-    let mut counts: HashMap<&'static str, u64> = HashMap::new();
-    for t in tasks {
-        let (b, outcomes) = t.await.expect("buyer task");
-        for o in outcomes {
-            let kind = match o {
-                Ok(r) => {
-                    held.entry(b).or_default().insert(r.reservation.id.0);
-                    if r.replayed {
-                        "replayed"
-                    } else {
-                        "reserved"
-                    }
-                }
-                Err(e) if code_of(&e) == ErrorCode::SoldOut.code() => "sold_out",
-                Err(e) if code_of(&e) == ErrorCode::LimitReached.code() => "limit_reached",
-                Err(e) => panic!("unexpected answer {e:?}"),
-            };
-            *counts.entry(kind).or_default() += 1;
-        }
-    }
-    let reservations: usize = held.values().map(HashSet::len).sum();
-    assert_eq!(reservations, 100, "{counts:?}");
-    assert_eq!(counts.get("reserved"), Some(&100), "{counts:?}");
-    assert!(held.values().all(|r| r.len() <= 2), "per-buyer limit");
-    assert_eq!(
-        counts.values().sum::<u64>(),
-        10_000,
-        "every attempt answered: {counts:?}"
-    );
-    // The order stream agrees: 100 reservations, the very ones clients were told about.
-    let (status, text) = http(
-        s.addr(),
-        "GET",
-        &format!("/api/sales/{}/orders/all", sale.id),
-        Some(&admin_token(&s)),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
-    let audit: Value = serde_json::from_str(&text).expect("json");
-    assert_eq!(audit["remaining"], 0);
-    assert_eq!(audit["reserved"], 100);
-    let in_stream: HashSet<String> = audit["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter(|e| e["type"] == "reserved")
-        .map(|e| e["reservation"]["id"].as_str().expect("id").to_owned())
-        .collect();
-    let told: HashSet<String> = held.into_values().flatten().collect();
-    assert_eq!(in_stream, told);
+    common::sales::ten_thousand_buys(s.addr(), &s.config, ROOM).await;
+}
+
+/// Payment webhooks sent around the deadline race the server's expiry sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payment_webhooks_race_the_expiry_sweep() {
+    let s = TestServer::start(|_| {}).await;
+    common::sales::webhooks_race_the_sweep(&s, ROOM).await;
 }
 
 async fn webhook(s: &TestServer, body: &Value, secret: &str) -> (u16, String) {
@@ -754,12 +666,8 @@ async fn sigkill_mid_sale_loses_no_answered_reservation() {
     const BIN: &str = env!("CARGO_BIN_EXE_ferry");
     let dir = tempfile::tempdir().expect("tempdir");
     let journal = dir.path().join("commerce.journal");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let spawn = || {
+    let addr = common::sales::free_addr();
+    common::sales::sigkill_mid_sale(addr, || {
         Command::new(BIN)
             .args(["serve", "--listen", &addr.to_string()])
             .args(["--set", "limits.command_rate=10000"])
@@ -771,185 +679,8 @@ async fn sigkill_mid_sale_loses_no_answered_reservation() {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn ferry")
-    };
-    let up = || async {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                let (status, _) = match tokio::net::TcpStream::connect(addr).await {
-                    Ok(_) => http(addr, "GET", "/readyz", None, None).await,
-                    Err(_) => (0, String::new()),
-                };
-                if status == 200 {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("server up")
-    };
-    let mut child = spawn();
-    up().await;
-    let cfg = test_config();
-    let host_token = token_for(&cfg, ROOM, "host", Role::Host);
-    let body = json!({"title": "藤编篮", "price_cny": 8900, "markets": {"us": true}}).to_string();
-    let (status, text) = http(
-        addr,
-        "PUT",
-        "/api/products/basket",
-        Some(&host_token),
-        Some(&body),
-    )
+    })
     .await;
-    assert_eq!(status, 200, "{text}");
-    let mut opts = ferry_client::ClientOptions::new(format!("ws://{addr}/ws"), host_token.clone());
-    opts.max_reconnect_attempts = Some(0);
-    let (host, _he) = Client::connect(opts);
-    host.join(ROOM).await.expect("join");
-    let sale = host
-        .start_sale(ROOM, spec(1_000, 1_000, None, 300))
-        .await
-        .expect("sale");
-    host.close();
-    // Buyers over HTTP; every 5th reservation is paid. Kill the server while they run.
-    let told = std::sync::Arc::new(answers::Answers::default());
-    let mut tasks = Vec::new();
-    for b in 0..20u32 {
-        let told = told.clone();
-        let token = token_for(&cfg, ROOM, &format!("b{b}"), Role::Viewer);
-        let path = format!("/api/sales/{}/buy", sale.id);
-        tasks.push(tokio::spawn(async move {
-            for i in 0..1_000u32 {
-                let key = format!("k{i}");
-                let Ok(Ok((status, text))) = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    try_http_with(
-                        addr,
-                        "POST",
-                        &path,
-                        Some(&token),
-                        &[("Idempotency-Key", &key)],
-                        Some("{}"),
-                    ),
-                )
-                .await
-                else {
-                    return;
-                };
-                if status != 201 {
-                    return;
-                }
-                let v: Value = serde_json::from_str(&text).expect("json");
-                let id = v["reservation"]["id"].as_str().expect("id").to_owned();
-                let paid = i % 5 == 0;
-                if paid {
-                    let event = json!({"id": format!("evt-{id}"), "type": "payment.succeeded",
-                        "reservation": id, "payment_ref": "p"})
-                    .to_string();
-                    let sig =
-                        sign_webhook(WEBHOOK_SECRET, ferry::unix_ms() / 1000, event.as_bytes());
-                    match try_http_with(
-                        addr,
-                        "POST",
-                        "/api/payments/webhook",
-                        None,
-                        &[("Ferry-Signature", &sig)],
-                        Some(&event),
-                    )
-                    .await
-                    {
-                        Ok((200, text)) if text.contains("\"confirmed\"") => told.confirmed(id),
-                        _ => return,
-                    }
-                } else {
-                    told.reserved(id);
-                }
-            }
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let killed = Command::new("kill")
-        .args(["-KILL", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let _ = child.wait();
-    for t in tasks {
-        let _ = t.await;
-    }
-    let (reserved, confirmed) = told.take();
-    assert!(
-        reserved.len() + confirmed.len() > 20,
-        "the kill came too early to prove anything: {} answered",
-        reserved.len() + confirmed.len()
-    );
-    let mut child = spawn();
-    up().await;
-    let (status, text) = http(
-        addr,
-        "GET",
-        &format!("/api/sales/{}/orders/all", sale.id),
-        Some(&token_for(&cfg, "*", "ops", Role::Admin)),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
-    let audit: Value = serde_json::from_str(&text).expect("json");
-    let count = |kind: &str| -> HashSet<String> {
-        audit["events"]
-            .as_array()
-            .expect("events")
-            .iter()
-            .filter(|e| e["type"] == kind)
-            .map(|e| e["reservation"]["id"].as_str().expect("id").to_owned())
-            .collect()
-    };
-    let in_journal_reserved = count("reserved");
-    let in_journal_confirmed = count("confirmed");
-    assert!(
-        reserved.is_subset(&in_journal_reserved),
-        "an answered reservation was lost"
-    );
-    assert!(
-        confirmed.is_subset(&in_journal_confirmed),
-        "a confirmed order was lost"
-    );
-    let n = |k: &str| audit[k].as_u64().expect("counter");
-    assert_eq!(
-        n("remaining") + n("reserved") + n("confirmed"),
-        1_000,
-        "conservation"
-    );
-    assert_eq!(n("confirmed") as usize, in_journal_confirmed.len());
-    let _ = Command::new("kill")
-        .args(["-KILL", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
-}
-
-mod answers {
-    //! What buyers were told, collected from many tasks.
-    use std::collections::HashSet;
-    use std::sync::Mutex;
-
-    #[derive(Default)]
-    pub struct Answers(Mutex<(HashSet<String>, HashSet<String>)>);
-
-    impl Answers {
-        pub fn reserved(&self, id: String) {
-            if let Ok(mut g) = self.0.lock() {
-                g.0.insert(id);
-            }
-        }
-        pub fn confirmed(&self, id: String) {
-            if let Ok(mut g) = self.0.lock() {
-                g.1.insert(id);
-            }
-        }
-        pub fn take(&self) -> (HashSet<String>, HashSet<String>) {
-            self.0.lock().map(|g| g.clone()).unwrap_or_default()
-        }
-    }
 }
 
 /// A room's sales are listed newest first, a page at a time, from the room's own index.

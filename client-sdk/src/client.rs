@@ -43,6 +43,10 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// Clock-sync ping interval after the initial burst of samples.
     pub ping_interval: Duration,
+    /// Extra clock samples taken 50 ms apart right after each connect (the first sample is
+    /// always taken), so the offset is good before a countdown. Load tests holding thousands
+    /// of clients on one machine may take fewer.
+    pub clock_burst: u32,
     /// Capacity of the event channel.
     pub event_buffer: usize,
     /// Local address to connect from (load tests spread over 127.0.0.x).
@@ -62,6 +66,7 @@ impl ClientOptions {
             max_reconnect_attempts: None,
             request_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(15),
+            clock_burst: 4,
             event_buffer: 4096,
             bind: None,
             read_buffer_bytes: 8 * 1024,
@@ -730,7 +735,7 @@ impl Driver {
             }
         }
         // A quick burst of clock samples, then one per interval.
-        let mut burst_left = 4u32;
+        let mut burst_left = self.opts.clock_burst;
         let next_sample = tokio::time::sleep(Duration::from_millis(20));
         tokio::pin!(next_sample);
         let end = loop {

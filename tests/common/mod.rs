@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod redis;
+pub mod sales;
 
 use ferry::auth::{mint, TokenRequest};
 use ferry::config::Config;
