@@ -10,13 +10,14 @@ use crate::http::{authorize, check_room_id, ApiError};
 use crate::server::AppState;
 use crate::ws::bearer;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use ferry_client::protocol::commerce::{
-    ProductId, ReservationId, ReservationReply, ReservationState, SaleId, SaleSpec,
+    ProductId, ReservationId, ReservationLookup, ReservationReply, ReservationState, RoomSalesPage,
+    SaleId, SaleLookup, SaleSpec,
 };
 use ferry_client::protocol::ErrorCode;
 use hmac::{Hmac, Mac};
@@ -42,6 +43,19 @@ pub fn routes() -> Router<AppState> {
         .route("/api/reservations/{id}", get(get_reservation))
         .route("/api/reservations/{id}/cancel", post(cancel))
         .route("/api/payments/webhook", post(webhook))
+        .layer(axum::middleware::from_fn(stamp_arrival))
+}
+
+/// When a request arrived (Unix ms), stamped as soon as its head was read and before its
+/// body is: a decision that depends on the time — a buy before the sale's start, a payment
+/// before the deadline, a countdown's start — uses the arrival, not the moment the handler
+/// ran (under load, or with a body that is slow to come, those can be far apart).
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival(pub u64);
+
+async fn stamp_arrival(mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    req.extensions_mut().insert(Arrival(crate::unix_ms()));
+    next.run(req).await
 }
 
 impl From<CommerceError> for ApiError {
@@ -246,6 +260,7 @@ async fn unpin_product(
 
 async fn start_sale(
     State(app): State<AppState>,
+    Extension(Arrival(now)): Extension<Arrival>,
     headers: HeaderMap,
     Path(room): Path<String>,
     bytes: Bytes,
@@ -255,43 +270,53 @@ async fn start_sale(
     let spec: SaleSpec = body(&bytes)?;
     let sale = app
         .commerce
-        .start_sale(&room, spec, crate::unix_ms())
+        .start_sale(&room, spec, now, &claims.user_ref())
         .await?;
     tracing::info!(sale = %sale.id, %room, user = %claims.sub, "sale started over HTTP");
     Ok((StatusCode::CREATED, Json(json!({ "sale": sale }))).into_response())
 }
 
-/// Every sale of a room, newest last (staff of the room).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoomSalesQuery {
+    #[serde(default = "default_page")]
+    limit: usize,
+    #[serde(default)]
+    before: Option<u64>,
+}
+
+fn default_page() -> usize {
+    20
+}
+
+/// A room's sales, newest first, a page at a time (staff of the room).
 async fn room_sales(
     State(app): State<AppState>,
     headers: HeaderMap,
     Path(room): Path<String>,
+    query: Result<Query<RoomSalesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let room = check_room_id(&room)?;
     authorize(&app, &headers, &room, false)?;
-    let now = crate::unix_ms();
-    let mut sales = Vec::new();
-    for id in app
-        .commerce
-        .store()
-        .sales()
-        .await
-        .map_err(CommerceError::from)?
-    {
-        let Some(snap) = app
-            .commerce
-            .store()
-            .sale(&id)
-            .await
-            .map_err(CommerceError::from)?
-        else {
-            continue;
-        };
-        if snap.sale.room == room {
-            sales.push(app.commerce.sale(&id, now).await?);
-        }
+    let Query(q) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{e} (expected ?limit=1..100&before=POSITION)"),
+        )
+    })?;
+    if !(1..=100).contains(&q.limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "limit must be 1..=100",
+        ));
     }
-    Ok(Json(json!({ "sales": sales })).into_response())
+    let (sales, next) = app
+        .commerce
+        .room_sales(&room, q.before, q.limit, crate::unix_ms())
+        .await?;
+    Ok(Json(RoomSalesPage { sales, next }).into_response())
 }
 
 async fn get_sale(
@@ -304,16 +329,17 @@ async fn get_sale(
     if !claims.allows_room(&sale.room) {
         return Err(CommerceError::NotFound("sale").into());
     }
-    Ok(Json(json!({ "sale": sale, "server_time": crate::unix_ms() })).into_response())
+    let server_time = crate::unix_ms();
+    Ok(Json(SaleLookup { sale, server_time }).into_response())
 }
 
 async fn end_sale(
     State(app): State<AppState>,
+    Extension(Arrival(now)): Extension<Arrival>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = SaleId(id);
-    let now = crate::unix_ms();
     verify(&app, &headers)?;
     let room = app.commerce.sale(&id, now).await?.room;
     authorize(&app, &headers, &room, true)?;
@@ -336,6 +362,7 @@ fn one() -> u32 {
 
 async fn buy(
     State(app): State<AppState>,
+    Extension(Arrival(now)): Extension<Arrival>,
     headers: HeaderMap,
     Path(id): Path<String>,
     bytes: Bytes,
@@ -355,10 +382,11 @@ async fn buy(
         user: claims.user_id(),
         market: claims.market.clone().unwrap_or_default(),
     };
-    let now = crate::unix_ms();
+    // Judged at the request's arrival (`now`), like a WebSocket buy at its frame's receipt.
     let sale = SaleId(id);
-    // The token must allow the sale's room, like joining it would.
-    let room = app.commerce.sale(&sale, now).await?.room;
+    // The token must allow the sale's room, like joining it would. The room comes from the
+    // cache WebSocket buys use: once cached, a buy is one store step here too.
+    let room = app.commerce.sale_room(&sale).await?;
     if !claims.allows_room(&room) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -368,7 +396,7 @@ async fn buy(
     }
     match app
         .commerce
-        .buy(None, &sale, &buyer, req.quantity, &key, now)
+        .buy(Some(&room), &sale, &buyer, req.quantity, &key, now)
         .await
     {
         Ok((reservation, replayed)) => {
@@ -422,23 +450,22 @@ async fn get_reservation(
     if r.buyer != claims.user_id() && claims.role != ferry_client::protocol::Role::Admin {
         return Err(CommerceError::NotFound("reservation").into());
     }
-    Ok(Json(json!({ "reservation": r.view() })).into_response())
+    Ok(Json(ReservationLookup {
+        reservation: r.view(),
+    })
+    .into_response())
 }
 
 async fn cancel(
     State(app): State<AppState>,
+    Extension(Arrival(now)): Extension<Arrival>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let claims = verify(&app, &headers)?;
     let view = app
         .commerce
-        .cancel(
-            None,
-            &reservation_id(id)?,
-            &claims.user_id(),
-            crate::unix_ms(),
-        )
+        .cancel(None, &reservation_id(id)?, &claims.user_id(), now)
         .await?;
     Ok(Json(json!({ "reservation": view })).into_response())
 }
@@ -528,10 +555,11 @@ pub fn sign_webhook(secret: &str, t: u64, body: &[u8]) -> String {
 
 async fn webhook(
     State(app): State<AppState>,
+    Extension(Arrival(now)): Extension<Arrival>,
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let result = webhook_inner(&app, &headers, &bytes).await;
+    let result = webhook_inner(&app, &headers, &bytes, now).await;
     let label = match &result {
         Ok((label, _)) => label,
         Err(e) if e.code() == "bad_signature" => "bad_signature",
@@ -542,10 +570,13 @@ async fn webhook(
     result.map(|(_, response)| response)
 }
 
+/// `now`: when the notification arrived (a payment that arrived before the deadline is in
+/// time, however long it waited to be handled).
 async fn webhook_inner(
     app: &AppState,
     headers: &HeaderMap,
     bytes: &[u8],
+    now: u64,
 ) -> Result<(&'static str, Response), ApiError> {
     let cfg = app.commerce.config();
     if cfg.webhook_secret.is_empty() {
@@ -555,7 +586,6 @@ async fn webhook_inner(
             "commerce.webhook_secret is not configured",
         ));
     }
-    let now = crate::unix_ms();
     let signature = headers.get("ferry-signature").and_then(|v| v.to_str().ok());
     if let Err(why) = check_signature(
         &cfg.webhook_secret,

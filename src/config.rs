@@ -317,6 +317,14 @@ pub struct CommerceConfig {
     /// How often each node looks for lapsed reservations, sale starts and ends.
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
+    /// Most live sales one sweep visits (they are visited in turns: bounded work per sweep
+    /// however many sales there are).
+    pub sweep_max_sales: usize,
+    /// A `sale_started`/`sale_ended` whose publish failed (or whose node died while making
+    /// it) is tried again after this; longer than a publish can take, so two nodes do not
+    /// make it at once.
+    #[serde(with = "humantime_serde")]
+    pub announce_retry: Duration,
     /// Order events delivered to a consumer group and not acknowledged within this are
     /// delivered again.
     #[serde(with = "humantime_serde")]
@@ -372,6 +380,8 @@ impl Default for CommerceConfig {
             stock_update_interval: Duration::from_millis(250),
             social_proof_interval: Duration::from_secs(3),
             sweep_interval: Duration::from_millis(200),
+            sweep_max_sales: 1000,
+            announce_retry: Duration::from_secs(5),
             redeliver_after: Duration::from_secs(30),
             max_sale_duration: Duration::from_secs(24 * 3600),
             max_hold: Duration::from_secs(3600),
@@ -832,6 +842,12 @@ impl Config {
                 "commerce.sweep_interval",
                 "intervals must be > 0 (commerce.sweep_interval, commerce.stock_update_interval)",
             );
+        }
+        if c.sweep_max_sales == 0 {
+            return bad("commerce.sweep_max_sales", "must be at least 1");
+        }
+        if c.announce_retry.is_zero() {
+            return bad("commerce.announce_retry", "must be > 0");
         }
         if self.history.size == 0 {
             return bad("history.size", "must be at least 1");

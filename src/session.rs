@@ -65,6 +65,10 @@ pub enum Action {
         id: u64,
         room: RoomId,
         op: CommerceOp,
+        /// When the frame was read off the connection (Unix ms): the time the command is
+        /// judged by (a buy before the sale's start is refused by this, not by when it was
+        /// handled).
+        received_at: u64,
     },
     /// Read comments in `lang` from now on (already normalized; the driver checks the server
     /// supports it, then calls [`Session::set_lang`]).
@@ -196,7 +200,8 @@ impl Session {
         }
     }
 
-    /// Handle one text frame received at `now` (`unix_ms` is the wall clock, for mutes).
+    /// Handle one text frame received at `now` (`unix_ms` is the wall clock when the frame was
+    /// read off the connection: mutes compare with it, and commerce commands carry it).
     pub fn handle_text(
         &mut self,
         text: &str,
@@ -401,11 +406,13 @@ impl Session {
                             quantity,
                             key,
                         },
+                        received_at: unix_ms,
                     },
                     Command::CancelReservation { reservation, .. } => Action::Commerce {
                         id,
                         room,
                         op: CommerceOp::Cancel(reservation),
+                        received_at: unix_ms,
                     },
                     host_command @ (Command::PinProduct { .. }
                     | Command::UnpinProduct { .. }
@@ -427,7 +434,12 @@ impl Session {
                             Command::EndSale { sale, .. } => CommerceOp::EndSale(sale),
                             _ => CommerceOp::UnpinProduct,
                         };
-                        Action::Commerce { id, room, op }
+                        Action::Commerce {
+                            id,
+                            room,
+                            op,
+                            received_at: unix_ms,
+                        }
                     }
                     moderation @ (Command::ApproveComment { .. }
                     | Command::RejectComment { .. }
@@ -683,6 +695,27 @@ mod tests {
         let a = s.handle_text(r#"{"id":7,"cmd":"join","room":"bad room!"}"#, now, 0, &v);
         assert_eq!(error_code(&a), Some(ErrorCode::BadRequest.code()));
         assert_eq!(s.handle_binary(), Action::Close(CloseCode::BadRequest));
+    }
+
+    /// Commerce commands carry the time their frame was read off the connection (what the
+    /// driver passes as `unix_ms`), so a buy is judged by when it arrived, not by when it is
+    /// handled.
+    #[test]
+    fn commerce_commands_carry_their_receive_time() {
+        let (mut s, now) = joined(Role::Host);
+        let v = View::default();
+        let frames = [
+            r#"{"id":2,"cmd":"buy","room":"r1","sale":"s1","key":"k"}"#,
+            r#"{"id":3,"cmd":"cancel_reservation","room":"r1","reservation":"s1.r"}"#,
+            r#"{"id":4,"cmd":"start_sale","room":"r1","sale":{"product":"p","quantity":1,"price_cny":1,"duration_secs":60}}"#,
+        ];
+        for (n, frame) in frames.iter().enumerate() {
+            let received = 1_732_240_299_990 + n as u64;
+            match s.handle_text(frame, now, received, &v) {
+                Action::Commerce { received_at, .. } => assert_eq!(received_at, received),
+                other => panic!("{frame}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -237,6 +237,9 @@ impl Conn {
                     }
                 }
                 msg = socket.recv() => {
+                    // Stamped as the frame comes off the socket, before anything else: the
+                    // receive time commerce commands are judged by.
+                    let received_at = unix_ms_f64() as u64;
                     let msg = match msg {
                         None => return None,
                         Some(Ok(m)) => m,
@@ -247,8 +250,7 @@ impl Conn {
                     let action = match msg {
                         Message::Text(text) => {
                             let now = Instant::now();
-                            let unix_ms = unix_ms_f64() as u64;
-                            self.session.handle_text(text.as_str(), now, unix_ms, &*self.app.hub)
+                            self.session.handle_text(text.as_str(), now, received_at, &*self.app.hub)
                         }
                         Message::Binary(_) => {
                             tracing::info!(conn = self.id, "binary frame refused");
@@ -424,9 +426,17 @@ impl Conn {
                 self.app.hub.like(&room, count);
                 ok_reply(id, ReplyBody::Empty(EmptyReply {}))
             }
-            Action::Commerce { id, room, op } => {
+            Action::Commerce {
+                id,
+                room,
+                op,
+                received_at,
+            } => {
                 m.commands_in.fetch_add(1, Relaxed);
-                let now = crate::unix_ms();
+                // The command is judged at the time it was read off the connection, not when
+                // it is handled: under load a buy read just before a sale's start and
+                // handled just after is still refused as too early.
+                let now = received_at;
                 match self.commerce(&room, op, now).await {
                     Ok(body) => ok_reply(id, body),
                     Err(e) => {
@@ -546,7 +556,7 @@ impl Conn {
                 empty()
             }
             CommerceOp::StartSale(spec) => ReplyBody::Sale(SaleReply {
-                sale: Box::new(commerce.start_sale(room, *spec, now).await?),
+                sale: Box::new(commerce.start_sale(room, *spec, now, user).await?),
             }),
             CommerceOp::EndSale(sale) => ReplyBody::Sale(SaleReply {
                 sale: Box::new(commerce.end_sale(Some(room), &sale, now).await?),

@@ -298,3 +298,161 @@ async fn node_full_refuses_with_a_reconnect_code() {
     // The two admitted clients still work.
     a.comment("r", "ok").await.expect("comment");
 }
+
+/// Malformed commerce commands (ill-typed or missing fields, a bad key, a huge quantity,
+/// unknown fields in a sale spec, a buy in a room not joined, a viewer's host command) get
+/// their documented error codes; the connection stays usable, and other clients in the room
+/// are served throughout (a comment and a buy of theirs go through).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_commerce_commands_get_their_error_codes() {
+    use ferry::protocol::commerce::SaleSpec;
+    let s = TestServer::start(|_| {}).await;
+    let (bystander, mut events, host) = bystander(&s).await;
+    let product = r#"{"title":"藤编篮","price_cny":8900,"markets":{"us":true}}"#;
+    let (status, text) = http(
+        s.addr(),
+        "PUT",
+        "/api/products/basket",
+        Some(&s.token("r", "host", Role::Host)),
+        Some(product),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let sale = host
+        .start_sale(
+            "r",
+            SaleSpec {
+                product: "basket".into(),
+                quantity: 10,
+                price_cny: 5900,
+                per_buyer_limit: 2,
+                starts_at: None,
+                starts_in_secs: None,
+                duration_secs: 300,
+                hold_secs: 60,
+            },
+        )
+        .await
+        .expect("sale");
+    let id = sale.id.as_str();
+    let code = |c: ErrorCode| u64::from(c.code());
+
+    let mut viewer = raw(&s, Some(&s.token("r", "fuzzy", Role::Viewer))).await;
+    let buy = format!(r#"{{"id":1,"cmd":"buy","room":"r","sale":"{id}","key":"k1"}}"#);
+    let v = ask(&mut viewer, &buy).await;
+    assert_eq!(error_code(&v), code(ErrorCode::NotJoined), "{v}");
+    let v = ask(&mut viewer, r#"{"id":2,"cmd":"join","room":"r"}"#).await;
+    assert_eq!(v["ok"]["room"], "r", "{v}");
+    let long_key = "k".repeat(129);
+    let cases: Vec<(String, ErrorCode, &str)> = vec![
+        // (frame, code, what the message must say: the field's name, or for an ill-typed
+        // value the type expected)
+        (format!(r#"{{"id":3,"cmd":"buy","room":"r","sale":"{id}"}}"#), ErrorCode::BadRequest, "key"),
+        (format!(r#"{{"id":4,"cmd":"buy","room":"r","sale":"{id}","key":""}}"#), ErrorCode::BadRequest, "key"),
+        (format!(r#"{{"id":5,"cmd":"buy","room":"r","sale":"{id}","key":"{long_key}"}}"#), ErrorCode::BadRequest, "key"),
+        (format!(r#"{{"id":6,"cmd":"buy","room":"r","sale":"{id}","key":"k","quantity":"two"}}"#), ErrorCode::BadRequest, "expected u32"),
+        (format!(r#"{{"id":7,"cmd":"buy","room":"r","sale":"{id}","key":"k","quantity":1001}}"#), ErrorCode::BadRequest, "quantity"),
+        (format!(r#"{{"id":8,"cmd":"buy","room":"r","sale":"{id}","key":"k","quantity":0}}"#), ErrorCode::BadRequest, "quantity"),
+        (format!(r#"{{"id":9,"cmd":"buy","room":"r","sale":"{id}","key":"k","quantity":99999999999999}}"#), ErrorCode::BadRequest, "expected u32"),
+        (r#"{"id":10,"cmd":"buy","room":"r","sale":42,"key":"k"}"#.to_owned(), ErrorCode::BadRequest, "expected a string"),
+        (r#"{"id":11,"cmd":"buy","room":"r","sale":"s0000000000000000","key":"k"}"#.to_owned(), ErrorCode::NotFound, "sale"),
+        (r#"{"id":12,"cmd":"cancel_reservation","room":"r","reservation":"nope"}"#.to_owned(), ErrorCode::NotFound, "reservation"),
+        (r#"{"id":13,"cmd":"start_sale","room":"r","sale":{"product":"basket","quantity":1,"price_cny":1,"duration_secs":60}}"#.to_owned(), ErrorCode::Forbidden, "host"),
+    ];
+    for (frame, expected, word) in &cases {
+        let v = ask(&mut viewer, frame).await;
+        assert_eq!(error_code(&v), code(*expected), "{frame}: {v}");
+        let message = v["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains(word), "{frame}: {v}");
+        assert!(v["error"]["retry_after_ms"].is_null(), "permanent: {v}");
+    }
+    // The host's malformed sale specs and pins.
+    let mut host_ws = raw(&s, Some(&s.token("r", "host", Role::Host))).await;
+    let v = ask(&mut host_ws, r#"{"id":1,"cmd":"join","room":"r"}"#).await;
+    assert_eq!(v["ok"]["room"], "r", "{v}");
+    let host_cases: Vec<(&str, ErrorCode, &str)> = vec![
+        (
+            r#"{"id":2,"cmd":"start_sale","room":"r","sale":{"product":"basket","quantity":1,"price_cny":1,"duration_secs":60,"discount":50}}"#,
+            ErrorCode::BadRequest,
+            "discount",
+        ),
+        (
+            r#"{"id":3,"cmd":"start_sale","room":"r","sale":{"product":"basket","quantity":1,"price_cny":1}}"#,
+            ErrorCode::BadRequest,
+            "duration_secs",
+        ),
+        (
+            r#"{"id":4,"cmd":"start_sale","room":"r","sale":{"product":"basket","quantity":-1,"price_cny":1,"duration_secs":60}}"#,
+            ErrorCode::BadRequest,
+            "expected u64",
+        ),
+        (
+            r#"{"id":5,"cmd":"start_sale","room":"r","sale":{"product":"basket","quantity":0,"price_cny":1,"duration_secs":60}}"#,
+            ErrorCode::BadRequest,
+            "quantity",
+        ),
+        (
+            r#"{"id":6,"cmd":"start_sale","room":"r","sale":{"product":"basket","quantity":99999999999,"price_cny":1,"duration_secs":60}}"#,
+            ErrorCode::BadRequest,
+            "quantity",
+        ),
+        (
+            r#"{"id":7,"cmd":"start_sale","room":"r","sale":{"product":"basket","quantity":1,"price_cny":1,"duration_secs":60,"hold_secs":0}}"#,
+            ErrorCode::BadRequest,
+            "hold_secs",
+        ),
+        (
+            r#"{"id":8,"cmd":"start_sale","room":"r","sale":{"product":"basket","quantity":1,"price_cny":1,"duration_secs":60,"starts_at":1,"starts_in_secs":1}}"#,
+            ErrorCode::BadRequest,
+            "starts",
+        ),
+        (
+            r#"{"id":9,"cmd":"start_sale","room":"r","sale":"basket"}"#,
+            ErrorCode::BadRequest,
+            "invalid type",
+        ),
+        (
+            r#"{"id":10,"cmd":"start_sale","room":"r","sale":{"product":"nothing","quantity":1,"price_cny":1,"duration_secs":60}}"#,
+            ErrorCode::NotFound,
+            "product",
+        ),
+        (
+            r#"{"id":11,"cmd":"pin_product","room":"r"}"#,
+            ErrorCode::BadRequest,
+            "product",
+        ),
+        (
+            r#"{"id":12,"cmd":"end_sale","room":"r","sale":"s0000000000000000"}"#,
+            ErrorCode::NotFound,
+            "sale",
+        ),
+    ];
+    for (frame, expected, word) in &host_cases {
+        let v = ask(&mut host_ws, frame).await;
+        assert_eq!(error_code(&v), code(*expected), "{frame}: {v}");
+        let message = v["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains(word), "{frame}: {v}");
+    }
+    // Every refusal left the sale alone, and both connections still work.
+    let v = ask(&mut viewer, &buy.replace("\"id\":1", "\"id\":20")).await;
+    assert_eq!(v["ok"]["reservation"]["state"], "reserved", "{v}");
+    bystander
+        .buy("r", sale.id.clone(), 1, ferry_client::new_idempotency_key())
+        .await
+        .expect("a bystander buys");
+    bystander_still_served(&host, &mut events, "still selling").await;
+    let (status, text) = http(
+        s.addr(),
+        "GET",
+        &format!("/api/sales/{id}/orders/all"),
+        Some(&s.token("*", "ops", Role::Admin)),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let audit: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(
+        (audit["reserved"].as_u64(), audit["remaining"].as_u64()),
+        (Some(2), Some(8))
+    );
+}

@@ -517,3 +517,76 @@ async fn unreachable_redis_is_unavailable_not_a_hang() {
     let snap = store.sale(&id).await.expect("sale").expect("exists");
     assert_eq!((snap.remaining, snap.reserved), (9, 1));
 }
+
+/// A Redis written by an earlier version (one `<p>:sales` list, announcements as 7-day claim
+/// keys) is folded into the listings once, at connect: sales are listed in their rooms, the
+/// running one stays live with its start recorded as announced, the one that ended is
+/// recorded as announced and not live; nothing is announced twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_of_an_earlier_version_are_migrated_once() {
+    use ferry::commerce::Announcement;
+    let redis = RedisServer::start(false);
+    let mut opts = options(vec![redis.url()], false);
+    opts.prefix = "legacy".into();
+    let store = RedisSaleStore::connect(opts.clone())
+        .await
+        .expect("connect");
+    let now = ferry::unix_ms();
+    let mut running = sale("running", 10, 1);
+    running.ends_at = now + 3_600_000;
+    let mut over = sale("over", 10, 1);
+    over.starts_at = now - 7_200_000;
+    over.ends_at = now - 3_600_000;
+    for s in [&running, &over] {
+        store.create_sale(s.clone()).await.expect("create");
+    }
+    drop(store);
+    // Make it look like an earlier version wrote it.
+    let cli = |args: &[&str]| redis.cli(args);
+    for key in [
+        "legacy:{sales}:all",
+        "legacy:{sales}:live",
+        "legacy:{sales}:room:room1",
+        "legacy:{sales}:migrated",
+    ] {
+        cli(&["del", key]);
+    }
+    cli(&["zadd", "legacy:sales", "1", "running", "2", "over"]);
+    cli(&["set", "legacy:claim:started:running", "1", "px", "600000"]);
+    let store = RedisSaleStore::connect(opts.clone())
+        .await
+        .expect("connect");
+    let listed: Vec<SaleId> = store
+        .room_sales(&RoomId("room1".into()), None, 10)
+        .await
+        .expect("room sales")
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    assert_eq!(listed, vec![over.id.clone(), running.id.clone()]);
+    let live: Vec<SaleId> = store
+        .live_sales(0, 10)
+        .await
+        .expect("live")
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    assert_eq!(live, vec![running.id.clone()]);
+    let r = store
+        .sale(&running.id)
+        .await
+        .expect("sale")
+        .expect("exists");
+    assert_eq!((r.announced.started, r.announced.ended), (true, false));
+    let o = store.sale(&over.id).await.expect("sale").expect("exists");
+    assert!(o.announced.all());
+    assert!(!store
+        .claim_announcement(&running.id, Announcement::Started, 1_000, now)
+        .await
+        .expect("claim"));
+    // Once only: a later start does not migrate again (the retired sale stays retired).
+    store.retire_sale(&running.id).await.expect("retire");
+    drop(store);
+    let store = RedisSaleStore::connect(opts).await.expect("connect");
+    assert!(store.live_sales(0, 10).await.expect("live").is_empty());
+}

@@ -10,7 +10,6 @@ use ferry::protocol::commerce::{ReservationState, SaleSpec, SaleStatus};
 use ferry::protocol::{ErrorCode, Role, RoomEvent};
 use ferry_client::{new_idempotency_key, Client, ClientError, Event, Events};
 use serde_json::{json, Value};
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 const ROOM: &str = "shop";
@@ -271,104 +270,17 @@ async fn ten_thousand_buys_from_two_thousand_clients_reserve_exactly_the_stock()
     let s = TestServer::start(|c| {
         c.limits.join_rate = 100_000.0;
         c.limits.join_burst = 100_000.0;
+        common::sales::quiet_room(c);
     })
     .await;
-    put_basket(&s).await;
-    let (host, _e) = host_in_room(&s).await;
-    let sale = host
-        .start_sale(ROOM, spec(100, 2, Some(3), 300))
-        .await
-        .expect("sale");
-    let mut tasks = Vec::new();
-    for b in 0..2_000u32 {
-        let mut o = s.options(ROOM, &format!("b{b}"), Role::Viewer);
-        o.read_buffer_bytes = 4096;
-        o.event_buffer = 64;
-        let (sale_id, starts_at) = (sale.id.clone(), sale.starts_at);
-        tasks.push(tokio::spawn(async move {
-            let (c, events) = Client::connect(o);
-            drop(events);
-            c.join(ROOM).await.expect("join");
-            // Everyone presses Buy at the same instant on the server's clock.
-            let wait = c.ms_until(starts_at).max(0.0);
-            tokio::time::sleep(Duration::from_millis(wait as u64 + 1)).await;
-            let mut outcomes = Vec::new();
-            for attempt in 0..5u32 {
-                // A double click on the first press: attempts 0 and 1 share a key.
-                let key = format!("press-{}", attempt.max(1));
-                loop {
-                    // A clock estimate off by a few ms can press just before the start:
-                    // the server says how long to wait, and the same key is retried.
-                    match c.buy(ROOM, sale_id.clone(), 1, key.clone()).await {
-                        Err(ClientError::Server(e))
-                            if e.code == ErrorCode::SaleNotStarted.code() =>
-                        {
-                            let wait = e.retry_after_ms.unwrap_or(10);
-                            tokio::time::sleep(Duration::from_millis(wait)).await;
-                        }
-                        other => {
-                            outcomes.push(other);
-                            break;
-                        }
-                    }
-                }
-            }
-            c.close();
-            (b, outcomes)
-        }));
-    }
-    let mut held: HashMap<u32, HashSet<String>> = HashMap::new();
-    let mut counts: HashMap<&'static str, u64> = HashMap::new();
-    for t in tasks {
-        let (b, outcomes) = t.await.expect("buyer task");
-        for o in outcomes {
-            let kind = match o {
-                Ok(r) => {
-                    held.entry(b).or_default().insert(r.reservation.id.0);
-                    if r.replayed {
-                        "replayed"
-                    } else {
-                        "reserved"
-                    }
-                }
-                Err(e) if code_of(&e) == ErrorCode::SoldOut.code() => "sold_out",
-                Err(e) if code_of(&e) == ErrorCode::LimitReached.code() => "limit_reached",
-                Err(e) => panic!("unexpected answer {e:?}"),
-            };
-            *counts.entry(kind).or_default() += 1;
-        }
-    }
-    let reservations: usize = held.values().map(HashSet::len).sum();
-    assert_eq!(reservations, 100, "{counts:?}");
-    assert_eq!(counts.get("reserved"), Some(&100), "{counts:?}");
-    assert!(held.values().all(|r| r.len() <= 2), "per-buyer limit");
-    assert_eq!(
-        counts.values().sum::<u64>(),
-        10_000,
-        "every attempt answered: {counts:?}"
-    );
-    // The order stream agrees: 100 reservations, the very ones clients were told about.
-    let (status, text) = http(
-        s.addr(),
-        "GET",
-        &format!("/api/sales/{}/orders/all", sale.id),
-        Some(&admin_token(&s)),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
-    let audit: Value = serde_json::from_str(&text).expect("json");
-    assert_eq!(audit["remaining"], 0);
-    assert_eq!(audit["reserved"], 100);
-    let in_stream: HashSet<String> = audit["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter(|e| e["type"] == "reserved")
-        .map(|e| e["reservation"]["id"].as_str().expect("id").to_owned())
-        .collect();
-    let told: HashSet<String> = held.into_values().flatten().collect();
-    assert_eq!(in_stream, told);
+    common::sales::ten_thousand_buys(s.addr(), &s.config, ROOM).await;
+}
+
+/// Payment webhooks sent around the deadline race the server's expiry sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payment_webhooks_race_the_expiry_sweep() {
+    let s = TestServer::start(|_| {}).await;
+    common::sales::webhooks_race_the_sweep(&s, ROOM).await;
 }
 
 async fn webhook(s: &TestServer, body: &Value, secret: &str) -> (u16, String) {
@@ -754,12 +666,8 @@ async fn sigkill_mid_sale_loses_no_answered_reservation() {
     const BIN: &str = env!("CARGO_BIN_EXE_ferry");
     let dir = tempfile::tempdir().expect("tempdir");
     let journal = dir.path().join("commerce.journal");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let spawn = || {
+    let addr = common::sales::free_addr();
+    common::sales::sigkill_mid_sale(addr, || {
         Command::new(BIN)
             .args(["serve", "--listen", &addr.to_string()])
             .args(["--set", "limits.command_rate=10000"])
@@ -771,183 +679,332 @@ async fn sigkill_mid_sale_loses_no_answered_reservation() {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn ferry")
-    };
-    let up = || async {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                let (status, _) = match tokio::net::TcpStream::connect(addr).await {
-                    Ok(_) => http(addr, "GET", "/readyz", None, None).await,
-                    Err(_) => (0, String::new()),
-                };
-                if status == 200 {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("server up")
-    };
-    let mut child = spawn();
-    up().await;
-    let cfg = test_config();
-    let host_token = token_for(&cfg, ROOM, "host", Role::Host);
-    let body = json!({"title": "藤编篮", "price_cny": 8900, "markets": {"us": true}}).to_string();
-    let (status, text) = http(
-        addr,
-        "PUT",
-        "/api/products/basket",
-        Some(&host_token),
-        Some(&body),
-    )
+    })
     .await;
-    assert_eq!(status, 200, "{text}");
-    let mut opts = ferry_client::ClientOptions::new(format!("ws://{addr}/ws"), host_token.clone());
-    opts.max_reconnect_attempts = Some(0);
-    let (host, _he) = Client::connect(opts);
-    host.join(ROOM).await.expect("join");
-    let sale = host
-        .start_sale(ROOM, spec(1_000, 1_000, None, 300))
+}
+
+/// A room's sales are listed newest first, a page at a time, from the room's own index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rooms_sales_are_listed_newest_first_in_pages() {
+    let s = TestServer::start(|_| {}).await;
+    put_basket(&s).await;
+    let (host, _e) = host_in_room(&s).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(
+            host.start_sale(ROOM, spec(5, 1, None, 60))
+                .await
+                .expect("sale")
+                .id
+                .0,
+        );
+    }
+    // Another room's sale is not listed.
+    let (other, _oe) = s.client("other", "host", Role::Host);
+    other.join("other").await.expect("join");
+    other
+        .start_sale("other", spec(5, 1, None, 60))
         .await
         .expect("sale");
-    host.close();
-    // Buyers over HTTP; every 5th reservation is paid. Kill the server while they run.
-    let told = std::sync::Arc::new(answers::Answers::default());
-    let mut tasks = Vec::new();
-    for b in 0..20u32 {
-        let told = told.clone();
-        let token = token_for(&cfg, ROOM, &format!("b{b}"), Role::Viewer);
-        let path = format!("/api/sales/{}/buy", sale.id);
-        tasks.push(tokio::spawn(async move {
-            for i in 0..1_000u32 {
-                let key = format!("k{i}");
-                let Ok(Ok((status, text))) = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    try_http_with(
-                        addr,
-                        "POST",
-                        &path,
-                        Some(&token),
-                        &[("Idempotency-Key", &key)],
-                        Some("{}"),
-                    ),
-                )
-                .await
-                else {
-                    return;
-                };
-                if status != 201 {
-                    return;
-                }
-                let v: Value = serde_json::from_str(&text).expect("json");
-                let id = v["reservation"]["id"].as_str().expect("id").to_owned();
-                let paid = i % 5 == 0;
-                if paid {
-                    let event = json!({"id": format!("evt-{id}"), "type": "payment.succeeded",
-                        "reservation": id, "payment_ref": "p"})
-                    .to_string();
-                    let sig =
-                        sign_webhook(WEBHOOK_SECRET, ferry::unix_ms() / 1000, event.as_bytes());
-                    match try_http_with(
-                        addr,
-                        "POST",
-                        "/api/payments/webhook",
-                        None,
-                        &[("Ferry-Signature", &sig)],
-                        Some(&event),
-                    )
-                    .await
-                    {
-                        Ok((200, text)) if text.contains("\"confirmed\"") => told.confirmed(id),
-                        _ => return,
-                    }
-                } else {
-                    told.reserved(id);
-                }
-            }
-        }));
+    let token = s.token(ROOM, "mod", Role::Moderator);
+    let mut before: Option<u64> = None;
+    let mut listed = Vec::new();
+    let mut pages = 0;
+    loop {
+        let path = match before {
+            Some(b) => format!("/api/rooms/{ROOM}/sales?limit=2&before={b}"),
+            None => format!("/api/rooms/{ROOM}/sales?limit=2"),
+        };
+        let (status, text) = http(s.addr(), "GET", &path, Some(&token), None).await;
+        assert_eq!(status, 200, "{text}");
+        let page: Value = serde_json::from_str(&text).expect("json");
+        let sales = page["sales"].as_array().expect("sales");
+        assert!(sales.len() <= 2);
+        assert!(sales
+            .iter()
+            .all(|v| v["status"] == "open" && v["room"] == ROOM));
+        listed.extend(
+            sales
+                .iter()
+                .map(|v| v["id"].as_str().expect("id").to_owned()),
+        );
+        pages += 1;
+        match page["next"].as_u64() {
+            Some(n) => before = Some(n),
+            None => break,
+        }
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let killed = Command::new("kill")
-        .args(["-KILL", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let _ = child.wait();
-    for t in tasks {
-        let _ = t.await;
+    ids.reverse();
+    assert_eq!(listed, ids, "newest first, each once");
+    assert_eq!(pages, 3);
+    for bad in ["limit=0", "limit=101", "before=x", "page=2"] {
+        let (status, text) = http(
+            s.addr(),
+            "GET",
+            &format!("/api/rooms/{ROOM}/sales?{bad}"),
+            Some(&token),
+            None,
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}: {text}");
+        assert!(text.contains("bad_request"), "{text}");
     }
-    let (reserved, confirmed) = told.take();
-    assert!(
-        reserved.len() + confirmed.len() > 20,
-        "the kill came too early to prove anything: {} answered",
-        reserved.len() + confirmed.len()
-    );
-    let mut child = spawn();
-    up().await;
+}
+
+/// A host may pin and sell only its own merchant's products; an admin may pin and sell any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_pin_and_sell_only_their_own_products() {
+    let s = TestServer::start(|_| {}).await;
+    put_basket(&s).await; // merchant "host"
+    let (host, _he) = host_in_room(&s).await;
+    let (rival, _re) = s.client(ROOM, "rival", Role::Host);
+    rival.join(ROOM).await.expect("join");
+    let err = rival
+        .pin_product(ROOM, "basket")
+        .await
+        .expect_err("another merchant's product");
+    assert_eq!(code_of(&err), ErrorCode::Forbidden.code());
+    assert!(err.to_string().contains("another merchant"), "{err}");
+    let err = rival
+        .start_sale(ROOM, spec(5, 1, None, 60))
+        .await
+        .expect_err("another merchant's product");
+    assert_eq!(code_of(&err), ErrorCode::Forbidden.code());
+    let rival_token = s.token(ROOM, "rival", Role::Host);
+    let (status, body) = http(
+        s.addr(),
+        "POST",
+        &format!("/api/rooms/{ROOM}/product"),
+        Some(&rival_token),
+        Some(r#"{"product":"basket"}"#),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("another merchant"), "{body}");
+    let (status, body) = http(
+        s.addr(),
+        "POST",
+        &format!("/api/rooms/{ROOM}/sales"),
+        Some(&rival_token),
+        Some(r#"{"product":"basket","quantity":1,"price_cny":1,"duration_secs":60}"#),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    // The merchant itself, and an admin, may.
+    host.pin_product(ROOM, "basket").await.expect("own product");
+    let (admin, _ae) = s.client("*", "ops", Role::Admin);
+    admin.join(ROOM).await.expect("join");
+    admin
+        .start_sale(ROOM, spec(5, 1, None, 60))
+        .await
+        .expect("admins sell any product");
+    let (status, body) = http(
+        s.addr(),
+        "POST",
+        &format!("/api/rooms/{ROOM}/product"),
+        Some(&admin_token(&s)),
+        Some(r#"{"product":"basket"}"#),
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    // Nothing the rival tried reached the room: one sale, pinned twice.
     let (status, text) = http(
-        addr,
+        s.addr(),
         "GET",
-        &format!("/api/sales/{}/orders/all", sale.id),
-        Some(&token_for(&cfg, "*", "ops", Role::Admin)),
+        &format!("/api/rooms/{ROOM}/sales"),
+        Some(&rival_token),
         None,
     )
     .await;
     assert_eq!(status, 200, "{text}");
-    let audit: Value = serde_json::from_str(&text).expect("json");
-    let count = |kind: &str| -> HashSet<String> {
-        audit["events"]
-            .as_array()
-            .expect("events")
-            .iter()
-            .filter(|e| e["type"] == kind)
-            .map(|e| e["reservation"]["id"].as_str().expect("id").to_owned())
-            .collect()
-    };
-    let in_journal_reserved = count("reserved");
-    let in_journal_confirmed = count("confirmed");
-    assert!(
-        reserved.is_subset(&in_journal_reserved),
-        "an answered reservation was lost"
-    );
-    assert!(
-        confirmed.is_subset(&in_journal_confirmed),
-        "a confirmed order was lost"
-    );
-    let n = |k: &str| audit[k].as_u64().expect("counter");
-    assert_eq!(
-        n("remaining") + n("reserved") + n("confirmed"),
-        1_000,
-        "conservation"
-    );
-    assert_eq!(n("confirmed") as usize, in_journal_confirmed.len());
-    let _ = Command::new("kill")
-        .args(["-KILL", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    let page: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(page["sales"].as_array().map(Vec::len), Some(1));
 }
 
-mod answers {
-    //! What buyers were told, collected from many tasks.
-    use std::collections::HashSet;
-    use std::sync::Mutex;
+/// A buy is judged at its arrival: an HTTP request whose head arrived before the sale's
+/// start is refused as too early even though its body (and its handling) came after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_buy_that_arrived_before_the_start_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start(|_| {}).await;
+    put_basket(&s).await;
+    let (host, _e) = host_in_room(&s).await;
+    let sale = host
+        .start_sale(ROOM, spec(10, 2, Some(2), 60))
+        .await
+        .expect("sale");
+    let token = s.token(ROOM, "early", Role::Viewer);
+    let until = |t: u64| Duration::from_millis(t.saturating_sub(ferry::unix_ms()));
+    // The server runs in this process: its clock is ours.
+    tokio::time::sleep(until(sale.starts_at - 400)).await;
+    let mut conn = tokio::net::TcpStream::connect(s.addr())
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /api/sales/{}/buy HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nIdempotency-Key: k1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n",
+        sale.id
+    );
+    conn.write_all(head.as_bytes()).await.expect("head");
+    let sent_head = ferry::unix_ms();
+    assert!(
+        sent_head + 100 < sale.starts_at,
+        "the machine is too slow for this test's timing"
+    );
+    tokio::time::sleep(until(sale.starts_at + 400)).await;
+    conn.write_all(b"{}").await.expect("body");
+    let mut raw = String::new();
+    conn.read_to_string(&mut raw).await.expect("response");
+    assert!(raw.starts_with("HTTP/1.1 409"), "{raw}");
+    assert!(raw.contains("sale_not_started"), "{raw}");
+    // The same request sent whole now is admitted (the sale is open), with the same key.
+    let (status, text) = http_with(
+        s.addr(),
+        "POST",
+        &format!("/api/sales/{}/buy", sale.id),
+        Some(&token),
+        &[("Idempotency-Key", "k1")],
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(status, 201, "{text}");
+}
 
-    #[derive(Default)]
-    pub struct Answers(Mutex<(HashSet<String>, HashSet<String>)>);
-
-    impl Answers {
-        pub fn reserved(&self, id: String) {
-            if let Ok(mut g) = self.0.lock() {
-                g.0.insert(id);
-            }
-        }
-        pub fn confirmed(&self, id: String) {
-            if let Ok(mut g) = self.0.lock() {
-                g.1.insert(id);
-            }
-        }
-        pub fn take(&self) -> (HashSet<String>, HashSet<String>) {
-            self.0.lock().map(|g| g.clone()).unwrap_or_default()
+/// What viewers see of a sale's stock: a sell-out, units coming back, a second sell-out, the
+/// end (once, and nothing after it), each applied with the SDK's `SaleView::apply_stock`; the
+/// SDK's HTTP reads give the same sale, the buyer's reservation states and the room's sales.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_see_sell_outs_units_coming_back_and_the_end() {
+    use ferry::protocol::commerce::SaleView;
+    let s = TestServer::start(|_| {}).await;
+    put_basket(&s).await;
+    let (host, _he) = host_in_room(&s).await;
+    let (viewer, mut events) = s.client(ROOM, "watcher", Role::Viewer);
+    viewer.join(ROOM).await.expect("join");
+    let sale = host
+        .start_sale(ROOM, spec(2, 2, None, 60))
+        .await
+        .expect("sale");
+    let (buyer, _be) = s.client(ROOM, "b", Role::Viewer);
+    buyer.join(ROOM).await.expect("join");
+    // The viewer's own copy of the sale, kept current from the stock events.
+    let mut held: SaleView = wait_for(&mut events, |e| match e {
+        Event::Room {
+            event: RoomEvent::SaleScheduled { sale },
+            ..
+        } => Some((**sale).clone()),
+        _ => None,
+    })
+    .await;
+    let mut seen: Vec<(String, u64, SaleStatus, u64)> = Vec::new();
+    // Wait for the next stock event satisfying `pred`, applying every one on the way.
+    macro_rules! until {
+        ($pred:expr) => {{
+            let pred = $pred;
+            wait_for(&mut events, |e| match e {
+                Event::Room { event, .. } => {
+                    let stock = event.sale_stock()?.clone();
+                    let kind = serde_json::to_value(event).ok()?["type"]
+                        .as_str()?
+                        .to_owned();
+                    held.apply_stock(&stock);
+                    seen.push((kind.clone(), stock.remaining, stock.status, stock.version));
+                    pred(kind.as_str(), &stock).then_some(stock)
+                }
+                _ => None,
+            })
+            .await
+        }};
+    }
+    until!(|k: &str, _: &_| k == "sale_started");
+    let first = buyer
+        .buy(ROOM, sale.id.clone(), 2, new_idempotency_key())
+        .await
+        .expect("buy both")
+        .reservation;
+    let sold_out = until!(|k: &str, _: &_| k == "sale_sold_out");
+    assert_eq!(
+        (sold_out.remaining, sold_out.status),
+        (0, SaleStatus::SoldOut)
+    );
+    // The buyer gives them back: the viewer is told units are on sale again.
+    buyer
+        .cancel_reservation(ROOM, first.id.clone())
+        .await
+        .expect("cancel");
+    let back = until!(
+        |k: &str, s: &ferry::protocol::commerce::SaleStock| k == "sale_stock" && s.remaining == 2
+    );
+    assert_eq!(back.status, SaleStatus::Open);
+    assert!(back.version > sold_out.version);
+    // Sold out again: announced again.
+    let second = buyer
+        .buy(ROOM, sale.id.clone(), 2, new_idempotency_key())
+        .await
+        .expect("buy again")
+        .reservation;
+    let again = until!(|k: &str, _: &_| k == "sale_sold_out");
+    assert!(again.version > back.version);
+    host.end_sale(ROOM, sale.id.clone()).await.expect("end");
+    let ended = until!(|k: &str, _: &_| k == "sale_ended");
+    assert_eq!(ended.status, SaleStatus::Ended);
+    // The holds lapse or get paid after the end: no stock event follows `sale_ended`.
+    let paid = json!({"id": "e1", "type": "payment.succeeded", "reservation": second.id, "payment_ref": "p1"});
+    let (status, text) = webhook(&s, &paid, WEBHOOK_SECRET).await;
+    assert_eq!(status, 200, "{text}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    while let Some(e) = events.try_recv() {
+        if let Event::Room { event, .. } = &e {
+            assert!(event.sale_stock().is_none(), "after the end: {event:?}");
         }
     }
+    let kinds: Vec<&str> = seen.iter().map(|(k, ..)| k.as_str()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "sale_sold_out").count(),
+        2,
+        "{seen:?}"
+    );
+    assert_eq!(kinds.iter().filter(|k| **k == "sale_ended").count(), 1);
+    assert_eq!(kinds.iter().filter(|k| **k == "sale_started").count(), 1);
+    // The viewer's copy is the sale's last announced state.
+    assert_eq!(
+        (held.remaining, held.status, held.version),
+        (0, SaleStatus::Ended, ended.version)
+    );
+    // The SDK's HTTP reads: the sale, the buyer's reservations, the room's sales.
+    let http = buyer.http().expect("http client");
+    let looked = http.sale(&sale.id).await.expect("sale");
+    assert_eq!(
+        (looked.sale.id.clone(), looked.sale.status),
+        (sale.id.clone(), SaleStatus::Ended)
+    );
+    assert!(looked.server_time >= sale.starts_at);
+    assert_eq!(
+        http.reservation(&first.id).await.expect("first").state,
+        ReservationState::Released
+    );
+    assert_eq!(
+        http.reservation(&second.id).await.expect("second").state,
+        ReservationState::Confirmed
+    );
+    let other = viewer.http().expect("http client");
+    match other.reservation(&second.id).await {
+        Err(ClientError::Http { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (404, "not_found"))
+        }
+        other => panic!("another buyer's reservation: {other:?}"),
+    }
+    match other.room_sales(&ROOM.into(), None, 10).await {
+        Err(ClientError::Http { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (403, "forbidden"))
+        }
+        other => panic!("a viewer listing sales: {other:?}"),
+    }
+    let page = host
+        .http()
+        .expect("http client")
+        .room_sales(&ROOM.into(), None, 10)
+        .await
+        .expect("room sales");
+    assert_eq!((page.sales.len(), page.next), (1, None));
+    assert_eq!(page.sales[0].id, sale.id);
 }

@@ -44,6 +44,10 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// Clock-sync ping interval after the initial burst of samples.
     pub ping_interval: Duration,
+    /// Extra clock samples taken 50 ms apart right after each connect (the first sample is
+    /// always taken), so the offset is good before a countdown. Load tests holding thousands
+    /// of clients on one machine may take fewer.
+    pub clock_burst: u32,
     /// Capacity of the event channel.
     pub event_buffer: usize,
     /// Local address to connect from (load tests spread over 127.0.0.x).
@@ -67,6 +71,7 @@ impl ClientOptions {
             max_reconnect_attempts: None,
             request_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(15),
+            clock_burst: 4,
             event_buffer: 4096,
             bind: None,
             read_buffer_bytes: 8 * 1024,
@@ -137,6 +142,14 @@ pub enum ClientError {
     /// [`Client::send_comment`]).
     #[error("held for a moderator by rule {}", .0.rule.rule)]
     Held(Box<PendingComment>),
+    /// An HTTP call ([`crate::HttpClient`]) was answered with an error status; `code` is the
+    /// documented error code (`not_found`, `forbidden`...), empty if the body had none.
+    #[error("HTTP {status} {code}: {message}")]
+    Http {
+        status: u16,
+        code: String,
+        message: String,
+    },
 }
 
 /// What became of a comment.
@@ -212,6 +225,9 @@ pub struct Client {
     shared: Arc<Shared>,
     stats: Arc<ClientStats>,
     timeout: Duration,
+    /// First node URL and the token, for [`Client::http`].
+    url: String,
+    token: String,
 }
 
 /// The stream of [`Event`]s.
@@ -248,6 +264,8 @@ impl Client {
         });
         let stats = Arc::new(ClientStats::default());
         let timeout = opts.request_timeout;
+        let url = opts.urls.first().cloned().unwrap_or_default();
+        let token = opts.token.clone();
         let driver = Driver {
             opts,
             requests: rx,
@@ -264,6 +282,8 @@ impl Client {
                 shared,
                 stats,
                 timeout,
+                url,
+                token,
             },
             Events { rx: event_rx },
         )
@@ -635,6 +655,12 @@ impl Client {
             .ok_or_else(|| ClientError::Protocol("no clock sample".into()))
     }
 
+    /// The flash-sale HTTP reads (reservation state, a sale, a room's sales) on the client's
+    /// first node, with its token and request timeout.
+    pub fn http(&self) -> Result<crate::HttpClient, ClientError> {
+        Ok(crate::HttpClient::new(&self.url, self.token.clone())?.with_timeout(self.timeout))
+    }
+
     /// Stop the client: close the socket and end the event stream.
     pub fn close(&self) {
         let _ = self.tx.send(Request::Close);
@@ -823,7 +849,7 @@ impl Driver {
             }
         }
         // A quick burst of clock samples, then one per interval.
-        let mut burst_left = 4u32;
+        let mut burst_left = self.opts.clock_burst;
         let next_sample = tokio::time::sleep(Duration::from_millis(20));
         tokio::pin!(next_sample);
         let end = loop {

@@ -657,6 +657,21 @@ pub enum StreamEndReason {
     Shutdown,
 }
 
+impl RoomEvent {
+    /// The stock object of `sale_started`, `sale_stock`, `sale_sold_out` and `sale_ended`:
+    /// apply it to the sale it names with `SaleView::apply_stock`, which ignores an older one
+    /// arriving late.
+    pub fn sale_stock(&self) -> Option<&SaleStock> {
+        match self {
+            RoomEvent::SaleStarted { stock }
+            | RoomEvent::SaleStock { stock }
+            | RoomEvent::SaleSoldOut { stock }
+            | RoomEvent::SaleEnded { stock } => Some(stock),
+            _ => None,
+        }
+    }
+}
+
 /// Error codes in replies. 1000–1499: the command is wrong and retrying it unchanged will fail
 /// again. 1500–1999: temporary; retry after `retry_after_ms`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]

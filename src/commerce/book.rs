@@ -78,6 +78,9 @@ pub struct SaleBook {
     pub remaining: u64,
     /// Units sold (confirmed reservations).
     pub confirmed: u64,
+    /// Change sequence: one per order event (reserve, confirm, release), plus one when the
+    /// sale is ended early. Stock events carry it so an older one cannot undo a newer one.
+    pub version: u64,
     reservations: HashMap<ReservationId, Reservation>,
     /// (buyer, key) → reservation: the idempotency index.
     by_key: HashMap<(UserId, String), ReservationId>,
@@ -92,6 +95,7 @@ impl SaleBook {
         Self {
             remaining: sale.quantity,
             confirmed: 0,
+            version: 0,
             sale,
             reservations: HashMap::new(),
             by_key: HashMap::new(),
@@ -186,6 +190,7 @@ impl SaleBook {
         self.by_key.insert(index, reservation.id.clone());
         self.reservations
             .insert(reservation.id.clone(), reservation.clone());
+        self.version += 1;
         let event = Box::new(OrderEvent::of(
             OrderEventKind::Reserved,
             &reservation,
@@ -213,6 +218,7 @@ impl SaleBook {
         let r = r.clone();
         self.deadlines.remove(&(deadline, id.clone()));
         self.confirmed += quantity;
+        self.version += 1;
         let event = Box::new(OrderEvent::of(OrderEventKind::Confirmed, &r, now));
         Some(Settled::Now(r, event))
     }
@@ -238,6 +244,7 @@ impl SaleBook {
         if let Some(held) = self.held.get_mut(&r.buyer) {
             *held = held.saturating_sub(r.quantity);
         }
+        self.version += 1;
         let event = Box::new(OrderEvent::of(OrderEventKind::Released(reason), &r, now));
         Some(Settled::Now(r, event))
     }
@@ -256,7 +263,17 @@ impl SaleBook {
     pub fn end(&mut self, now: u64) {
         if self.sale.ended_at.is_none() && now < self.sale.ends_at {
             self.sale.ended_at = Some(now);
+            self.version += 1;
         }
+    }
+
+    /// Replace the definition with a journaled later one (ended early, markets changed),
+    /// keeping the stock and reservations.
+    pub fn redefine(&mut self, sale: SaleRecord) {
+        if self.sale.ended_at.is_none() && sale.ended_at.is_some() {
+            self.version += 1;
+        }
+        self.sale = sale;
     }
 
     /// Replace the set of markets buyers may come from (the merchant switched one).
@@ -265,7 +282,9 @@ impl SaleBook {
     }
 
     /// Re-apply a journaled reservation (replay after a restart), trusting its recorded state.
+    /// Each journaled reservation entry is one change (one order event) of the sale.
     pub fn restore(&mut self, r: Reservation) {
+        self.version += 1;
         if let Some(old) = self.reservations.remove(&r.id) {
             self.undo(&old);
         }

@@ -38,7 +38,10 @@ where
     expiry_returns_stock(&*s).await;
     order_events_are_consumed_with_acks(&*s).await;
     claims_are_exclusive(&*s).await;
+    announcements_are_leased_then_recorded(&*s).await;
+    sales_are_listed_per_room_and_while_live(&*s).await;
     concurrent_buyers_never_oversell(s.clone()).await;
+    confirmations_race_the_expiry_sweep(s.clone()).await;
 }
 
 fn product(id: &str) -> Product {
@@ -143,10 +146,14 @@ pub async fn sales_are_created_once(s: &dyn SaleStore) {
     let snap = s.sale(&sale.id).await.expect("get").expect("exists");
     assert_eq!(snap.sale, sale);
     assert_eq!((snap.remaining, snap.reserved, snap.confirmed), (10, 0, 0));
+    assert_eq!(snap.version, 0);
     assert!(s.sales().await.expect("list").contains(&sale.id));
     assert_eq!(s.sale(&SaleId(unique("nope"))).await.expect("get"), None);
     let ended = s.end_sale(&sale.id, 5_000).await.expect("end");
     assert_eq!(ended.sale.ended_at, Some(5_000));
+    assert_eq!(ended.version, 1, "ending early is a change");
+    let again = s.end_sale(&sale.id, 6_000).await.expect("end again");
+    assert_eq!((again.sale.ended_at, again.version), (Some(5_000), 1));
     assert_eq!(
         buy(s, &sale.id, req("a", "k", 1, 5_000)).await,
         Err(BuyRefusal::Ended)
@@ -288,6 +295,8 @@ pub async fn reservations_end_exactly_once(s: &dyn SaleStore) {
     );
     let snap = s.sale(&id).await.expect("get").expect("exists");
     assert_eq!((snap.remaining, snap.reserved, snap.confirmed), (3, 0, 2));
+    // One change per order event; replays and already-ended answers change nothing.
+    assert_eq!(snap.version, 6);
     let got = s
         .reservation(&id, &r.id)
         .await
@@ -378,6 +387,123 @@ pub async fn claims_are_exclusive(s: &dyn SaleStore) {
     assert!(!s.claim(&what, 1_000, 10_500).await.expect("claim"));
 }
 
+/// One caller at a time holds an announcement's lease; a lapsed lease may be taken again
+/// (the announcement was not made); a recorded announcement is never claimed again, and the
+/// sale's snapshot says so.
+pub async fn announcements_are_leased_then_recorded(s: &dyn SaleStore) {
+    use super::Announcement::{Ended, Started};
+    let id = new_sale(s, 5, 1).await;
+    assert!(s
+        .claim_announcement(&id, Started, 1_000, 10_000)
+        .await
+        .expect("claim"));
+    assert!(!s
+        .claim_announcement(&id, Started, 1_000, 10_500)
+        .await
+        .expect("claim"));
+    // The holder failed to publish: once the lease lapses, another caller may try.
+    assert!(s
+        .claim_announcement(&id, Started, 1_000, 11_001)
+        .await
+        .expect("claim"));
+    // Leases are per announcement.
+    assert!(s
+        .claim_announcement(&id, Ended, 1_000, 11_001)
+        .await
+        .expect("claim"));
+    s.mark_announced(&id, Started).await.expect("mark");
+    s.mark_announced(&id, Started)
+        .await
+        .expect("marking twice is fine");
+    let far = 11_001 + 30 * 86_400_000;
+    assert!(!s
+        .claim_announcement(&id, Started, 1_000, far)
+        .await
+        .expect("claim"));
+    let snap = s.sale(&id).await.expect("sale").expect("exists");
+    assert_eq!(
+        (snap.announced.started, snap.announced.ended),
+        (true, false)
+    );
+    assert!(s
+        .claim_announcement(&id, Ended, 1_000, far)
+        .await
+        .expect("claim"));
+    s.mark_announced(&id, Ended).await.expect("mark");
+    assert!(s
+        .sale(&id)
+        .await
+        .expect("sale")
+        .expect("exists")
+        .announced
+        .all());
+    let nope = SaleId(unique("nope"));
+    assert_eq!(
+        s.claim_announcement(&nope, Started, 1_000, 0).await,
+        Err(StoreError::SaleNotFound)
+    );
+    assert_eq!(
+        s.mark_announced(&nope, Ended).await,
+        Err(StoreError::SaleNotFound)
+    );
+}
+
+/// A room's sales come newest first, a page at a time; the live list holds sales until they
+/// are retired, oldest first after a position.
+pub async fn sales_are_listed_per_room_and_while_live(s: &dyn SaleStore) {
+    let (room, other) = (RoomId(unique("lr")), RoomId(unique("lr")));
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let mut sale = sale(5, 1);
+        sale.room = if n == 2 { other.clone() } else { room.clone() };
+        ids.push(sale.id.clone());
+        s.create_sale(sale).await.expect("create");
+    }
+    let page = s.room_sales(&room, None, 3).await.expect("page");
+    let listed: Vec<&SaleId> = page.iter().map(|(_, id)| id).collect();
+    assert_eq!(listed, vec![&ids[4], &ids[3], &ids[1]], "newest first");
+    assert!(page.windows(2).all(|w| w[0].0 > w[1].0));
+    let rest = s.room_sales(&room, Some(page[2].0), 3).await.expect("page");
+    let listed: Vec<&SaleId> = rest.iter().map(|(_, id)| id).collect();
+    assert_eq!(listed, vec![&ids[0]]);
+    let theirs = s.room_sales(&other, None, 10).await.expect("page");
+    assert_eq!(theirs.len(), 1);
+    assert_eq!(theirs[0].1, ids[2]);
+    assert!(s
+        .room_sales(&RoomId(unique("empty")), None, 10)
+        .await
+        .expect("page")
+        .is_empty());
+    // Live: every new sale, in creation order, paged after a position.
+    let live = |all: Vec<(u64, SaleId)>| -> Vec<SaleId> {
+        all.into_iter()
+            .map(|(_, id)| id)
+            .filter(|id| ids.contains(id))
+            .collect()
+    };
+    let first = rest[0].0; // ids[0], the first of these sales
+    let from_mine = s.live_sales(first - 1, 100_000).await.expect("live");
+    assert!(
+        from_mine.windows(2).all(|w| w[0].0 < w[1].0),
+        "oldest first"
+    );
+    assert_eq!(live(from_mine.clone()), ids);
+    let after_two = s.live_sales(from_mine[1].0, 2).await.expect("live");
+    assert_eq!(after_two.len(), 2);
+    assert_eq!(after_two[0].0, from_mine[2].0);
+    s.retire_sale(&ids[1]).await.expect("retire");
+    s.retire_sale(&ids[1]).await.expect("retire twice");
+    let mut expected = ids.clone();
+    expected.remove(1);
+    assert_eq!(
+        live(s.live_sales(first - 1, 100_000).await.expect("live")),
+        expected
+    );
+    // Retiring takes a sale off the sweep's list only: it is still listed in its room.
+    assert_eq!(s.room_sales(&room, None, 10).await.expect("page").len(), 4);
+    assert!(s.sale(&ids[1]).await.expect("sale").is_some());
+}
+
 /// 2,000 buyers × 5 attempts (double clicks included) racing for 100 units, limit 2.
 pub async fn concurrent_buyers_never_oversell(s: Arc<dyn SaleStore>) {
     let id = new_sale(&*s, 100, 2).await;
@@ -428,6 +554,195 @@ pub async fn concurrent_buyers_never_oversell(s: Arc<dyn SaleStore>) {
     assert_eq!(in_stream.len(), 100);
     let told: HashSet<ReservationId> = reserved.into_values().flatten().collect();
     assert_eq!(told, in_stream.keys().cloned().collect());
+}
+
+/// Invariants of a sale's snapshot at one instant: never oversold, and conservation.
+fn check_snapshot(snap: &super::SaleSnapshot) -> Result<(), String> {
+    let q = snap.sale.quantity;
+    if snap.reserved + snap.confirmed > q {
+        return Err(format!("oversold: {snap:?}"));
+    }
+    if snap.remaining + snap.reserved + snap.confirmed != q {
+        return Err(format!("conservation: {snap:?}"));
+    }
+    Ok(())
+}
+
+/// Invariants of an order stream at one instant: every reservation has exactly one
+/// `reserved` event before at most one ending event.
+fn check_orders(events: &[super::OrderEvent]) -> Result<(), String> {
+    use super::OrderEventKind as K;
+    let mut seen: HashMap<&ReservationId, (u32, u32)> = HashMap::new();
+    for e in events {
+        let (reserved, ended) = seen.entry(&e.reservation.id).or_default();
+        match e.kind {
+            K::Reserved => *reserved += 1,
+            K::Confirmed | K::Released(_) => *ended += 1,
+        }
+        if *reserved != 1 || *ended > 1 {
+            return Err(format!(
+                "{}: {reserved} reserved, {ended} endings so far",
+                e.reservation.id
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Payment confirmations race the expiry sweep at the payment deadline, on real concurrent
+/// tasks: 300 reservations share one deadline; two in three get a confirmation stamped a few
+/// ms either side of it, while four sweepers whose clocks have just passed it release what
+/// is due.
+/// While this runs, a watcher checks the sale's counters and its order stream over and
+/// over. Afterwards: each reservation ended exactly once (exactly one caller was told
+/// `Settled::Now`), its one ending order event is the one that caller got, and its final
+/// state is that outcome.
+pub async fn confirmations_race_the_expiry_sweep(s: Arc<dyn SaleStore>) {
+    use std::sync::atomic::AtomicBool;
+    const N: u64 = 300;
+    let id = new_sale(&*s, N, 1).await;
+    let mut ids = Vec::new();
+    for b in 0..N {
+        let r = new_reservation(buy(&*s, &id, req(&format!("racer{b}"), "k", 1, 2_000)).await);
+        ids.push(r.id);
+    }
+    let deadline = 62_000u64; // 2_000 + the 60 s hold
+    let running = Arc::new(AtomicBool::new(true));
+    let watcher = {
+        let (s, id, running) = (s.clone(), id.clone(), running.clone());
+        tokio::spawn(async move {
+            let mut checks = 0u32;
+            let mut last_version = 0;
+            while running.load(Relaxed) || checks < 3 {
+                let snap = s.sale(&id).await.expect("sale").expect("exists");
+                check_snapshot(&snap).unwrap_or_else(|e| panic!("during the race: {e}"));
+                assert!(snap.version >= last_version, "the version went back");
+                last_version = snap.version;
+                if checks.is_multiple_of(4) {
+                    let events = s.all_orders(&id).await.expect("orders");
+                    check_orders(&events).unwrap_or_else(|e| panic!("during the race: {e}"));
+                }
+                checks += 1;
+                tokio::task::yield_now().await;
+            }
+            checks
+        })
+    };
+    // Everyone starts at once.
+    let paying: Vec<(usize, &ReservationId)> =
+        ids.iter().enumerate().filter(|(n, _)| n % 3 != 0).collect();
+    let start = Arc::new(tokio::sync::Barrier::new(paying.len() + 4));
+    let mut confirmers = Vec::new();
+    for (n, rid) in paying {
+        let (s, id, rid, start) = (s.clone(), id.clone(), rid.clone(), start.clone());
+        // deadline − 3 ..= deadline + 3: some in time, some too late.
+        let now = deadline - 3 + (n as u64) % 7;
+        confirmers.push(tokio::spawn(async move {
+            start.wait().await;
+            let out = s
+                .confirm(&id, &rid, &format!("pay-{rid}"), now)
+                .await
+                .expect("confirm");
+            (rid, now, out)
+        }));
+    }
+    let mut sweepers = Vec::new();
+    for k in 0..4u64 {
+        let (s, id, start) = (s.clone(), id.clone(), start.clone());
+        sweepers.push(tokio::spawn(async move {
+            start.wait().await;
+            let mut released = Vec::new();
+            for step in 0..40u64 {
+                let now = deadline + 1 + (step + k) / 10;
+                released.extend(s.expire_due(&id, now, 3).await.expect("sweep"));
+                tokio::task::yield_now().await;
+            }
+            released
+        }));
+    }
+    let mut winner: HashMap<ReservationId, (&'static str, ReservationState)> = HashMap::new();
+    let mut lost_to_the_sweep = 0u32;
+    let mut settle = |rid: &ReservationId, how: &'static str, state: ReservationState| {
+        let before = winner.insert(rid.clone(), (how, state));
+        assert!(before.is_none(), "{rid} ended twice: {before:?} and {how}");
+    };
+    for t in confirmers {
+        let (rid, now, out) = t.await.expect("confirmer");
+        match out {
+            Some(Settled::Now(r, event)) => {
+                assert_eq!(event.reservation, r);
+                if now > deadline {
+                    assert_eq!(r.state, ReservationState::Released, "paid too late");
+                    assert_eq!(r.release_reason, Some(ReleaseReason::Expired));
+                } else {
+                    assert_eq!(r.state, ReservationState::Confirmed);
+                }
+                settle(&rid, "confirm", r.state);
+            }
+            // The sweep got there first.
+            Some(Settled::Already(r)) => {
+                assert_eq!(r.state, ReservationState::Released, "{rid}");
+                assert_eq!(r.release_reason, Some(ReleaseReason::Expired));
+                lost_to_the_sweep += 1;
+            }
+            None => panic!("{rid} vanished"),
+        }
+    }
+    for t in sweepers {
+        for r in t.await.expect("sweeper") {
+            assert_eq!(r.state, ReservationState::Released);
+            settle(&r.id, "sweep", r.state);
+        }
+    }
+    // The sweep keeps going until nothing is left (confirmations before the deadline that
+    // lost no race are confirmed; everything else lapses).
+    for r in s
+        .expire_due(&id, deadline + 10, 1_000)
+        .await
+        .expect("sweep")
+    {
+        settle(&r.id, "sweep", r.state);
+    }
+    running.store(false, Relaxed);
+    let checks = watcher.await.expect("watcher");
+    assert!(checks >= 3);
+    assert_eq!(winner.len() as u64, N, "every reservation ended");
+    let confirmed = winner
+        .values()
+        .filter(|(_, st)| *st == ReservationState::Confirmed)
+        .count() as u64;
+    assert!(confirmed > 0, "some confirmations won");
+    assert!(
+        winner.values().any(|(how, _)| *how == "sweep"),
+        "some expiries won"
+    );
+    tracing::debug!(lost_to_the_sweep, confirmed, "confirm/expiry race");
+    let events = s.all_orders(&id).await.expect("orders");
+    check_orders(&events).expect("after the race");
+    use super::OrderEventKind as K;
+    for e in events.iter().filter(|e| e.kind != K::Reserved) {
+        let (_, state) = winner[&e.reservation.id];
+        assert_eq!(e.reservation.state, state, "{}", e.reservation.id);
+    }
+    assert_eq!(
+        events.len() as u64,
+        2 * N,
+        "one reserved and one ending event each"
+    );
+    for rid in &ids {
+        let r = s
+            .reservation(&id, rid)
+            .await
+            .expect("read")
+            .expect("exists");
+        assert_eq!(r.state, winner[rid].1, "{rid}");
+    }
+    let snap = s.sale(&id).await.expect("sale").expect("exists");
+    check_snapshot(&snap).expect("after the race");
+    assert_eq!(
+        (snap.reserved, snap.confirmed, snap.remaining),
+        (0, confirmed, N - confirmed)
+    );
 }
 
 #[cfg(test)]

@@ -10,11 +10,13 @@
 
 use super::book::SaleBook;
 use super::{
-    Bought, BuyRefusal, BuyRequest, DeliveredOrderEvent, OrderEvent, Product, ReleaseReason,
-    Reservation, SaleRecord, SaleSnapshot, SaleStore, Settled, StoreError,
+    Announced, Announcement, Bought, BuyRefusal, BuyRequest, DeliveredOrderEvent, OrderEvent,
+    Product, ReleaseReason, Reservation, SalePosition, SaleRecord, SaleSnapshot, SaleStore,
+    Settled, StoreError,
 };
 use async_trait::async_trait;
 use ferry_client::protocol::commerce::{ProductId, ReservationId, SaleId};
+use ferry_client::protocol::RoomId;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -45,9 +47,16 @@ enum Entry {
         group: String,
         ids: Vec<String>,
     },
-    /// A long-lived claim (sale started/ended announced), so a restart does not repeat it.
+    /// An announcement of a sale was published: never make it again.
+    Announced {
+        sale: SaleId,
+        what: Announcement,
+    },
+    /// Written by earlier versions for announcements (`started:<sale>`, `ended:<sale>`);
+    /// replayed as [`Entry::Announced`], never written any more.
     Claim {
         what: String,
+        #[allow(dead_code)]
         until: u64,
     },
 }
@@ -69,8 +78,18 @@ struct Group {
 struct State {
     products: BTreeMap<ProductId, Product>,
     books: HashMap<SaleId, SaleBook>,
-    /// Creation order, for listing.
+    /// Creation order: a sale's position is its index here plus one.
     sale_order: Vec<SaleId>,
+    positions: HashMap<SaleId, SalePosition>,
+    /// Sales the sweep still visits, by position (not journaled: rebuilt on replay from the
+    /// announcements and holds).
+    live: BTreeMap<SalePosition, SaleId>,
+    /// Each room's sales, oldest first.
+    by_room: HashMap<RoomId, Vec<(SalePosition, SaleId)>>,
+    announced: HashMap<SaleId, Announced>,
+    /// Announcement leases: who publishes what until when (in memory only: a restart lets
+    /// the announcement be tried again, which is what an unrecorded one needs).
+    leases: HashMap<(SaleId, Announcement), u64>,
     orders: HashMap<SaleId, Vec<OrderEvent>>,
     groups: HashMap<(SaleId, String), Group>,
     claims: HashMap<String, u64>,
@@ -113,6 +132,14 @@ impl MemorySaleStore {
 
     /// Open (or create) the journal at `path`, replay it, and start the writer thread.
     pub fn open(path: &Path) -> Result<Self, String> {
+        Self::open_with(path, |file| Box::new(file))
+    }
+
+    /// [`MemorySaleStore::open`] with the journal file wrapped by `sink` (tests slow it down).
+    fn open_with(
+        path: &Path,
+        sink: impl FnOnce(std::fs::File) -> Box<dyn JournalSink>,
+    ) -> Result<Self, String> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -154,9 +181,10 @@ impl MemorySaleStore {
         let (tx, rx) = std::sync::mpsc::channel::<Write_>();
         let poisoned = Arc::new(AtomicBool::new(false));
         let flag = poisoned.clone();
+        let sink = sink(file);
         std::thread::Builder::new()
             .name("ferry-journal".into())
-            .spawn(move || writer(file, rx, flag))
+            .spawn(move || writer(sink, rx, flag))
             .map_err(|e| format!("cannot start the journal writer: {e}"))?;
         tracing::info!(path = %path.display(), sales = state.books.len(), products = state.products.len(), "commerce journal replayed");
         Ok(Self {
@@ -177,6 +205,11 @@ impl MemorySaleStore {
     }
 
     /// Wait until everything queued so far is on disk (before showing it to anyone).
+    ///
+    /// Read the state first, then wait on the barrier, then answer: entries are queued while
+    /// the state lock is held, so every change a read saw was queued before the barrier and
+    /// is on disk once it is answered. (Waiting first and reading after could show a change
+    /// queued in between, not yet on disk.)
     async fn barrier(&self) -> Result<(), StoreError> {
         let Some(tx) = &self.journal else {
             return Ok(());
@@ -230,11 +263,24 @@ impl MemorySaleStore {
     }
 }
 
+/// Where the writer thread appends: the journal file (write, then `fdatasync`).
+trait JournalSink: Send + 'static {
+    /// Append `buf` and make it durable.
+    fn append(&mut self, buf: &[u8]) -> std::io::Result<()>;
+}
+
+impl JournalSink for std::fs::File {
+    fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.write_all(buf)?;
+        self.sync_data()
+    }
+}
+
 /// The writer thread: append everything queued, fsync once, answer every waiter. An empty
 /// line is a barrier: it writes nothing and is answered once what was queued before it is
 /// on disk (earlier batches were fsynced before this one started).
 fn writer(
-    mut file: std::fs::File,
+    mut file: Box<dyn JournalSink>,
     rx: std::sync::mpsc::Receiver<Write_>,
     poisoned: Arc<AtomicBool>,
 ) {
@@ -255,8 +301,7 @@ fn writer(
         } else if buf.is_empty() {
             Ok(())
         } else {
-            file.write_all(&buf)
-                .and_then(|()| file.sync_data())
+            file.append(&buf)
                 .map_err(|e| format!("journal write failed: {e}"))
         };
         if let Err(e) = &result {
@@ -276,18 +321,11 @@ impl State {
             Entry::Product { product } => {
                 self.products.insert(product.id.clone(), product);
             }
-            Entry::Sale { sale } => {
-                if !self.books.contains_key(&sale.id) {
-                    self.sale_order.push(sale.id.clone());
-                }
-                match self.books.get_mut(&sale.id) {
-                    // A later definition (ended early, markets changed) keeps the book.
-                    Some(book) => book.sale = sale,
-                    None => {
-                        self.books.insert(sale.id.clone(), SaleBook::new(sale));
-                    }
-                }
-            }
+            Entry::Sale { sale } => match self.books.get_mut(&sale.id) {
+                // A later definition (ended early, markets changed) keeps the book.
+                Some(book) => book.redefine(sale),
+                None => self.add_sale(sale),
+            },
             Entry::Reservation { reservation, event } => {
                 let sale = reservation.sale.clone();
                 if let Some(book) = self.books.get_mut(&sale) {
@@ -302,15 +340,56 @@ impl State {
                 g.replay_acked
                     .extend(ids.iter().filter_map(|id| event_index(id)));
             }
-            Entry::Claim { what, until } => {
-                self.claims.insert(what, until);
+            Entry::Announced { sale, what } => {
+                self.announced.entry(sale).or_default().set(what);
+            }
+            Entry::Claim { what, .. } => {
+                let legacy = [
+                    ("started:", Announcement::Started),
+                    ("ended:", Announcement::Ended),
+                ];
+                for (prefix, kind) in legacy {
+                    if let Some(sale) = what.strip_prefix(prefix) {
+                        let sale = SaleId(sale.to_owned());
+                        self.announced.entry(sale).or_default().set(kind);
+                    }
+                }
             }
         }
+    }
+
+    /// A new sale: its book, its position, its room's listing; live until retired.
+    fn add_sale(&mut self, sale: SaleRecord) {
+        self.sale_order.push(sale.id.clone());
+        let position = self.sale_order.len() as SalePosition;
+        self.positions.insert(sale.id.clone(), position);
+        self.live.insert(position, sale.id.clone());
+        self.by_room
+            .entry(sale.room.clone())
+            .or_default()
+            .push((position, sale.id.clone()));
+        self.books.insert(sale.id.clone(), SaleBook::new(sale));
     }
 
     /// After replay: a group resumes after its highest acknowledged event, and every event
     /// below it that was never acknowledged is pending, due for delivery at once.
     fn finish_replay(&mut self) {
+        // The sweep has nothing more to do for a sale whose announcements are both made and
+        // which holds nothing: it is not live. (An ended sale whose end was not announced,
+        // or with holds to release, stays live.)
+        let done: Vec<SalePosition> = self
+            .live
+            .iter()
+            .filter(|(_, id)| {
+                let announced = self.announced.get(*id).copied().unwrap_or_default();
+                let held = self.books.get(*id).map_or(0, SaleBook::reserved_units);
+                announced.all() && held == 0
+            })
+            .map(|(position, _)| *position)
+            .collect();
+        for position in done {
+            self.live.remove(&position);
+        }
         for g in self.groups.values_mut() {
             let acked = std::mem::take(&mut g.replay_acked);
             let Some(top) = acked.last().copied() else {
@@ -325,13 +404,16 @@ impl State {
         }
     }
 
-    fn snapshot(book: &SaleBook) -> SaleSnapshot {
-        SaleSnapshot {
+    fn snapshot(&self, id: &SaleId) -> Option<SaleSnapshot> {
+        let book = self.books.get(id)?;
+        Some(SaleSnapshot {
             sale: book.sale.clone(),
             remaining: book.remaining,
             reserved: book.reserved_units(),
             confirmed: book.confirmed,
-        }
+            version: book.version,
+            announced: self.announced.get(id).copied().unwrap_or_default(),
+        })
     }
 }
 
@@ -355,11 +437,17 @@ impl SaleStore for MemorySaleStore {
     }
 
     async fn product(&self, id: &ProductId) -> Result<Option<Product>, StoreError> {
-        Ok(self.state.lock().products.get(id).cloned())
+        self.check()?;
+        let product = self.state.lock().products.get(id).cloned();
+        self.barrier().await?;
+        Ok(product)
     }
 
     async fn products(&self) -> Result<Vec<Product>, StoreError> {
-        Ok(self.state.lock().products.values().cloned().collect())
+        self.check()?;
+        let products = self.state.lock().products.values().cloned().collect();
+        self.barrier().await?;
+        Ok(products)
     }
 
     async fn create_sale(&self, sale: SaleRecord) -> Result<(), StoreError> {
@@ -370,19 +458,74 @@ impl SaleStore for MemorySaleStore {
                 return Err(StoreError::SaleExists);
             }
             let rx = self.queue(&Entry::Sale { sale: sale.clone() });
-            st.sale_order.push(sale.id.clone());
-            st.books.insert(sale.id.clone(), SaleBook::new(sale));
+            st.add_sale(sale);
             rx
         };
         Self::durable(rx).await
     }
 
     async fn sale(&self, id: &SaleId) -> Result<Option<SaleSnapshot>, StoreError> {
-        Ok(self.state.lock().books.get(id).map(State::snapshot))
+        // Stock shown to anyone (GET /api/sales, stock events) must be on disk: a buy whose
+        // fsync is still running is not shown before it is.
+        self.check()?;
+        let snapshot = self.state.lock().snapshot(id);
+        self.barrier().await?;
+        Ok(snapshot)
     }
 
     async fn sales(&self) -> Result<Vec<SaleId>, StoreError> {
-        Ok(self.state.lock().sale_order.clone())
+        self.check()?;
+        let sales = self.state.lock().sale_order.clone();
+        self.barrier().await?;
+        Ok(sales)
+    }
+
+    async fn live_sales(
+        &self,
+        after: SalePosition,
+        limit: usize,
+    ) -> Result<Vec<(SalePosition, SaleId)>, StoreError> {
+        self.check()?;
+        let st = self.state.lock();
+        Ok(st
+            .live
+            .range(after.saturating_add(1)..)
+            .take(limit)
+            .map(|(p, id)| (*p, id.clone()))
+            .collect())
+    }
+
+    async fn retire_sale(&self, id: &SaleId) -> Result<(), StoreError> {
+        self.check()?;
+        let mut st = self.state.lock();
+        if let Some(position) = st.positions.get(id).copied() {
+            st.live.remove(&position);
+        }
+        Ok(())
+    }
+
+    async fn room_sales(
+        &self,
+        room: &RoomId,
+        before: Option<SalePosition>,
+        limit: usize,
+    ) -> Result<Vec<(SalePosition, SaleId)>, StoreError> {
+        self.check()?;
+        let st = self.state.lock();
+        let before = before.unwrap_or(SalePosition::MAX);
+        Ok(st
+            .by_room
+            .get(room)
+            .map(|sales| {
+                sales
+                    .iter()
+                    .rev()
+                    .filter(|(p, _)| *p < before)
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     async fn end_sale(&self, id: &SaleId, now: u64) -> Result<SaleSnapshot, StoreError> {
@@ -392,8 +535,9 @@ impl SaleStore for MemorySaleStore {
             let book = st.books.get_mut(id).ok_or(StoreError::SaleNotFound)?;
             book.end(now);
             let sale = book.sale.clone();
-            let snap = State::snapshot(book);
-            (self.queue(&Entry::Sale { sale }), snap)
+            let rx = self.queue(&Entry::Sale { sale });
+            let snap = st.snapshot(id).ok_or(StoreError::SaleNotFound)?;
+            (rx, snap)
         };
         Self::durable(rx).await?;
         Ok(snap)
@@ -459,13 +603,14 @@ impl SaleStore for MemorySaleStore {
         id: &ReservationId,
     ) -> Result<Option<Reservation>, StoreError> {
         self.check()?;
-        self.barrier().await?;
-        Ok(self
+        let reservation = self
             .state
             .lock()
             .books
             .get(sale)
-            .and_then(|b| b.reservation(id).cloned()))
+            .and_then(|b| b.reservation(id).cloned());
+        self.barrier().await?;
+        Ok(reservation)
     }
 
     async fn expire_due(
@@ -511,47 +656,11 @@ impl SaleStore for MemorySaleStore {
         now: u64,
     ) -> Result<Vec<DeliveredOrderEvent>, StoreError> {
         self.check()?;
-        // An order system must never see an event the disk does not have yet.
+        let delivered = self.deliver(sale, group, count, redeliver_after_ms, now)?;
+        // An order system must never see an event the disk does not have yet (the events
+        // picked were queued before this barrier).
         self.barrier().await?;
-        let mut st = self.state.lock();
-        if !st.books.contains_key(sale) {
-            return Err(StoreError::SaleNotFound);
-        }
-        let total = st.orders.get(sale).map_or(0, Vec::len);
-        let mut picked: Vec<(usize, u64)> = Vec::new();
-        {
-            let g = st
-                .groups
-                .entry((sale.clone(), group.to_owned()))
-                .or_default();
-            for (i, (last, n)) in g.pending.iter_mut() {
-                if picked.len() >= count {
-                    break;
-                }
-                // `last == 0`: restored from the journal, never delivered by this process.
-                if *last == 0 || now.saturating_sub(*last) >= redeliver_after_ms {
-                    *last = now;
-                    *n += 1;
-                    picked.push((*i, *n));
-                }
-            }
-            while picked.len() < count && g.next < total {
-                g.pending.insert(g.next, (now, 1));
-                picked.push((g.next, 1));
-                g.next += 1;
-            }
-        }
-        let events = st.orders.get(sale);
-        Ok(picked
-            .into_iter()
-            .filter_map(|(i, n)| {
-                Some(DeliveredOrderEvent {
-                    id: event_id(i),
-                    deliveries: n,
-                    event: events?.get(i)?.clone(),
-                })
-            })
-            .collect())
+        Ok(delivered)
     }
 
     async fn ack_orders(
@@ -593,40 +702,79 @@ impl SaleStore for MemorySaleStore {
 
     async fn all_orders(&self, sale: &SaleId) -> Result<Vec<OrderEvent>, StoreError> {
         self.check()?;
-        self.barrier().await?;
-        Ok(self
+        let events = self
             .state
             .lock()
             .orders
             .get(sale)
             .cloned()
-            .unwrap_or_default())
+            .unwrap_or_default();
+        self.barrier().await?;
+        Ok(events)
     }
 
     async fn claim(&self, what: &str, ttl_ms: u64, now: u64) -> Result<bool, StoreError> {
         self.check()?;
+        // Throttles only: kept in memory (a restart may repeat a throttled update, which is
+        // harmless; announcements have their own durable record).
         let until = now.saturating_add(ttl_ms);
+        let mut st = self.state.lock();
+        if st.claims.len() > 10_000 {
+            st.claims.retain(|_, held| *held > now);
+        }
+        if st.claims.get(what).is_some_and(|held| *held > now) {
+            return Ok(false);
+        }
+        st.claims.insert(what.to_owned(), until);
+        Ok(true)
+    }
+
+    async fn claim_announcement(
+        &self,
+        sale: &SaleId,
+        what: Announcement,
+        lease_ms: u64,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        self.check()?;
+        let mut st = self.state.lock();
+        if !st.books.contains_key(sale) {
+            return Err(StoreError::SaleNotFound);
+        }
+        if st.announced.get(sale).is_some_and(|a| a.get(what)) {
+            return Ok(false);
+        }
+        let key = (sale.clone(), what);
+        if st.leases.get(&key).is_some_and(|until| *until > now) {
+            return Ok(false);
+        }
+        st.leases.insert(key, now.saturating_add(lease_ms));
+        Ok(true)
+    }
+
+    async fn mark_announced(&self, sale: &SaleId, what: Announcement) -> Result<(), StoreError> {
+        self.check()?;
         let rx = {
             let mut st = self.state.lock();
-            if st.claims.len() > 10_000 {
-                st.claims.retain(|_, held| *held > now);
+            if !st.books.contains_key(sale) {
+                return Err(StoreError::SaleNotFound);
             }
-            if st.claims.get(what).is_some_and(|held| *held > now) {
-                return Ok(false);
-            }
-            st.claims.insert(what.to_owned(), until);
-            // Announcements must not repeat after a restart; throttles may.
-            if ttl_ms >= 60_000 {
-                self.queue(&Entry::Claim {
-                    what: what.to_owned(),
-                    until,
-                })
-            } else {
+            st.leases.remove(&(sale.clone(), what));
+            let announced = st.announced.entry(sale.clone()).or_default();
+            if announced.get(what) {
                 None
+            } else {
+                announced.set(what);
+                self.queue(&Entry::Announced {
+                    sale: sale.clone(),
+                    what,
+                })
             }
         };
-        Self::durable(rx).await?;
-        Ok(true)
+        match rx {
+            Some(rx) => Self::durable(Some(rx)).await,
+            None => self.barrier().await,
+        }
     }
 
     async fn ready(&self) -> bool {
@@ -635,6 +783,56 @@ impl SaleStore for MemorySaleStore {
 }
 
 impl MemorySaleStore {
+    /// Pick the events a consumer group gets now and mark them delivered (under the lock).
+    fn deliver(
+        &self,
+        sale: &SaleId,
+        group: &str,
+        count: usize,
+        redeliver_after_ms: u64,
+        now: u64,
+    ) -> Result<Vec<DeliveredOrderEvent>, StoreError> {
+        let mut st = self.state.lock();
+        if !st.books.contains_key(sale) {
+            return Err(StoreError::SaleNotFound);
+        }
+        let total = st.orders.get(sale).map_or(0, Vec::len);
+        let mut picked: Vec<(usize, u64)> = Vec::new();
+        {
+            let g = st
+                .groups
+                .entry((sale.clone(), group.to_owned()))
+                .or_default();
+            for (i, (last, n)) in g.pending.iter_mut() {
+                if picked.len() >= count {
+                    break;
+                }
+                // `last == 0`: restored from the journal, never delivered by this process.
+                if *last == 0 || now.saturating_sub(*last) >= redeliver_after_ms {
+                    *last = now;
+                    *n += 1;
+                    picked.push((*i, *n));
+                }
+            }
+            while picked.len() < count && g.next < total {
+                g.pending.insert(g.next, (now, 1));
+                picked.push((g.next, 1));
+                g.next += 1;
+            }
+        }
+        let events = st.orders.get(sale);
+        Ok(picked
+            .into_iter()
+            .filter_map(|(i, n)| {
+                Some(DeliveredOrderEvent {
+                    id: event_id(i),
+                    deliveries: n,
+                    event: events?.get(i)?.clone(),
+                })
+            })
+            .collect())
+    }
+
     async fn settle(
         &self,
         sale: &SaleId,
@@ -691,6 +889,131 @@ mod tests {
     use super::*;
     use ferry_client::protocol::commerce::Money;
     use ferry_client::protocol::{RoomId, UserId};
+    use std::sync::{Condvar, Mutex as StdMutex};
+    use std::time::Duration;
+
+    /// A journal whose appends wait while the gate is closed: an fsync that takes a while.
+    #[derive(Clone, Default)]
+    struct Gate(Arc<(StdMutex<bool>, Condvar)>);
+
+    impl Gate {
+        fn set(&self, closed: bool) {
+            let (lock, cv) = &*self.0;
+            *lock.lock().expect("gate lock") = closed;
+            cv.notify_all();
+        }
+    }
+
+    struct GatedFile(std::fs::File, Gate);
+
+    impl JournalSink for GatedFile {
+        fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {
+            let (lock, cv) = &*(self.1).0;
+            let mut closed = lock.lock().expect("gate lock");
+            while *closed {
+                closed = cv.wait(closed).expect("gate lock");
+            }
+            drop(closed);
+            self.0.append(buf)
+        }
+    }
+
+    fn open_gated(path: &Path, gate: &Gate) -> MemorySaleStore {
+        let gate = gate.clone();
+        MemorySaleStore::open_with(path, move |file| Box::new(GatedFile(file, gate))).expect("open")
+    }
+
+    /// What a read shows (stock, a product, a reservation) is on disk: while a buy's fsync is
+    /// still running, `sale()` and `product()` wait for it instead of showing the new stock.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_never_show_what_is_not_on_disk_yet() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let gate = Gate::default();
+        let store = Arc::new(open_gated(&dir.path().join("j"), &gate));
+        let sale = SaleRecord {
+            id: SaleId("s".into()),
+            room: RoomId("r".into()),
+            product: ProductId("p".into()),
+            quantity: 10,
+            price_cny: 100,
+            per_buyer_limit: 10,
+            starts_at: 0,
+            ends_at: 1_000_000,
+            hold_ms: 60_000,
+            markets: ["us".to_owned()].into(),
+            ended_at: None,
+            created_at: 0,
+        };
+        store.create_sale(sale.clone()).await.expect("sale");
+        // The disk stalls; a buy is applied in memory and waits for its fsync.
+        gate.set(true);
+        let buying = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let req = BuyRequest {
+                    buyer: UserId("b".into()),
+                    market: "us".into(),
+                    quantity: 1,
+                    key: "k".into(),
+                    now: 10,
+                    new_id: ReservationId("s.1".into()),
+                    amount_display: Money {
+                        currency: "USD".into(),
+                        minor: 14,
+                    },
+                };
+                store.buy(&SaleId("s".into()), req).await
+            }
+        });
+        let product = Product {
+            id: ProductId("p".into()),
+            title: "t".into(),
+            description: String::new(),
+            image_url: String::new(),
+            lang: "zh".into(),
+            price_cny: 100,
+            stock: 0,
+            markets: BTreeMap::new(),
+            merchant: "m".into(),
+            glossary: None,
+            translations: BTreeMap::new(),
+        };
+        let putting = tokio::spawn({
+            let store = store.clone();
+            async move { store.put_product(product).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            store.state.lock().books[&sale.id].remaining,
+            9,
+            "the buy is applied in memory"
+        );
+        let reading = tokio::spawn({
+            let store = store.clone();
+            async move {
+                (
+                    store.sale(&SaleId("s".into())).await,
+                    store.product(&ProductId("p".into())).await,
+                )
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !reading.is_finished(),
+            "a read answered while what it shows was not on disk"
+        );
+        assert!(!buying.is_finished() && !putting.is_finished());
+        gate.set(false);
+        let (snapshot, product) = reading.await.expect("read");
+        let snapshot = snapshot.expect("sale").expect("exists");
+        assert_eq!((snapshot.remaining, snapshot.version), (9, 1));
+        assert!(product.expect("product").is_some());
+        assert!(matches!(
+            buying.await.expect("buy"),
+            Ok(Ok(Bought::New(..)))
+        ));
+        putting.await.expect("put").expect("put");
+    }
 
     #[tokio::test]
     async fn unacknowledged_events_below_the_highest_ack_survive_a_restart() {
@@ -751,10 +1074,48 @@ mod tests {
             .expect("read");
         let ids: Vec<&str> = again.iter().map(|d| d.id.as_str()).collect();
         assert_eq!(ids, vec!["0-1", "0-2"]);
-        // Announcement claims survive too; short throttles need not.
-        assert!(store.claim("ended:s", 600_000, 300).await.expect("claim"));
+        // Recorded announcements survive too (and are never claimed again); a lease does
+        // not (the announcement may not have been made).
+        let ended = Announcement::Ended;
+        let started = Announcement::Started;
+        assert!(store
+            .claim_announcement(&sale.id, started, 5_000, 300)
+            .await
+            .expect("claim"));
+        assert!(store
+            .claim_announcement(&sale.id, ended, 5_000, 300)
+            .await
+            .expect("claim"));
+        store.mark_announced(&sale.id, ended).await.expect("mark");
         drop(store);
         let store = MemorySaleStore::open(&path).expect("reopen");
-        assert!(!store.claim("ended:s", 600_000, 400).await.expect("claim"));
+        let far = 300 + 30 * 86_400_000;
+        assert!(!store
+            .claim_announcement(&sale.id, ended, 5_000, far)
+            .await
+            .expect("claim"));
+        assert!(store
+            .claim_announcement(&sale.id, started, 5_000, 400)
+            .await
+            .expect("an unrecorded announcement is tried again"));
+        let snap = store.sale(&sale.id).await.expect("sale").expect("exists");
+        assert_eq!(
+            (snap.announced.started, snap.announced.ended),
+            (false, true)
+        );
+        // The journal of an earlier version recorded announcements as long claims.
+        drop(store);
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .expect("append");
+            f.write_all(b"{\"t\":\"claim\",\"what\":\"started:s\",\"until\":604800300}\n")
+                .expect("write");
+        }
+        let store = MemorySaleStore::open(&path).expect("reopen");
+        let snap = store.sale(&sale.id).await.expect("sale").expect("exists");
+        assert!(snap.announced.all());
     }
 }

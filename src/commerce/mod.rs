@@ -191,6 +191,56 @@ pub struct DeliveredOrderEvent {
     pub event: OrderEvent,
 }
 
+/// A sale's one-time room announcements (`sale_started`, `sale_ended`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Announcement {
+    Started,
+    Ended,
+}
+
+impl Announcement {
+    pub fn name(self) -> &'static str {
+        match self {
+            Announcement::Started => "started",
+            Announcement::Ended => "ended",
+        }
+    }
+}
+
+/// Which of a sale's announcements were published and recorded as such, durably and with
+/// the sale: a recorded announcement is never made again, by any node, after any restart.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Announced {
+    pub started: bool,
+    pub ended: bool,
+}
+
+impl Announced {
+    pub fn get(&self, what: Announcement) -> bool {
+        match what {
+            Announcement::Started => self.started,
+            Announcement::Ended => self.ended,
+        }
+    }
+
+    pub fn set(&mut self, what: Announcement) {
+        match what {
+            Announcement::Started => self.started = true,
+            Announcement::Ended => self.ended = true,
+        }
+    }
+
+    /// Both made: nothing left to announce.
+    pub fn all(&self) -> bool {
+        self.started && self.ended
+    }
+}
+
+/// A sale's place in the sale listings: grows by one with every sale created (1, 2, ...).
+/// Listings page by it (`live_sales` after a position, `room_sales` before one).
+pub type SalePosition = u64;
+
 /// A sale's definition plus its live counters.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SaleSnapshot {
@@ -198,6 +248,12 @@ pub struct SaleSnapshot {
     pub remaining: u64,
     pub reserved: u64,
     pub confirmed: u64,
+    /// The sale's change sequence: its number of order events, plus one once a host ended
+    /// it early. Read atomically with the counters, so a stock event built from this
+    /// snapshot carries it and clients can drop an older event that arrives late.
+    pub version: u64,
+    /// Announcements already made (recorded with [`SaleStore::mark_announced`]).
+    pub announced: Announced,
 }
 
 /// Why a store operation failed (not a business refusal: those are values).
@@ -222,10 +278,31 @@ pub trait SaleStore: Send + Sync + 'static {
     async fn product(&self, id: &ProductId) -> Result<Option<Product>, StoreError>;
     async fn products(&self) -> Result<Vec<Product>, StoreError>;
 
-    /// Create a sale (its id must be new).
+    /// Create a sale (its id must be new). It is listed in its room's sales and in the live
+    /// sales (those the sweep visits) until [`SaleStore::retire_sale`].
     async fn create_sale(&self, sale: SaleRecord) -> Result<(), StoreError>;
     async fn sale(&self, id: &SaleId) -> Result<Option<SaleSnapshot>, StoreError>;
+    /// Every sale ever created, oldest first: for tests and audits only (it grows without
+    /// bound; the server's paths use [`SaleStore::live_sales`] and [`SaleStore::room_sales`]).
     async fn sales(&self) -> Result<Vec<SaleId>, StoreError>;
+    /// Sales that may still need the sweep (not retired), oldest first, with a position
+    /// greater than `after` (0: from the first); at most `limit`.
+    async fn live_sales(
+        &self,
+        after: SalePosition,
+        limit: usize,
+    ) -> Result<Vec<(SalePosition, SaleId)>, StoreError>;
+    /// Take a sale off the live list: it ended, both announcements are recorded and no hold
+    /// is left, so the sweep has nothing more to do for it. Idempotent.
+    async fn retire_sale(&self, id: &SaleId) -> Result<(), StoreError>;
+    /// A room's sales, newest first, with a position lower than `before` (`None`: from the
+    /// newest); at most `limit`.
+    async fn room_sales(
+        &self,
+        room: &RoomId,
+        before: Option<SalePosition>,
+        limit: usize,
+    ) -> Result<Vec<(SalePosition, SaleId)>, StoreError>;
     /// End a sale now (buys are refused from `now`); returns its snapshot.
     async fn end_sale(&self, id: &SaleId, now: u64) -> Result<SaleSnapshot, StoreError>;
     /// Replace the markets a sale admits buyers from.
@@ -292,8 +369,24 @@ pub trait SaleStore: Send + Sync + 'static {
     async fn all_orders(&self, sale: &SaleId) -> Result<Vec<OrderEvent>, StoreError>;
 
     /// Claim `what` for `ttl_ms` cluster-wide: true for exactly one caller until it lapses.
-    /// Used so one node announces a sale's start, and room updates stay throttled.
+    /// Used so room updates (stock, social proof) stay throttled across nodes.
     async fn claim(&self, what: &str, ttl_ms: u64, now: u64) -> Result<bool, StoreError>;
+
+    /// Take the lease to publish announcement `what` of `sale`: true for one caller at a
+    /// time until the lease lapses (`lease_ms` after `now`, on the callers' clocks), and never
+    /// once the announcement is recorded. A caller that published calls
+    /// [`SaleStore::mark_announced`]; one that failed (or died) lets the lease lapse, and a
+    /// later sweep tries again: announcements are made at least once.
+    async fn claim_announcement(
+        &self,
+        sale: &SaleId,
+        what: Announcement,
+        lease_ms: u64,
+        now: u64,
+    ) -> Result<bool, StoreError>;
+    /// Record, durably and with the sale, that `what` was published: it is never claimed
+    /// again.
+    async fn mark_announced(&self, sale: &SaleId, what: Announcement) -> Result<(), StoreError>;
 
     /// Whether the store can serve requests (drives `/readyz`).
     async fn ready(&self) -> bool;

@@ -92,6 +92,7 @@ pub fn sale_view(s: &SaleSnapshot, product: &Product, cfg: &CommerceConfig, now:
         ends_at: sale.ended_at.unwrap_or(sale.ends_at).min(sale.ends_at),
         hold_secs: sale.hold_ms / 1000,
         status,
+        version: s.version,
     }
 }
 

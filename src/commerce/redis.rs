@@ -6,8 +6,10 @@
 //! # Keys
 //! Per sale (`<p>` is the configured prefix, `<t>` = `{sale:<id>}`):
 //! - `<p>:<t>:def`        HASH  `json` (the [`SaleRecord`] as created), `starts_at`, `ends_at`,
-//!   `ended_at` (absent = not ended early), `quantity`, `price_cny`, `limit`, `hold_ms`, and
-//!   `m:<market>` = 1 per admitted market (`ended_at` and `m:*` override the JSON).
+//!   `ended_at` (absent = not ended early), `quantity`, `price_cny`, `limit`, `hold_ms`,
+//!   `m:<market>` = 1 per admitted market (`ended_at` and `m:*` override the JSON), and
+//!   `a:started` / `a:ended`: an announcement's lease (until when, caller's Unix ms) or
+//!   `done` once it was published and recorded (never claimed again).
 //! - `<p>:<t>:stock`      HASH  `remaining`, `confirmed` (reserved = quantity − both).
 //! - `<p>:<t>:res`        HASH  reservation id → [`Reservation`] JSON (current state).
 //! - `<p>:<t>:keys`       HASH  `<len(buyer)>:<buyer>|<key>` → reservation id (idempotency).
@@ -18,9 +20,13 @@
 //! - `<p>:<t>:g:<group>`  HASH  stream id → `now` of its last delivery to `<group>`
 //!   (redelivery runs on the caller's clock, not Redis idle times).
 //!
-//! Outside any sale's slot (not part of an atomic step): `<p>:products` HASH product id →
-//! JSON; `<p>:sales` ZSET sale id scored by creation sequence; `<p>:claim:<what>` strings
-//! (`SET NX PX`).
+//! Outside any sale's slot (not part of a sale's atomic step): `<p>:products` HASH product
+//! id → JSON; the listings, under one hash tag of their own so one script updates them
+//! together: `<p>:{sales}:all` ZSET every sale scored by its position (creation sequence),
+//! `<p>:{sales}:live` ZSET the sales the sweep still visits (same scores; a sale leaves it
+//! when retired), `<p>:{sales}:room:<room>` ZSET a room's sales (same scores);
+//! `<p>:claim:<what>` strings (`SET NX PX`, throttles). `<p>:sales` is the listing of earlier
+//! versions, folded into the new ones once at connect (`<p>:{sales}:migrated`).
 //!
 //! # Scripts
 //! [`BUY_SCRIPT`] (idempotency key → sale window → market → per-buyer limit → stock, then
@@ -47,13 +53,15 @@
 //! background ping fails, calls fail fast instead of queueing on a dead connection.
 
 use super::{
-    Bought, BuyRefusal, BuyRequest, DeliveredOrderEvent, OrderEvent, OrderEventKind, Product,
-    ReleaseReason, Reservation, SaleRecord, SaleSnapshot, SaleStore, Settled, StoreError,
+    Announced, Announcement, Bought, BuyRefusal, BuyRequest, DeliveredOrderEvent, OrderEvent,
+    OrderEventKind, Product, ReleaseReason, Reservation, SalePosition, SaleRecord, SaleSnapshot,
+    SaleStore, Settled, StoreError,
 };
 use crate::engine::redis::{RedisEngineOptions, RedisStartError};
 use async_trait::async_trait;
 use dashmap::DashMap;
 use ferry_client::protocol::commerce::{ProductId, ReservationId, ReservationState, SaleId};
+use ferry_client::protocol::RoomId;
 use redis::aio::ConnectionLike;
 use redis::Value;
 use std::collections::BTreeSet;
@@ -191,20 +199,23 @@ end
 return out
 "#;
 
-/// Reads a sale's definition and counters. KEYS: def stock.
+/// Reads a sale's definition, counters and number of order events (its version is that
+/// number, plus one if `ended_at` is set). KEYS: def stock orders.
 const SNAPSHOT_FN: &str = r#"
 local function snapshot()
-  return {redis.call('HGETALL', KEYS[1]), redis.call('HMGET', KEYS[2], 'remaining', 'confirmed')}
+  return {redis.call('HGETALL', KEYS[1]), redis.call('HMGET', KEYS[2], 'remaining', 'confirmed'),
+    redis.call('XLEN', KEYS[3])}
 end
 "#;
 
-/// KEYS: def stock.
+/// KEYS: def stock orders.
 const SNAPSHOT: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 return snapshot()
 "#;
 
-/// KEYS: def stock. ARGV: now. Buys are refused from `now` (unless the sale already ended).
+/// KEYS: def stock orders. ARGV: now. Buys are refused from `now` (unless the sale already
+/// ended).
 const END: &str = r#"
 local d = redis.call('HMGET', KEYS[1], 'ends_at', 'ended_at')
 if not d[1] then return false end
@@ -236,13 +247,37 @@ redis.call('HSET', KEYS[2], 'remaining', ARGV[5], 'confirmed', 0)
 return 1
 "#;
 
-/// KEYS: sales. ARGV: id. Appends the id (once) with the next sequence number.
+/// KEYS: all live room. ARGV: id live(1/0). Lists the sale (once) with the next position:
+/// in every sale, the live sales (when `live` is 1) and its room's sales; returns the
+/// position. Listing again (a retried create) changes nothing.
 const INDEX: &str = r#"
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-local top = redis.call('ZREVRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-local n = 1
-if top[2] then n = tonumber(top[2]) + 1 end
-redis.call('ZADD', KEYS[1], n, ARGV[1])
+local n = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not n then
+  local top = redis.call('ZREVRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  n = 1
+  if top[2] then n = tonumber(top[2]) + 1 end
+  redis.call('ZADD', KEYS[1], n, ARGV[1])
+  if ARGV[2] == '1' then redis.call('ZADD', KEYS[2], n, ARGV[1]) end
+end
+redis.call('ZADD', KEYS[3], n, ARGV[1])
+return tonumber(n)
+"#;
+
+/// KEYS: def. ARGV: field(`a:started`/`a:ended`) now until. 1: the lease is the caller's;
+/// 0: recorded already, or another caller's lease runs; -1: no such sale.
+const CLAIM_ANNOUNCEMENT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v == 'done' then return 0 end
+if v and tonumber(v) > tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"#;
+
+/// KEYS: def. ARGV: field. Records the announcement as made. -1: no such sale.
+const MARK_ANNOUNCED: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+redis.call('HSET', KEYS[1], ARGV[1], 'done')
 return 1
 "#;
 
@@ -367,6 +402,8 @@ struct Scripts {
     index: redis::Script,
     read: redis::Script,
     ack: redis::Script,
+    claim_announcement: redis::Script,
+    mark_announced: redis::Script,
 }
 
 impl Scripts {
@@ -385,6 +422,8 @@ impl Scripts {
             index: redis::Script::new(INDEX),
             read: redis::Script::new(READ),
             ack: redis::Script::new(ACK),
+            claim_announcement: redis::Script::new(CLAIM_ANNOUNCEMENT),
+            mark_announced: redis::Script::new(MARK_ANNOUNCED),
         }
     }
 }
@@ -500,19 +539,23 @@ fn settle_event(r: &Reservation, now: u64) -> OrderEvent {
     OrderEvent::of(kind, r, now)
 }
 
-/// `[HGETALL def, HMGET stock remaining confirmed]` → snapshot.
+/// `[HGETALL def, HMGET stock remaining confirmed, XLEN orders]` → snapshot.
 fn parse_snapshot(v: Value) -> Result<Option<SaleSnapshot>, StoreError> {
     if matches!(v, Value::Nil) {
         return Ok(None);
     }
     let mut parts = array(v, "a sale snapshot")?.into_iter();
-    let (Some(def), Some(stock)) = (parts.next(), parts.next()) else {
+    let (Some(def), Some(stock), Some(events)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(bad_reply("a sale snapshot", &"too short"));
     };
+    let events = int(&events)
+        .and_then(|n| u64::try_from(n).ok())
+        .ok_or_else(|| bad_reply("a sale snapshot (XLEN)", &events))?;
     let def = array(def, "a sale snapshot")?;
     let mut json = None;
     let mut ended_at = None;
     let mut markets = BTreeSet::new();
+    let mut announced = Announced::default();
     for kv in def.chunks(2) {
         let (Some(k), Some(val)) = (kv.first().and_then(text), kv.get(1)) else {
             continue;
@@ -523,6 +566,12 @@ fn parse_snapshot(v: Value) -> Result<Option<SaleSnapshot>, StoreError> {
             ended_at = int(val).and_then(|t| u64::try_from(t).ok());
         } else if let Some(m) = k.strip_prefix("m:") {
             markets.insert(m.to_owned());
+        } else if text(val) == Some("done") {
+            match k {
+                "a:started" => announced.started = true,
+                "a:ended" => announced.ended = true,
+                _ => {}
+            }
         }
     }
     let json = json.ok_or_else(|| bad_reply("a sale snapshot (no json)", &def))?;
@@ -543,6 +592,8 @@ fn parse_snapshot(v: Value) -> Result<Option<SaleSnapshot>, StoreError> {
             .quantity
             .saturating_sub(remaining)
             .saturating_sub(confirmed),
+        version: events + u64::from(sale.ended_at.is_some()),
+        announced,
         sale,
         remaining,
         confirmed,
@@ -595,7 +646,65 @@ impl RedisSaleStore {
         });
         inner.preload().await;
         tokio::spawn(check_health(Arc::downgrade(&inner)));
-        Ok(RedisSaleStore { inner })
+        let store = RedisSaleStore { inner };
+        match store.migrate(crate::unix_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                sales = n,
+                "sale store: listings of an earlier version migrated"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "sale store: cannot migrate the listings of an earlier version; retried at the next start")
+            }
+        }
+        Ok(store)
+    }
+
+    /// Fold the sale list of earlier versions (`<p>:sales`) into the listings, once per Redis
+    /// (then `<p>:{sales}:migrated` is set; nodes racing here do the same idempotent steps).
+    /// Announcements made under the claims of earlier versions (`<p>:claim:started:<id>`,
+    /// `…ended:<id>`, 7-day keys) are recorded as made, and so are both announcements of a
+    /// sale that ended before now (its end was announced, or is of no use to anyone now).
+    /// A sale is live unless it ended and holds nothing.
+    async fn migrate(&self, now: u64) -> Result<usize, StoreError> {
+        let i = &self.inner;
+        let done = i
+            .cmd(redis::cmd("EXISTS").arg(i.listing("migrated")))
+            .await?;
+        if int(&done) == Some(1) {
+            return Ok(0);
+        }
+        let v = i
+            .cmd(redis::cmd("ZRANGE").arg(i.global("sales")).arg(0).arg(-1))
+            .await?;
+        let legacy = array(v, "ZRANGE")?;
+        let mut migrated = 0;
+        for id in &legacy {
+            let id = SaleId(
+                text(id)
+                    .ok_or_else(|| bad_reply("ZRANGE", &legacy))?
+                    .to_owned(),
+            );
+            let Some(snap) = self.sale(&id).await? else {
+                continue;
+            };
+            let sale = &snap.sale;
+            let ended = sale.ended_at.is_some_and(|t| t <= now) || now >= sale.ends_at;
+            for what in [Announcement::Started, Announcement::Ended] {
+                let claimed = i
+                    .cmd(redis::cmd("EXISTS").arg(i.global(&format!("claim:{}:{id}", what.name()))))
+                    .await?;
+                if ended || int(&claimed) == Some(1) {
+                    self.mark_announced(&id, what).await?;
+                }
+            }
+            i.index(&id, &sale.room, !ended || snap.reserved > 0)
+                .await?;
+            migrated += 1;
+        }
+        i.cmd(redis::cmd("SET").arg(i.listing("migrated")).arg(1))
+            .await?;
+        Ok(migrated)
     }
 }
 
@@ -636,6 +745,8 @@ impl Inner {
             &s.index,
             &s.read,
             &s.ack,
+            &s.claim_announcement,
+            &s.mark_announced,
         ] {
             let mut conn = self.conn.clone();
             let loaded = tokio::time::timeout(self.opts.command_timeout, conn.load(script)).await;
@@ -651,6 +762,56 @@ impl Inner {
 
     fn global(&self, part: &str) -> String {
         format!("{}:{}", self.opts.prefix, part)
+    }
+
+    /// A listing key: `<p>:{sales}:<part>` (one slot for all of them).
+    fn listing(&self, part: &str) -> String {
+        format!("{}:{{sales}}:{}", self.opts.prefix, part)
+    }
+
+    fn room_listing(&self, room: &RoomId) -> String {
+        self.listing(&format!("room:{room}"))
+    }
+
+    /// List a sale (every sale, live when `live`, its room's); returns its position.
+    async fn index(&self, id: &SaleId, room: &RoomId, live: bool) -> Result<u64, StoreError> {
+        let keys = [
+            self.listing("all"),
+            self.listing("live"),
+            self.room_listing(room),
+        ];
+        let args = [id.0.clone(), if live { "1" } else { "0" }.to_owned()];
+        let v = self.eval(&self.scripts.index, &keys, &args).await?;
+        int(&v)
+            .and_then(|n| u64::try_from(n).ok())
+            .ok_or_else(|| bad_reply("index", &v))
+    }
+
+    /// `(position, id)` pairs of a `… WITHSCORES` reply.
+    fn positions(v: Value, what: &str) -> Result<Vec<(SalePosition, SaleId)>, StoreError> {
+        // RESP2 gives member, score, member, score...; RESP3 gives [member, score] pairs.
+        let items: Vec<Value> = array(v, what)?
+            .into_iter()
+            .flat_map(|item| match item {
+                Value::Array(pair) => pair,
+                other => vec![other],
+            })
+            .collect();
+        let mut out = Vec::with_capacity(items.len() / 2);
+        for pair in items.chunks(2) {
+            let (Some(id), Some(score)) = (pair.first().and_then(text), pair.get(1)) else {
+                return Err(bad_reply(what, &items));
+            };
+            let position = match score {
+                Value::Double(d) => *d as u64,
+                other => text(other)
+                    .and_then(|t| t.parse::<f64>().ok())
+                    .map(|d| d as u64)
+                    .ok_or_else(|| bad_reply(what, &items))?,
+            };
+            out.push((position, SaleId(id.to_owned())));
+        }
+        Ok(out)
     }
 
     /// def stock res held deadlines orders: the keys of the settle scripts.
@@ -835,11 +996,9 @@ impl SaleStore for RedisSaleStore {
         args.extend(sale.markets.iter().cloned());
         let keys = [i.key(&sale.id, "def"), i.key(&sale.id, "stock")];
         let created = i.eval(&i.scripts.create, &keys, &args).await?;
-        // The listing is outside the sale's slot: added after the sale exists, and again
+        // The listings are outside the sale's slot: added after the sale exists, and again
         // on a duplicate create, so a crash between the two steps heals on retry.
-        let index = [i.global("sales")];
-        i.eval(&i.scripts.index, &index, std::slice::from_ref(&sale.id.0))
-            .await?;
+        i.index(&sale.id, &sale.room, true).await?;
         match int(&created) {
             Some(1) => {
                 i.terms.insert(
@@ -858,14 +1017,65 @@ impl SaleStore for RedisSaleStore {
 
     async fn sale(&self, id: &SaleId) -> Result<Option<SaleSnapshot>, StoreError> {
         let i = &self.inner;
-        let keys = [i.key(id, "def"), i.key(id, "stock")];
+        let keys = [i.key(id, "def"), i.key(id, "stock"), i.key(id, "orders")];
         parse_snapshot(i.eval(&i.scripts.snapshot, &keys, &[]).await?)
+    }
+
+    async fn live_sales(
+        &self,
+        after: SalePosition,
+        limit: usize,
+    ) -> Result<Vec<(SalePosition, SaleId)>, StoreError> {
+        let i = &self.inner;
+        let v = i
+            .cmd(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(i.listing("live"))
+                    .arg(format!("({after}"))
+                    .arg("+inf")
+                    .arg("WITHSCORES")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit),
+            )
+            .await?;
+        Inner::positions(v, "ZRANGEBYSCORE")
+    }
+
+    async fn retire_sale(&self, id: &SaleId) -> Result<(), StoreError> {
+        let i = &self.inner;
+        i.cmd(redis::cmd("ZREM").arg(i.listing("live")).arg(id.as_str()))
+            .await?;
+        Ok(())
+    }
+
+    async fn room_sales(
+        &self,
+        room: &RoomId,
+        before: Option<SalePosition>,
+        limit: usize,
+    ) -> Result<Vec<(SalePosition, SaleId)>, StoreError> {
+        let i = &self.inner;
+        let max = before.map_or_else(|| "+inf".to_owned(), |b| format!("({b}"));
+        let v = i
+            .cmd(
+                redis::cmd("ZREVRANGEBYSCORE")
+                    .arg(i.room_listing(room))
+                    .arg(max)
+                    .arg("-inf")
+                    .arg("WITHSCORES")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit),
+            )
+            .await?;
+        Inner::positions(v, "ZREVRANGEBYSCORE")
     }
 
     async fn sales(&self) -> Result<Vec<SaleId>, StoreError> {
         let i = &self.inner;
         let v = i
-            .cmd(redis::cmd("ZRANGE").arg(i.global("sales")).arg(0).arg(-1))
+            .cmd(redis::cmd("ZRANGE").arg(i.listing("all")).arg(0).arg(-1))
             .await?;
         let items = array(v, "ZRANGE")?;
         items
@@ -880,7 +1090,7 @@ impl SaleStore for RedisSaleStore {
 
     async fn end_sale(&self, id: &SaleId, now: u64) -> Result<SaleSnapshot, StoreError> {
         let i = &self.inner;
-        let keys = [i.key(id, "def"), i.key(id, "stock")];
+        let keys = [i.key(id, "def"), i.key(id, "stock"), i.key(id, "orders")];
         parse_snapshot(i.eval(&i.scripts.end, &keys, &[now.to_string()]).await?)?
             .ok_or(StoreError::SaleNotFound)
     }
@@ -1209,6 +1419,43 @@ impl SaleStore for RedisSaleStore {
             )
             .await?;
         Ok(!matches!(v, Value::Nil))
+    }
+
+    async fn claim_announcement(
+        &self,
+        sale: &SaleId,
+        what: Announcement,
+        lease_ms: u64,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let i = &self.inner;
+        let args = [
+            format!("a:{}", what.name()),
+            now.to_string(),
+            now.saturating_add(lease_ms).to_string(),
+        ];
+        let v = i
+            .eval(&i.scripts.claim_announcement, &[i.key(sale, "def")], &args)
+            .await?;
+        match int(&v) {
+            Some(1) => Ok(true),
+            Some(0) => Ok(false),
+            Some(-1) => Err(StoreError::SaleNotFound),
+            _ => Err(bad_reply("claim announcement", &v)),
+        }
+    }
+
+    async fn mark_announced(&self, sale: &SaleId, what: Announcement) -> Result<(), StoreError> {
+        let i = &self.inner;
+        let args = [format!("a:{}", what.name())];
+        let v = i
+            .eval(&i.scripts.mark_announced, &[i.key(sale, "def")], &args)
+            .await?;
+        match int(&v) {
+            Some(1) => Ok(()),
+            Some(-1) => Err(StoreError::SaleNotFound),
+            _ => Err(bad_reply("mark announced", &v)),
+        }
     }
 
     async fn ready(&self) -> bool {

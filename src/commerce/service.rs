@@ -4,14 +4,19 @@
 //! background sweep that releases lapsed holds and announces starts and ends. The sale rules
 //! themselves live in the store ([`super::SaleStore`]), never here.
 //!
-//! Cluster behaviour: every node sweeps every live sale (releases are atomic, so two nodes
-//! sweeping the same reservation release it once); announcements and throttled updates are
-//! claimed through the store, so one node publishes each.
+//! Cluster behaviour: every node sweeps the live sales, a bounded batch per sweep (releases
+//! are atomic, so two nodes sweeping the same reservation release it once). Throttled
+//! updates are claimed through the store, so one node publishes each. `sale_started` and
+//! `sale_ended` are made at least once: a node takes a lease on the announcement, publishes,
+//! and records it with the sale; a failed claim or publish (or a node dying in between) is
+//! tried again by a later sweep once the lease lapses, and a recorded announcement is never
+//! made again. A viewer can see one twice only if a publish succeeded but recording it failed
+//! (or its node died in between), or a publish that timed out was applied after all.
 
 use super::pricing::{money, product_view, sale_view};
 use super::{
-    Bought, BuyRefusal, BuyRequest, Product, ReleaseReason, Reservation, SaleRecord, SaleSnapshot,
-    SaleStore, Settled, StoreError,
+    Announced, Announcement, Bought, BuyRefusal, BuyRequest, Product, ReleaseReason, Reservation,
+    SalePosition, SaleRecord, SaleSnapshot, SaleStore, Settled, StoreError,
 };
 use crate::config::CommerceConfig;
 use crate::engine::EngineError;
@@ -20,7 +25,7 @@ use ferry_client::protocol::commerce::{
     PinnedProduct, ProductId, PurchaseNotice, ReservationId, ReservationView, SaleId, SaleSpec,
     SaleStatus, SaleView,
 };
-use ferry_client::protocol::{ErrorCode, RoomEvent, RoomId, UserId, UserRef};
+use ferry_client::protocol::{ErrorCode, Role, RoomEvent, RoomId, UserId, UserRef};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
@@ -98,10 +103,12 @@ struct Pending {
     /// Purchases not yet announced, and the market of the latest.
     purchases: u64,
     last_market: String,
-    /// Announcements this node knows were made.
-    started: bool,
-    ended: bool,
 }
+
+/// How long after its end a sale stays live (visited by the sweep) once announced and
+/// without holds: covers nodes whose clocks run behind, which may still admit a buy (and
+/// create a hold to sweep) until their clock reaches the end.
+const RETIRE_AFTER_END_MS: u64 = 60_000;
 
 pub struct Commerce {
     cfg: CommerceConfig,
@@ -109,8 +116,8 @@ pub struct Commerce {
     store: Arc<dyn SaleStore>,
     hub: Arc<Hub>,
     pending: Mutex<HashMap<SaleId, Pending>>,
-    /// Sales that ended with no active reservations and were announced: nothing to sweep.
-    finished: Mutex<HashSet<SaleId>>,
+    /// Where the next sweep resumes in the live sales (0: from the first).
+    sweep_cursor: Mutex<SalePosition>,
     /// Room and price per sale (immutable), so buys skip a store read.
     basics: Mutex<HashMap<SaleId, (RoomId, i64)>>,
 }
@@ -144,7 +151,7 @@ impl Commerce {
             store,
             hub,
             pending: Mutex::new(HashMap::new()),
-            finished: Mutex::new(HashSet::new()),
+            sweep_cursor: Mutex::new(0),
             basics: Mutex::new(HashMap::new()),
         })
     }
@@ -200,15 +207,21 @@ impl Commerce {
             )));
         }
         self.store.put_product(product.clone()).await?;
+        // The sales that can still admit buyers are live (a retired one has ended).
         let enabled = product.enabled_markets();
-        for id in self.store.sales().await? {
-            if self.finished.lock().contains(&id) {
-                continue;
-            }
-            if let Some(s) = self.store.sale(&id).await? {
-                if s.sale.product == product.id && s.sale.markets != enabled {
-                    self.store.set_sale_markets(&id, enabled.clone()).await?;
+        let mut after = 0;
+        loop {
+            let page = self.store.live_sales(after, 1000).await?;
+            for (_, id) in &page {
+                if let Some(s) = self.store.sale(id).await? {
+                    if s.sale.product == product.id && s.sale.markets != enabled {
+                        self.store.set_sale_markets(id, enabled.clone()).await?;
+                    }
                 }
+            }
+            match page.last() {
+                Some((position, _)) if page.len() == 1000 => after = *position,
+                _ => break,
             }
         }
         Ok(product)
@@ -221,6 +234,17 @@ impl Commerce {
             .ok_or(CommerceError::NotFound("product"))
     }
 
+    /// A host may show and sell only its own merchant's products (admins any; a product
+    /// saved before products had merchants belongs to nobody and may be used by any host).
+    fn check_merchant(product: &Product, by: &UserRef) -> Result<(), CommerceError> {
+        if by.role == Role::Admin || product.merchant.is_empty() || product.merchant == by.id.0 {
+            return Ok(());
+        }
+        Err(CommerceError::Forbidden(
+            "this product belongs to another merchant".into(),
+        ))
+    }
+
     // -- room showcase ----------------------------------------------------------------
 
     pub async fn pin_product(
@@ -230,6 +254,7 @@ impl Commerce {
         by: &UserRef,
     ) -> Result<(), CommerceError> {
         let product = self.product(product).await?;
+        Self::check_merchant(&product, by)?;
         let event = RoomEvent::ProductPinned {
             pinned: Box::new(PinnedProduct {
                 product: product_view(&product, &self.cfg),
@@ -259,8 +284,10 @@ impl Commerce {
         room: &RoomId,
         spec: SaleSpec,
         now: u64,
+        by: &UserRef,
     ) -> Result<SaleView, CommerceError> {
         let product = self.product(&spec.product).await?;
+        Self::check_merchant(&product, by)?;
         if spec.quantity == 0 || spec.quantity > 10_000_000 {
             return Err(CommerceError::Invalid(
                 "quantity must be 1..=10000000".into(),
@@ -334,6 +361,8 @@ impl Commerce {
             remaining: sale.quantity,
             reserved: 0,
             confirmed: 0,
+            version: 0,
+            announced: Announced::default(),
             sale,
         };
         let view = sale_view(&snapshot, &product, &self.cfg, now);
@@ -361,6 +390,36 @@ impl Commerce {
         Ok(sale_view(&snap, &product, &self.cfg, now))
     }
 
+    /// One page of a room's sales, newest first (at most `limit`, 1..=100), each with live
+    /// stock, and the position to ask the next page `before` (`None`: no more).
+    pub async fn room_sales(
+        &self,
+        room: &RoomId,
+        before: Option<SalePosition>,
+        limit: usize,
+        now: u64,
+    ) -> Result<(Vec<SaleView>, Option<SalePosition>), CommerceError> {
+        let limit = limit.clamp(1, 100);
+        let mut page = self.store.room_sales(room, before, limit + 1).await?;
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let next = if more {
+            page.last().map(|(position, _)| *position)
+        } else {
+            None
+        };
+        let mut sales = Vec::with_capacity(page.len());
+        for (_, id) in &page {
+            match self.sale(id, now).await {
+                Ok(view) => sales.push(view),
+                // Listed but gone (Redis lost it): skip it.
+                Err(CommerceError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((sales, next))
+    }
+
     pub async fn end_sale(
         &self,
         room: Option<&RoomId>,
@@ -377,28 +436,57 @@ impl Commerce {
         }
         self.store.end_sale(id, now).await?;
         let view = self.sale(id, now).await?;
-        self.announce_end(&view, now).await;
+        if view.status == SaleStatus::Ended {
+            self.announce(&view, Announcement::Ended, now).await;
+        }
         Ok(view)
     }
 
-    async fn announce_end(&self, view: &SaleView, now: u64) {
-        if let Ok(true) = self
+    /// Make a sale's `sale_started` or `sale_ended` (at least once, recorded so it is never
+    /// made again). Without the lease (another node is making it, or it was made) this does
+    /// nothing; when the claim or the publish fails, the lease lapses after
+    /// `commerce.announce_retry` and a later sweep tries again.
+    async fn announce(&self, view: &SaleView, what: Announcement, now: u64) {
+        let lease = self.cfg.announce_retry.as_millis() as u64;
+        match self
             .store
-            .claim(&format!("ended:{}", view.id), 7 * 86_400_000, now)
+            .claim_announcement(&view.id, what, lease, now)
             .await
         {
-            let event = RoomEvent::SaleEnded {
-                stock: view.stock(),
-            };
-            if let Err(e) = self.hub.publish(&view.room, &event).await {
-                tracing::warn!(sale = %view.id, error = %e, "cannot announce the sale's end");
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::debug!(sale = %view.id, what = what.name(), error = %e, "cannot claim the announcement; a later sweep tries again");
+                return;
             }
         }
-        self.pending
-            .lock()
-            .entry(view.id.clone())
-            .or_default()
-            .ended = true;
+        let event = match what {
+            Announcement::Started => RoomEvent::SaleStarted {
+                stock: view.stock(),
+            },
+            Announcement::Ended => RoomEvent::SaleEnded {
+                stock: view.stock(),
+            },
+        };
+        match self.hub.publish(&view.room, &event).await {
+            Ok(_) => {}
+            // Nobody can see it: the room is closed, or gone (a memory engine restart).
+            Err(e @ (EngineError::RoomNotFound | EngineError::RoomClosed)) => {
+                tracing::info!(sale = %view.id, room = %view.room, what = what.name(), error = %e, "announcement dropped: no room to make it in");
+            }
+            // Moderator-queue refusals answer only `hold`/`resolve` state changes, which a
+            // sale announcement never carries.
+            Err(e @ (EngineError::NotHeld | EngineError::HeldQueueFull)) => {
+                tracing::error!(sale = %view.id, what = what.name(), error = %e, "announcement refused with a moderation error (a bug)");
+            }
+            Err(e @ EngineError::Unavailable(_)) => {
+                tracing::warn!(sale = %view.id, what = what.name(), error = %e, "announcement not published; tried again after commerce.announce_retry");
+                return;
+            }
+        }
+        if let Err(e) = self.store.mark_announced(&view.id, what).await {
+            tracing::warn!(sale = %view.id, what = what.name(), error = %e, "announcement published but not recorded; it may be made again");
+        }
     }
 
     // -- buying -----------------------------------------------------------------------
@@ -492,6 +580,14 @@ impl Commerce {
             Ok(Bought::Replayed(r)) => Ok((r.view(), true)),
             Err(refusal) => Err(CommerceError::Refused(refusal)),
         }
+    }
+
+    /// The room a sale runs in, from the same cache as buys (no store step once cached).
+    pub async fn sale_room(&self, sale: &SaleId) -> Result<RoomId, CommerceError> {
+        if !valid_id(sale.as_str()) {
+            return Err(CommerceError::NotFound("sale"));
+        }
+        Ok(self.sale_basics(sale).await?.0)
     }
 
     /// A sale's room and price, which never change: cached, so a buy costs the store one
@@ -596,12 +692,12 @@ impl Commerce {
     }
 
     /// Publish the sale's stock (or sold-out) update if this node wins the throttle.
+    ///
+    /// The counters are read after the claim, so they are the freshest this node can give,
+    /// and carry the sale's version: an event that reaches the room late (a slow publish on
+    /// one node while another node publishes a newer one) is ignored by the engines' room
+    /// state and by clients, instead of undoing the newer one.
     async fn publish_stock(&self, sale: &SaleId, now: u64) {
-        let Ok(view) = self.sale(sale, now).await else {
-            return;
-        };
-        let sold_out = view.status == SaleStatus::SoldOut;
-        let room = view.room.clone();
         // Sold-out notices share the stock throttle: a sale that sells out, gets units back
         // and sells out again announces each change (the dirty flag keeps a throttled change
         // for the next sweep).
@@ -613,39 +709,71 @@ impl Commerce {
         if let Some(p) = self.pending.lock().get_mut(sale) {
             p.stock_dirty = false;
         }
-        let event = if sold_out {
-            RoomEvent::SaleSoldOut {
-                stock: view.stock(),
+        let published = match self.sale(sale, now).await {
+            Ok(view) => {
+                let event = if view.status == SaleStatus::SoldOut {
+                    RoomEvent::SaleSoldOut {
+                        stock: view.stock(),
+                    }
+                } else {
+                    RoomEvent::SaleStock {
+                        stock: view.stock(),
+                    }
+                };
+                self.hub.publish(&view.room, &event).await.map(|_| ())
             }
-        } else {
-            RoomEvent::SaleStock {
-                stock: view.stock(),
-            }
+            Err(e) => Err(EngineError::Unavailable(e.to_string())),
         };
-        if let Err(e) = self.hub.publish(&room, &event).await {
-            tracing::debug!(%sale, error = %e, "stock update not published");
+        if let Err(e) = published {
+            tracing::debug!(%sale, error = %e, "stock update not published; retried");
+            self.mark_dirty(sale);
         }
     }
 
     // -- background -------------------------------------------------------------------
 
     /// One sweep: release lapsed holds, announce starts and ends, flush throttled updates.
+    ///
+    /// It visits at most `commerce.sweep_max_sales` live sales, in turns (the next sweep
+    /// resumes after the last one visited), plus the sales this node changed since its last
+    /// sweep (their stock updates and social proof are due).
     pub async fn sweep(&self, now: u64) {
-        let sales = match self.store.sales().await {
-            Ok(s) => s,
+        let batch = self.cfg.sweep_max_sales.max(1);
+        let after = *self.sweep_cursor.lock();
+        let page = match self.store.live_sales(after, batch).await {
+            Ok(page) => page,
             Err(e) => {
-                tracing::debug!(error = %e, "sweep: cannot list sales");
+                tracing::debug!(error = %e, "sweep: cannot list the live sales");
                 return;
             }
         };
-        for id in sales {
-            if self.finished.lock().contains(&id) {
-                continue;
+        *self.sweep_cursor.lock() = match page.last() {
+            Some((position, _)) if page.len() == batch => *position,
+            _ => 0,
+        };
+        let mut visited = HashSet::with_capacity(page.len());
+        for (_, id) in page {
+            if let Err(e) = self.sweep_sale(&id, now).await {
+                tracing::debug!(sale = %id, error = %e, "sweep failed");
             }
+            visited.insert(id);
+        }
+        let local: Vec<SaleId> = self
+            .pending
+            .lock()
+            .iter()
+            .filter(|(id, p)| (p.stock_dirty || p.purchases > 0) && !visited.contains(*id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in local {
             if let Err(e) = self.sweep_sale(&id, now).await {
                 tracing::debug!(sale = %id, error = %e, "sweep failed");
             }
         }
+        // Nothing pending is the same as no entry.
+        self.pending
+            .lock()
+            .retain(|_, p| p.stock_dirty || p.purchases > 0);
     }
 
     async fn sweep_sale(&self, id: &SaleId, now: u64) -> Result<(), CommerceError> {
@@ -657,46 +785,52 @@ impl Commerce {
             tracing::debug!(sale = %id, released = released.len(), "holds lapsed");
             self.mark_dirty(id);
         }
-        let view = self.sale(id, now).await?;
-        let (announce_start, dirty, purchases, market, ended_known) = {
-            let mut pending = self.pending.lock();
-            let p = pending.entry(id.clone()).or_default();
-            let announce_start = !p.started && now >= view.starts_at;
-            let purchases = std::mem::take(&mut p.purchases);
-            (
-                announce_start,
-                p.stock_dirty,
-                purchases,
-                p.last_market.clone(),
-                p.ended,
-            )
+        let Some(snap) = self.store.sale(id).await? else {
+            // Gone from the store (Redis lost it): nothing left to sweep.
+            self.store.retire_sale(id).await?;
+            self.pending.lock().remove(id);
+            return Ok(());
         };
-        if announce_start {
-            if let Ok(true) = self
-                .store
-                .claim(&format!("started:{id}"), 7 * 86_400_000, now)
-                .await
-            {
-                let event = RoomEvent::SaleStarted {
-                    stock: view.stock(),
-                };
-                let _ = self.hub.publish(&view.room, &event).await;
-            }
-            if let Some(p) = self.pending.lock().get_mut(id) {
-                p.started = true;
+        let product = self.product(&snap.sale.product).await?;
+        let view = sale_view(&snap, &product, &self.cfg, now);
+        let ended = view.status == SaleStatus::Ended;
+        if !snap.announced.started {
+            if ended {
+                // Over before anyone announced its start: its end is what viewers need.
+                self.store.mark_announced(id, Announcement::Started).await?;
+            } else if now >= view.starts_at {
+                self.announce(&view, Announcement::Started, now).await;
             }
         }
-        if view.status == SaleStatus::Ended {
-            if !ended_known {
-                self.announce_end(&view, now).await;
+        if ended {
+            if !snap.announced.ended {
+                self.announce(&view, Announcement::Ended, now).await;
             }
-            let snap = self.store.sale(id).await?;
-            if snap.is_some_and(|s| s.reserved == 0) {
-                self.finished.lock().insert(id.clone());
+            let end = snap
+                .sale
+                .ended_at
+                .map_or(snap.sale.ends_at, |t| t.min(snap.sale.ends_at));
+            if snap.announced.all()
+                && snap.reserved == 0
+                && now >= end.saturating_add(RETIRE_AFTER_END_MS)
+            {
+                self.store.retire_sale(id).await?;
                 self.pending.lock().remove(id);
+                tracing::debug!(sale = %id, "sale retired: nothing left to sweep");
             }
             return Ok(());
         }
+        let (dirty, purchases, market) = {
+            let mut pending = self.pending.lock();
+            match pending.get_mut(id) {
+                Some(p) => (
+                    p.stock_dirty,
+                    std::mem::take(&mut p.purchases),
+                    p.last_market.clone(),
+                ),
+                None => (false, 0, String::new()),
+            }
+        };
         if dirty {
             self.publish_stock(id, now).await;
         }
@@ -755,5 +889,312 @@ fn state_name(r: &Reservation) -> &'static str {
         S::Reserved => "reserved",
         S::Confirmed => "confirmed",
         S::Released => "released",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The sweep's announcements against the real memory engine and sale store, with
+    //! publishes failing on purpose (a Redis hiccup at the worst moment) and restarts.
+    use super::*;
+    use crate::commerce::memory::MemorySaleStore;
+    use crate::config::Config;
+    use crate::engine::memory::{MemoryEngine, MemoryEngineOptions};
+    use crate::engine::{Engine, History, Publication, RoomRecord, StateChange, Subscription};
+    use crate::hub::HubConfig;
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use ferry_client::protocol::{Epoch, Offset};
+    use std::collections::BTreeMap;
+
+    /// The memory engine, except that publishes of the named event types fail
+    /// (`unavailable`) as many times as asked.
+    struct FlakyEngine {
+        inner: MemoryEngine,
+        failures: Mutex<HashMap<String, u32>>,
+    }
+
+    #[async_trait]
+    impl Engine for FlakyEngine {
+        fn name(&self) -> &'static str {
+            "flaky"
+        }
+        async fn create_room(
+            &self,
+            room: &RoomId,
+            title: &str,
+        ) -> Result<(RoomRecord, bool), EngineError> {
+            self.inner.create_room(room, title).await
+        }
+        async fn room(&self, room: &RoomId) -> Result<Option<RoomRecord>, EngineError> {
+            self.inner.room(room).await
+        }
+        async fn publish(
+            &self,
+            room: &RoomId,
+            body: Bytes,
+            change: Option<StateChange>,
+        ) -> Result<Publication, EngineError> {
+            let kind = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["type"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            if let Some(left) = self.failures.lock().get_mut(&kind).filter(|n| **n > 0) {
+                *left -= 1;
+                return Err(EngineError::Unavailable("injected".into()));
+            }
+            self.inner.publish(room, body, change).await
+        }
+        async fn subscribe(&self, room: &RoomId) -> Result<Subscription, EngineError> {
+            self.inner.subscribe(room).await
+        }
+        async fn history(
+            &self,
+            room: &RoomId,
+            epoch: &Epoch,
+            after: Offset,
+            until: Offset,
+        ) -> Result<History, EngineError> {
+            self.inner.history(room, epoch, after, until).await
+        }
+        async fn report_presence(
+            &self,
+            room: &RoomId,
+            node: &str,
+            count: u64,
+        ) -> Result<(), EngineError> {
+            self.inner.report_presence(room, node, count).await
+        }
+        async fn viewer_count(&self, room: &RoomId) -> Result<u64, EngineError> {
+            self.inner.viewer_count(room).await
+        }
+        async fn record_viewer(&self, room: &RoomId, user: &UserId) -> Result<(), EngineError> {
+            self.inner.record_viewer(room, user).await
+        }
+        async fn unique_viewers(&self, room: &RoomId) -> Result<u64, EngineError> {
+            self.inner.unique_viewers(room).await
+        }
+        async fn report_audience(
+            &self,
+            room: &RoomId,
+            node: &str,
+            counts: &BTreeMap<String, u64>,
+        ) -> Result<(), EngineError> {
+            self.inner.report_audience(room, node, counts).await
+        }
+        async fn audience(&self, room: &RoomId) -> Result<BTreeMap<String, u64>, EngineError> {
+            self.inner.audience(room).await
+        }
+        async fn ready(&self) -> bool {
+            true
+        }
+    }
+
+    const ROOM: &str = "shop";
+    const T0: u64 = 1_800_000_000_000;
+
+    struct Node {
+        commerce: Arc<Commerce>,
+        engine: Arc<FlakyEngine>,
+    }
+
+    async fn node(store: Arc<dyn SaleStore>, edit: impl FnOnce(&mut CommerceConfig)) -> Node {
+        let cfg = Config::default();
+        let engine = Arc::new(FlakyEngine {
+            inner: MemoryEngine::new(MemoryEngineOptions::default()),
+            failures: Mutex::new(HashMap::new()),
+        });
+        let hub = Hub::new(
+            engine.clone(),
+            HubConfig::from_config(&cfg, "n1".into()),
+            Arc::new(crate::metrics::Metrics::default()),
+        );
+        let mut commerce_cfg = cfg.commerce.clone();
+        commerce_cfg.announce_retry = Duration::from_secs(1);
+        edit(&mut commerce_cfg);
+        engine
+            .create_room(&RoomId(ROOM.into()), "t")
+            .await
+            .expect("room");
+        Node {
+            commerce: Commerce::new(commerce_cfg, store, hub),
+            engine,
+        }
+    }
+
+    impl Node {
+        fn fail(&self, kind: &str, times: u32) {
+            self.engine.failures.lock().insert(kind.to_owned(), times);
+        }
+
+        /// How many events of each type the room holds.
+        async fn published(&self) -> BTreeMap<String, u32> {
+            let e = &self.engine.inner;
+            let rec = e
+                .room(&RoomId(ROOM.into()))
+                .await
+                .expect("room")
+                .expect("exists");
+            let History::Events(events) = e
+                .history(&RoomId(ROOM.into()), &rec.epoch, Offset(0), rec.offset)
+                .await
+                .expect("history")
+            else {
+                panic!("history lost");
+            };
+            let mut out = BTreeMap::new();
+            for p in events {
+                let v: serde_json::Value = serde_json::from_slice(&p.body).expect("json");
+                *out.entry(v["type"].as_str().unwrap_or("?").to_owned())
+                    .or_default() += 1;
+            }
+            out
+        }
+
+        async fn count(&self, kind: &str) -> u32 {
+            self.published().await.get(kind).copied().unwrap_or(0)
+        }
+
+        async fn start(&self, starts_at: u64, duration_secs: u64) -> SaleId {
+            let host = UserRef {
+                id: UserId("host".into()),
+                name: "Host".into(),
+                role: Role::Host,
+            };
+            let spec = SaleSpec {
+                product: "basket".into(),
+                quantity: 10,
+                price_cny: 5900,
+                per_buyer_limit: 1,
+                starts_at: Some(starts_at),
+                starts_in_secs: None,
+                duration_secs,
+                hold_secs: 60,
+            };
+            self.commerce
+                .start_sale(&RoomId(ROOM.into()), spec, T0, &host)
+                .await
+                .expect("sale")
+                .id
+        }
+    }
+
+    async fn with_product(store: &Arc<dyn SaleStore>) {
+        store
+            .put_product(Product {
+                id: "basket".into(),
+                title: "藤编篮".into(),
+                description: String::new(),
+                image_url: String::new(),
+                lang: "zh".into(),
+                price_cny: 8900,
+                stock: 0,
+                markets: [("us".to_owned(), true)].into(),
+                merchant: "host".into(),
+                glossary: None,
+                translations: BTreeMap::new(),
+            })
+            .await
+            .expect("product");
+    }
+
+    /// A publish that fails after the claim was taken is made by a later sweep, once the
+    /// lease lapses; the announcement reaches the room exactly once.
+    #[tokio::test]
+    async fn a_failed_announcement_is_made_by_a_later_sweep_exactly_once() {
+        let store: Arc<dyn SaleStore> = Arc::new(MemorySaleStore::in_memory());
+        with_product(&store).await;
+        let n = node(store.clone(), |_| {}).await;
+        let sale = n.start(T0, 10).await;
+        n.fail("sale_started", 1);
+        n.commerce.sweep(T0).await;
+        assert_eq!(n.count("sale_started").await, 0, "the publish failed");
+        n.commerce.sweep(T0 + 200).await;
+        assert_eq!(n.count("sale_started").await, 0, "the lease still runs");
+        n.commerce.sweep(T0 + 1_001).await;
+        assert_eq!(n.count("sale_started").await, 1, "tried again");
+        for t in [T0 + 1_200, T0 + 5_000] {
+            n.commerce.sweep(t).await;
+        }
+        assert_eq!(n.count("sale_started").await, 1, "and made once");
+        let end = T0 + 10_000;
+        n.fail("sale_ended", 2);
+        n.commerce.sweep(end).await;
+        n.commerce.sweep(end + 1_001).await;
+        n.commerce.sweep(end + 1_500).await;
+        assert_eq!(n.count("sale_ended").await, 0, "failed twice");
+        n.commerce.sweep(end + 2_002).await;
+        n.commerce.sweep(end + 4_000).await;
+        assert_eq!(n.count("sale_ended").await, 1);
+        // Weeks later: nothing is announced again, and the sale left the sweep's list.
+        n.commerce.sweep(end + 8 * 86_400_000).await;
+        n.commerce.sweep(end + 30 * 86_400_000).await;
+        let counts = n.published().await;
+        assert_eq!(
+            (counts["sale_started"], counts["sale_ended"]),
+            (1, 1),
+            "{counts:?}"
+        );
+        let live = store.live_sales(0, 100).await.expect("live");
+        assert!(live.iter().all(|(_, id)| *id != sale), "{live:?}");
+    }
+
+    /// Announcements are recorded with the sale in the journal: after a restart (or on any
+    /// node), however long after, they are not made again; a sale that ended while nobody
+    /// swept is announced ended, not started.
+    #[tokio::test]
+    async fn announcements_are_never_repeated_after_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("journal");
+        let open =
+            || -> Arc<dyn SaleStore> { Arc::new(MemorySaleStore::open(&path).expect("journal")) };
+        let store = open();
+        with_product(&store).await;
+        let n = node(store, |_| {}).await;
+        let announced = n.start(T0, 10).await;
+        let missed = n.start(T0 + 1_000, 1).await;
+        n.commerce.sweep(T0).await;
+        // Nobody sweeps during the second sale; the first one ends too.
+        n.commerce.sweep(T0 + 12_000).await;
+        let counts = n.published().await;
+        assert_eq!(
+            (counts["sale_started"], counts["sale_ended"]),
+            (1, 2),
+            "{counts:?}"
+        );
+        drop(n);
+        // A restart: same journal, new engine and room.
+        for later in [8, 9, 40] {
+            let store = open();
+            let n = node(store.clone(), |_| {}).await;
+            n.commerce.sweep(T0 + later * 86_400_000).await;
+            let counts = n.published().await;
+            assert_eq!(counts.get("sale_started"), None, "{counts:?}");
+            assert_eq!(counts.get("sale_ended"), None, "{counts:?}");
+            // Announced, ended, nothing held: not even visited.
+            assert!(store.live_sales(0, 100).await.expect("live").is_empty());
+            for id in [&announced, &missed] {
+                let snap = store.sale(id).await.expect("sale").expect("exists");
+                assert!(snap.announced.all());
+            }
+        }
+    }
+
+    /// However many sales are live, a sweep visits at most `sweep_max_sales` of them, in
+    /// turns.
+    #[tokio::test]
+    async fn a_sweep_visits_a_bounded_batch_of_live_sales_in_turns() {
+        let store: Arc<dyn SaleStore> = Arc::new(MemorySaleStore::in_memory());
+        with_product(&store).await;
+        let n = node(store, |c| c.sweep_max_sales = 2).await;
+        for _ in 0..5 {
+            n.start(T0, 60).await;
+        }
+        let mut seen = Vec::new();
+        for t in 0..4 {
+            n.commerce.sweep(T0 + t).await;
+            seen.push(n.count("sale_started").await);
+        }
+        assert_eq!(seen, vec![2, 4, 5, 5]);
     }
 }

@@ -277,43 +277,163 @@ async fn commerce_state_applies(e: &dyn Engine, r: &RoomId) {
         starts_at: 1_795_313_637_269,
         ends_at: 1_795_313_937_269,
         hold_secs: 300,
-        status: SaleStatus::Open,
+        status: SaleStatus::Scheduled,
+        version: 0,
     };
-    e.publish(r, body(10), Some(StateChange::Sale(Box::new(sale.clone()))))
-        .await
-        .expect("sale");
-    let stock = |remaining, status| SaleStock {
-        sale: "s1".into(),
+    let mut n = 9;
+    let mut publish = |change: StateChange| {
+        n += 1;
+        let b = body(n);
+        async move { e.publish(r, b, Some(change)).await.expect("publish") }
+    };
+    publish(StateChange::Sale(Box::new(sale.clone()))).await;
+    let stock = |sale: &str, remaining, status, version| SaleStock {
+        sale: sale.into(),
         quantity: 100,
         remaining,
         status,
+        version,
     };
-    e.publish(
-        r,
-        body(11),
-        Some(StateChange::SaleStock(stock(40, SaleStatus::Open))),
-    )
-    .await
-    .expect("stock");
+    let state = || async { e.room(r).await.expect("room").expect("exists").sale };
+    let patched = |view: &SaleView, remaining, status, version| {
+        let mut v = view.clone();
+        v.remaining = remaining;
+        v.status = status;
+        v.version = version;
+        Some(v)
+    };
+    // Started (same version, later phase), then a stock update.
+    publish(StateChange::SaleStock(stock(
+        "s1",
+        100,
+        SaleStatus::Open,
+        0,
+    )))
+    .await;
+    assert_eq!(state().await, patched(&sale, 100, SaleStatus::Open, 0));
+    publish(StateChange::SaleStock(stock(
+        "s1",
+        40,
+        SaleStatus::Open,
+        60,
+    )))
+    .await;
     let rec = e.room(r).await.expect("room").expect("exists");
     assert_eq!(rec.product, Some(pinned));
-    let mut expected = sale.clone();
-    expected.remaining = 40;
-    assert_eq!(rec.sale, Some(expected));
-    // Stock for another sale does not touch this one; a new view replaces the patch.
-    let mut other = stock(0, SaleStatus::SoldOut);
-    other.sale = "s2".into();
-    e.publish(r, body(12), Some(StateChange::SaleStock(other)))
-        .await
-        .expect("stock");
-    e.publish(r, body(13), Some(StateChange::Sale(Box::new(sale.clone()))))
-        .await
-        .expect("sale again");
-    e.publish(r, body(14), Some(StateChange::Product(None)))
-        .await
-        .expect("unpin product");
+    assert_eq!(rec.sale, patched(&sale, 40, SaleStatus::Open, 60));
+    // An older patch delivered late (published by a slower node) does not undo a newer one.
+    publish(StateChange::SaleStock(stock(
+        "s1",
+        0,
+        SaleStatus::SoldOut,
+        100,
+    )))
+    .await;
+    publish(StateChange::SaleStock(stock("s1", 3, SaleStatus::Open, 97))).await;
+    assert_eq!(
+        state().await,
+        patched(&sale, 0, SaleStatus::SoldOut, 100),
+        "a stale stock patch"
+    );
+    // Units come back (newer version); the same version with an earlier phase is older.
+    publish(StateChange::SaleStock(stock(
+        "s1",
+        2,
+        SaleStatus::Open,
+        102,
+    )))
+    .await;
+    publish(StateChange::SaleStock(stock(
+        "s1",
+        2,
+        SaleStatus::Scheduled,
+        102,
+    )))
+    .await;
+    assert_eq!(state().await, patched(&sale, 2, SaleStatus::Open, 102));
+    // Two sales in one room: stock of another sale (not the room's latest) leaves the
+    // latest one with its own latest patch (read straight after, nothing republished).
+    publish(StateChange::SaleStock(stock(
+        "s2",
+        0,
+        SaleStatus::SoldOut,
+        500,
+    )))
+    .await;
+    assert_eq!(
+        state().await,
+        patched(&sale, 2, SaleStatus::Open, 102),
+        "another sale's stock"
+    );
+    publish(StateChange::SaleStock(stock(
+        "s1",
+        35,
+        SaleStatus::Open,
+        130,
+    )))
+    .await;
+    publish(StateChange::SaleStock(stock(
+        "s2",
+        0,
+        SaleStatus::SoldOut,
+        501,
+    )))
+    .await;
+    assert_eq!(
+        state().await,
+        patched(&sale, 35, SaleStatus::Open, 130),
+        "the latest patch of the latest sale"
+    );
+    // Ended is final: a later stock update of a lagging node does not reopen it.
+    publish(StateChange::SaleStock(stock(
+        "s1",
+        35,
+        SaleStatus::Ended,
+        131,
+    )))
+    .await;
+    publish(StateChange::SaleStock(stock(
+        "s1",
+        36,
+        SaleStatus::Open,
+        140,
+    )))
+    .await;
+    assert_eq!(state().await, patched(&sale, 35, SaleStatus::Ended, 131));
+    // A newer sale takes over: its view as announced, then its own patches; the older
+    // sale's stock no longer touches the room's state.
+    let mut second = sale.clone();
+    second.id = "s2".into();
+    publish(StateChange::Sale(Box::new(second.clone()))).await;
+    publish(StateChange::SaleStock(stock(
+        "s1",
+        10,
+        SaleStatus::Ended,
+        150,
+    )))
+    .await;
+    assert_eq!(
+        state().await,
+        Some(second.clone()),
+        "a new view replaces the patch"
+    );
+    publish(StateChange::SaleStock(stock(
+        "s2",
+        60,
+        SaleStatus::Open,
+        40,
+    )))
+    .await;
+    publish(StateChange::SaleStock(stock(
+        "s1",
+        5,
+        SaleStatus::Ended,
+        151,
+    )))
+    .await;
+    publish(StateChange::Product(None)).await;
     let rec = e.room(r).await.expect("room").expect("exists");
-    assert_eq!(rec.sale, Some(sale));
+    assert_eq!(rec.sale, patched(&second, 60, SaleStatus::Open, 40));
     assert_eq!(rec.product, None);
 }
 

@@ -58,7 +58,8 @@ pub enum StateChange {
     Product(Option<Box<PinnedProduct>>),
     /// The room's current sale as of this event.
     Sale(Box<SaleView>),
-    /// New stock counters for the room's current sale.
+    /// New stock counters for the room's current sale (ignored when of another sale, or
+    /// older than what the state holds: `SaleView::apply_stock`).
     SaleStock(SaleStock),
     /// The room's video went live (true) or ended (false).
     Live(bool),
@@ -116,9 +117,10 @@ impl RoomRecord {
             StateChange::Product(p) => self.product = p.as_deref().cloned(),
             StateChange::Sale(s) => self.sale = Some((**s).clone()),
             StateChange::SaleStock(stock) => {
-                if let Some(sale) = self.sale.as_mut().filter(|s| s.id == stock.sale) {
-                    sale.remaining = stock.remaining;
-                    sale.status = stock.status;
+                // Only the latest sale, and only a newer patch: stock events published by
+                // different nodes may arrive out of order.
+                if let Some(sale) = self.sale.as_mut() {
+                    sale.apply_stock(stock);
                 }
             }
             StateChange::Live(live) => self.live = *live,

@@ -3,8 +3,10 @@
 //!
 //! Keys of one room share the hash tag `{<room>}` so every script runs on one shard:
 //! - `<prefix>:{r}:meta`     HASH  epoch, offset, title, created_at, pinned, slow, likes, closed,
-//!   product (pinned showcase product, JSON), sale (the room's current sale view, JSON),
-//!   sale_stock (the latest stock counters of that sale, JSON; patches `sale` on read),
+//!   product (pinned showcase product, JSON), sale (the room's latest sale view, JSON),
+//!   sale_id (that sale's id), sale_stock (the newest stock counters of that sale, JSON;
+//!   patches `sale` on read; another sale's stock, or an older one, is not stored),
+//!   sale_rank (the order key of what `sale`/`sale_stock` hold, see `stock_rank`) and
 //!   live ("1" while a publisher streams video into the room)
 //! - `<prefix>:{r}:stream`   STREAM history, entry id `<offset>-1`, field `d` = event body
 //! - `<prefix>:{r}:muted`    HASH  user → until (Unix ms, 0 = until unmuted)
@@ -28,6 +30,7 @@ use super::{Engine, EngineError, History, Publication, RoomRecord, StateChange, 
 use async_trait::async_trait;
 use bytes::Bytes;
 use dashmap::DashMap;
+use ferry_client::protocol::commerce::{stock_order, SaleStatus};
 use ferry_client::protocol::translation::HeldComment;
 use ferry_client::protocol::{Epoch, Offset, Pinned, RoomId, UserId};
 use redis::aio::ConnectionLike;
@@ -58,7 +61,7 @@ pub struct RedisEngineOptions {
 }
 
 const PUBLISH: &str = r#"
--- KEYS: meta stream muted banned held ; ARGV: body size ttl_ms channel publish_cmd op a1 a2 max_held
+-- KEYS: meta stream muted banned held ; ARGV: body size ttl_ms channel publish_cmd op a1 a2 a3 max_held
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then return {0} end
 if redis.call('HGET', KEYS[1], 'closed') == '1' then return {-1} end
@@ -66,7 +69,7 @@ local op = ARGV[6]
 if op == 'resolve' then
   if redis.call('HDEL', KEYS[5], ARGV[7]) == 0 then return {-2} end
 elseif op == 'hold' then
-  if redis.call('HLEN', KEYS[5]) >= tonumber(ARGV[9]) then return {-3} end
+  if redis.call('HLEN', KEYS[5]) >= tonumber(ARGV[10]) then return {-3} end
   redis.call('HSET', KEYS[5], ARGV[7], ARGV[8])
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
@@ -80,9 +83,21 @@ elseif op == 'likes' then redis.call('HINCRBY', KEYS[1], 'likes', ARGV[7])
 elseif op == 'product' then redis.call('HSET', KEYS[1], 'product', ARGV[7])
 elseif op == 'unproduct' then redis.call('HDEL', KEYS[1], 'product')
 elseif op == 'sale' then
-  redis.call('HSET', KEYS[1], 'sale', ARGV[7])
+  redis.call('HSET', KEYS[1], 'sale', ARGV[7], 'sale_id', ARGV[8], 'sale_rank', ARGV[9])
   redis.call('HDEL', KEYS[1], 'sale_stock')
-elseif op == 'salestock' then redis.call('HSET', KEYS[1], 'sale_stock', ARGV[7])
+elseif op == 'salestock' then
+  -- Only the room's latest sale is patched (a room may run several sales at once), and only
+  -- by a newer patch (stock events from several nodes may arrive out of order).
+  local current = redis.call('HGET', KEYS[1], 'sale_id')
+  if not current then
+    -- A room whose sale view was stored before `sale_id` existed.
+    local view = redis.call('HGET', KEYS[1], 'sale')
+    if view then current = cjson.decode(view).id end
+  end
+  local held = tonumber(redis.call('HGET', KEYS[1], 'sale_rank') or '-1')
+  if current == ARGV[8] and tonumber(ARGV[9]) > held then
+    redis.call('HSET', KEYS[1], 'sale_stock', ARGV[7], 'sale_rank', ARGV[9])
+  end
 elseif op == 'live' then redis.call('HSET', KEYS[1], 'live', ARGV[7])
 elseif op == 'close' then
   redis.call('HSET', KEYS[1], 'closed', '1')
@@ -769,48 +784,59 @@ async fn route_pushes(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<redis::
     }
 }
 
-fn state_args(change: Option<&StateChange>) -> [String; 3] {
+/// The state change as script arguments: op, a1, a2, a3.
+fn state_args(change: Option<&StateChange>) -> [String; 4] {
     let s = |v: &str| v.to_owned();
+    fn json<T: serde::Serialize>(v: &T) -> String {
+        serde_json::to_string(v).unwrap_or_default()
+    }
     match change {
-        None => [s(""), s(""), s("")],
-        Some(StateChange::Pin(p)) => [
-            s("pin"),
-            serde_json::to_string(p).unwrap_or_default(),
+        None => [s(""), s(""), s(""), s("")],
+        Some(StateChange::Pin(p)) => [s("pin"), json(p), s(""), s("")],
+        Some(StateChange::Unpin) => [s("unpin"), s(""), s(""), s("")],
+        Some(StateChange::Mute { user, until }) => [
+            s("mute"),
+            user.0.clone(),
+            until.unwrap_or(0).to_string(),
             s(""),
         ],
-        Some(StateChange::Unpin) => [s("unpin"), s(""), s("")],
-        Some(StateChange::Mute { user, until }) => {
-            [s("mute"), user.0.clone(), until.unwrap_or(0).to_string()]
-        }
-        Some(StateChange::Unmute { user }) => [s("unmute"), user.0.clone(), s("")],
-        Some(StateChange::Ban { user }) => [s("ban"), user.0.clone(), s("")],
-        Some(StateChange::SlowMode(secs)) => [s("slow"), secs.to_string(), s("")],
-        Some(StateChange::Likes(n)) => [s("likes"), n.to_string(), s("")],
-        Some(StateChange::Close) => [s("close"), s(""), s("")],
-        Some(StateChange::Product(Some(p))) => [
-            s("product"),
-            serde_json::to_string(p).unwrap_or_default(),
-            s(""),
-        ],
-        Some(StateChange::Product(None)) => [s("unproduct"), s(""), s("")],
+        Some(StateChange::Unmute { user }) => [s("unmute"), user.0.clone(), s(""), s("")],
+        Some(StateChange::Ban { user }) => [s("ban"), user.0.clone(), s(""), s("")],
+        Some(StateChange::SlowMode(secs)) => [s("slow"), secs.to_string(), s(""), s("")],
+        Some(StateChange::Likes(n)) => [s("likes"), n.to_string(), s(""), s("")],
+        Some(StateChange::Close) => [s("close"), s(""), s(""), s("")],
+        Some(StateChange::Product(Some(p))) => [s("product"), json(p), s(""), s("")],
+        Some(StateChange::Product(None)) => [s("unproduct"), s(""), s(""), s("")],
         Some(StateChange::SaleStock(stock)) => [
             s("salestock"),
-            serde_json::to_string(stock).unwrap_or_default(),
-            s(""),
+            json(stock),
+            stock.sale.0.clone(),
+            stock_rank(stock.version, stock.status).to_string(),
         ],
-        Some(StateChange::Live(live)) => [s("live"), s(if *live { "1" } else { "0" }), s("")],
+        Some(StateChange::Live(live)) => {
+            [s("live"), s(if *live { "1" } else { "0" }), s(""), s("")]
+        }
         Some(StateChange::Sale(sale)) => [
             s("sale"),
-            serde_json::to_string(sale).unwrap_or_default(),
-            s(""),
+            json(sale),
+            sale.id.0.clone(),
+            stock_rank(sale.version, sale.status).to_string(),
         ],
         Some(StateChange::Hold(h)) => [
             s("hold"),
             h.id.clone(),
             serde_json::to_string(h).unwrap_or_default(),
+            s(""),
         ],
-        Some(StateChange::Resolve(id)) => [s("resolve"), id.clone(), s("")],
+        Some(StateChange::Resolve(id)) => [s("resolve"), id.clone(), s(""), s("")],
     }
+}
+
+/// [`stock_order`] as one integer the publish script compares (exact as a Lua double: below
+/// 2^53): ended flag, then version (capped at 2^49 − 1), then phase.
+fn stock_rank(version: u64, status: SaleStatus) -> u64 {
+    let (ended, version, phase) = stock_order(version, status);
+    (u64::from(ended) << 51) | (version.min((1 << 49) - 1) << 2) | u64::from(phase)
 }
 
 fn flat_map(v: &Value) -> Vec<(String, String)> {
@@ -930,7 +956,7 @@ impl Engine for RedisEngine {
             i.key(room, "held"),
         ];
         let body_text = String::from_utf8_lossy(&body).into_owned();
-        let [op, a1, a2] = state_args(change.as_ref());
+        let [op, a1, a2, a3] = state_args(change.as_ref());
         let publish_cmd = if i.opts.cluster {
             "SPUBLISH"
         } else {
@@ -945,6 +971,7 @@ impl Engine for RedisEngine {
             op,
             a1,
             a2,
+            a3,
             i.opts.max_held.to_string(),
         ];
         let v: Vec<Value> = conn

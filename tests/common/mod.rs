@@ -4,6 +4,7 @@
 
 pub mod providers;
 pub mod redis;
+pub mod sales;
 
 use ferry::auth::{mint, TokenRequest};
 use ferry::config::Config;

@@ -93,6 +93,27 @@ pub enum SaleStatus {
     Ended,
 }
 
+impl SaleStatus {
+    /// Where the status sits in a sale's life as time passes: `scheduled` (0) before
+    /// `open`/`sold_out` (1) before `ended` (2). Two stock objects with the same `version`
+    /// have the same counters; the later phase is the newer one.
+    pub fn phase(self) -> u8 {
+        match self {
+            SaleStatus::Scheduled => 0,
+            SaleStatus::Open | SaleStatus::SoldOut => 1,
+            SaleStatus::Ended => 2,
+        }
+    }
+}
+
+/// The order of a sale's stock objects: `ended` is final; otherwise a higher `version` is
+/// newer; at the same version (same counters), a later [`SaleStatus::phase`] is newer.
+/// Compare with `>`: a stock object is applied only when its key is greater than the key of
+/// what is held ([`SaleView::apply_stock`]).
+pub fn stock_order(version: u64, status: SaleStatus) -> (bool, u64, u8) {
+    (status == SaleStatus::Ended, version, status.phase())
+}
+
 /// A flash sale as viewers see it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SaleView {
@@ -117,6 +138,11 @@ pub struct SaleView {
     /// How long a buyer has to pay after reserving, seconds.
     pub hold_secs: u64,
     pub status: SaleStatus,
+    /// The sale's change sequence when `remaining` was read: it grows with every change of
+    /// the sale's stock in the sale store (a reservation made or ended, the sale ended). A
+    /// stock object with a lower version is older than this view ([`SaleView::apply_stock`]).
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// A sale's stock at one moment: what `sale_stock` carries. Kept small because every viewer
@@ -127,6 +153,11 @@ pub struct SaleStock {
     pub quantity: u64,
     pub remaining: u64,
     pub status: SaleStatus,
+    /// The sale's change sequence when these counters were read (see [`SaleView::version`]):
+    /// events published by different nodes can arrive out of order, and an older one must
+    /// not undo a newer one.
+    #[serde(default)]
+    pub version: u64,
 }
 
 impl SaleView {
@@ -137,7 +168,24 @@ impl SaleView {
             quantity: self.quantity,
             remaining: self.remaining,
             status: self.status,
+            version: self.version,
         }
+    }
+
+    /// Apply a stock object (`sale_started`, `sale_stock`, `sale_sold_out`, `sale_ended`) to
+    /// this view: only one of this sale, and only when it is newer than what the view holds
+    /// ([`stock_order`]); an older one, delivered late, is ignored. Returns whether the view
+    /// changed. Engines keep `state.sale` with it, and clients should keep their sale with it.
+    pub fn apply_stock(&mut self, stock: &SaleStock) -> bool {
+        if stock.sale != self.id
+            || stock_order(stock.version, stock.status) <= stock_order(self.version, self.status)
+        {
+            return false;
+        }
+        self.remaining = stock.remaining;
+        self.status = stock.status;
+        self.version = stock.version;
+        true
     }
 }
 
@@ -218,6 +266,28 @@ pub struct SaleReply {
     pub sale: Box<SaleView>,
 }
 
+/// `GET /api/sales/{id}`: a sale with live stock, and the server's clock (Unix ms) when it
+/// answered, so a client without a WebSocket can count down.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SaleLookup {
+    pub sale: SaleView,
+    pub server_time: u64,
+}
+
+/// `GET /api/rooms/{room}/sales`: one page of a room's sales, newest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoomSalesPage {
+    pub sales: Vec<SaleView>,
+    /// Pass as `before` to get the next (older) page; `None` when this is the last one.
+    pub next: Option<u64>,
+}
+
+/// `GET /api/reservations/{id}`: a reservation in its current state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReservationLookup {
+    pub reservation: ReservationView,
+}
+
 /// Social proof: "someone in Hong Kong just bought this" — the market only, never who.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PurchaseNotice {
@@ -232,4 +302,77 @@ pub struct PurchaseNotice {
 pub struct PinnedProduct {
     pub product: ProductView,
     pub by: UserRef,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view() -> SaleView {
+        SaleView {
+            id: "s1".into(),
+            room: "r".into(),
+            product: ProductView {
+                id: "p".into(),
+                title: "t".into(),
+                description: String::new(),
+                image_url: String::new(),
+                lang: "zh".into(),
+                price_cny: 1,
+                markets: BTreeMap::new(),
+                fx_date: "2026-11-20".into(),
+                translations: BTreeMap::new(),
+            },
+            quantity: 10,
+            remaining: 10,
+            price_cny: 1,
+            markets: BTreeMap::new(),
+            per_buyer_limit: 1,
+            starts_at: 0,
+            ends_at: 1,
+            hold_secs: 60,
+            status: SaleStatus::Scheduled,
+            version: 0,
+        }
+    }
+
+    fn stock(remaining: u64, status: SaleStatus, version: u64) -> SaleStock {
+        SaleStock {
+            sale: "s1".into(),
+            quantity: 10,
+            remaining,
+            status,
+            version,
+        }
+    }
+
+    #[test]
+    fn stock_patches_apply_in_version_order_only() {
+        let mut v = view();
+        assert!(v.apply_stock(&stock(10, SaleStatus::Open, 0)), "started");
+        assert!(v.apply_stock(&stock(0, SaleStatus::SoldOut, 12)));
+        // Late: an older update published before the sell-out.
+        assert!(!v.apply_stock(&stock(4, SaleStatus::Open, 7)));
+        assert_eq!(
+            (v.remaining, v.status, v.version),
+            (0, SaleStatus::SoldOut, 12)
+        );
+        // Same version, earlier phase: older. Same version, later phase: newer.
+        assert!(!v.apply_stock(&stock(0, SaleStatus::Scheduled, 12)));
+        assert!(v.apply_stock(&stock(0, SaleStatus::Ended, 12)));
+        // Ended is final, whatever the version; another sale's stock never applies.
+        assert!(!v.apply_stock(&stock(5, SaleStatus::Open, 40)));
+        let mut other = stock(5, SaleStatus::Ended, 99);
+        other.sale = "s2".into();
+        assert!(!v.apply_stock(&other));
+        assert_eq!(
+            (v.remaining, v.status, v.version),
+            (0, SaleStatus::Ended, 12)
+        );
+        // Objects from a server without versions still parse (version 0).
+        let old: SaleStock =
+            serde_json::from_str(r#"{"sale":"s1","quantity":10,"remaining":3,"status":"open"}"#)
+                .expect("parses");
+        assert_eq!(old.version, 0);
+    }
 }
