@@ -1651,27 +1651,18 @@ fn buy_metrics(
             put("buy_answers_per_s", v);
         }
     }
-    let judged: Vec<_> = sales.iter().filter_map(|s| s.verdicts.as_ref()).collect();
-    if launched.is_none() || judged.len() != sales.len() || sales.is_empty() {
+    if launched.is_none() {
         return;
     }
-    let sum = |f: &dyn Fn(&sale::SaleVerdict) -> u64| judged.iter().map(|v| f(v)).sum::<u64>();
-    put("oversold", sum(&|v| v.oversold) as f64);
-    put("buyers_over_limit", sum(&|v| v.buyers_over_limit) as f64);
-    put("lost_reservations", sum(&|v| v.lost_reservations) as f64);
-    put(
-        "phantom_reservations",
-        sum(&|v| v.phantom_reservations) as f64,
-    );
-    put(
-        "double_reservations",
-        sum(&|v| v.double_reservations) as f64,
-    );
-    put("stream_anomalies", sum(&|v| v.stream_anomalies) as f64);
-    if judged.iter().all(|v| v.stock_unaccounted.is_some()) {
+    let verdicts: Vec<_> = sales.iter().map(|s| s.verdicts.as_ref()).collect();
+    for (name, value) in sale::verdict_metrics(&verdicts) {
+        put(name, value);
+    }
+    let stocks: Vec<_> = sales.iter().filter_map(|s| s.stock.as_ref()).collect();
+    if stocks.len() == sales.len() {
         put(
-            "stock_unaccounted",
-            sum(&|v| v.stock_unaccounted.unwrap_or(0)) as f64,
+            "stock_remaining",
+            stocks.iter().map(|c| c.remaining).sum::<u64>() as f64,
         );
     }
     let streams = sales.iter().filter_map(|s| s.stream.as_ref());

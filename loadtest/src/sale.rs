@@ -466,6 +466,32 @@ pub fn judge(
     (verdict, summary)
 }
 
+/// The verdict metrics of a run (threshold names), summed over its sales. Empty when there
+/// is no sale or any sale could not be judged: no evidence is not a pass, so their
+/// thresholds fail with "no data". `stock_unaccounted` needs every sale's audit.
+pub fn verdict_metrics(sales: &[Option<&SaleVerdict>]) -> Vec<(&'static str, f64)> {
+    let judged: Vec<&SaleVerdict> = sales.iter().flatten().copied().collect();
+    if judged.is_empty() || judged.len() != sales.len() {
+        return Vec::new();
+    }
+    let sum = |f: fn(&SaleVerdict) -> u64| judged.iter().map(|v| f(v)).sum::<u64>() as f64;
+    let mut out = vec![
+        ("oversold", sum(|v| v.oversold)),
+        ("buyers_over_limit", sum(|v| v.buyers_over_limit)),
+        ("lost_reservations", sum(|v| v.lost_reservations)),
+        ("phantom_reservations", sum(|v| v.phantom_reservations)),
+        ("double_reservations", sum(|v| v.double_reservations)),
+        ("stream_anomalies", sum(|v| v.stream_anomalies)),
+    ];
+    if judged.iter().all(|v| v.stock_unaccounted.is_some()) {
+        out.push((
+            "stock_unaccounted",
+            sum(|v| v.stock_unaccounted.unwrap_or(0)),
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -696,6 +722,55 @@ mod tests {
         let (v, _) = judge(5, 1, &stream, 2, &clients, Some((&counters, &stream[..3])));
         assert_eq!(v.stream_anomalies, 3 + 2);
         assert_eq!(v.stock_unaccounted, Some(1 + 1));
+    }
+
+    #[test]
+    fn a_violated_invariant_fails_its_threshold_and_an_unjudged_sale_fails_all() {
+        use crate::thresholds::{evaluate, Threshold};
+        let thresholds: Vec<Threshold> = [
+            "oversold == 0",
+            "buyers_over_limit == 0",
+            "lost_reservations == 0",
+            "phantom_reservations == 0",
+            "double_reservations == 0",
+            "stock_unaccounted == 0",
+        ]
+        .iter()
+        .map(|t| t.parse().expect("a known metric"))
+        .collect();
+        let failing = |sales: &[Option<&SaleVerdict>]| -> Vec<String> {
+            let metrics = verdict_metrics(sales)
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+            evaluate(&thresholds, &metrics)
+                .into_iter()
+                .filter(|r| !r.passed)
+                .map(|r| r.metric)
+                .collect()
+        };
+        // A correct sale and one that oversold by a unit and lost a reservation.
+        let good_stream = vec![ev(Reserved, "r1", "a", "k1", 1)];
+        let (good, _) = judge(1, 1, &good_stream, 0, &[told("a", "k1", "r1")], None);
+        let bad_stream = vec![
+            ev(Reserved, "r1", "a", "k1", 1),
+            ev(Reserved, "r2", "b", "k1", 1),
+        ];
+        let clients = [
+            told("a", "k1", "r1"),
+            told("b", "k1", "r2"),
+            told("c", "k", "r9"),
+        ];
+        let (bad, _) = judge(1, 1, &bad_stream, 0, &clients, None);
+        // No audit: stock_unaccounted has no data.
+        assert_eq!(failing(&[Some(&good)]), ["stock_unaccounted"]);
+        assert_eq!(
+            failing(&[Some(&good), Some(&bad)]),
+            ["oversold", "lost_reservations", "stock_unaccounted"]
+        );
+        // A sale whose stream could not be read: every verdict fails for lack of evidence.
+        assert_eq!(failing(&[Some(&good), None]).len(), thresholds.len());
+        assert_eq!(failing(&[]).len(), thresholds.len());
     }
 
     #[test]

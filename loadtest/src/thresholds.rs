@@ -71,7 +71,7 @@ pub const LATENCY_METRICS: [&str; 7] = [
 ];
 
 /// Every other metric of the report's `metrics` map (documented in `docs/loadtest.md`).
-pub const PLAIN_METRICS: [&str; 62] = [
+pub const PLAIN_METRICS: [&str; 63] = [
     "viewers_scheduled",
     "viewers_joined",
     "viewers_peak",
@@ -134,6 +134,7 @@ pub const PLAIN_METRICS: [&str; 62] = [
     "double_reservations",
     "stream_anomalies",
     "stock_unaccounted",
+    "stock_remaining",
     "stream_reservations",
     "stream_units_held_max",
 ];

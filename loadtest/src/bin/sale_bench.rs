@@ -188,7 +188,6 @@ async fn run(args: &Args) -> Result<Report, String> {
             dir.join("commerce.journal").display().to_string(),
         )],
         log: Some(dir.join("ferry.log")),
-        ..SpawnConfig::default()
     };
     if args.engine == Engine::Redis {
         let rport = system::free_port()?;
