@@ -85,12 +85,7 @@ async fn smoke_fails_against_a_crippled_node() {
     ])
     .await;
     assert!(!report.passed, "{}", report.summary());
-    let failed: Vec<&str> = report
-        .thresholds
-        .iter()
-        .filter(|t| !t.passed)
-        .map(|t| t.metric.as_str())
-        .collect();
+    let failed = failed_metrics(&report);
     assert!(
         failed.contains(&"server_disconnects"),
         "{}",
@@ -220,15 +215,20 @@ async fn flash_sale_fails_when_the_journal_disk_fills_up() {
     let m = &report.metrics;
     assert!(m["buy_unavailable"] > 0.0, "{}", report.summary());
     assert!(m["buy_reserved"] < 100.0, "{}", report.summary());
-    let failed: Vec<&str> = report
+    let failed = failed_metrics(&report);
+    for metric in ["buy_unavailable", "stock_remaining"] {
+        assert!(failed.contains(&metric), "{metric}: {}", report.summary());
+    }
+}
+
+/// The metrics of the thresholds a run failed.
+fn failed_metrics(report: &Report) -> Vec<&str> {
+    report
         .thresholds
         .iter()
         .filter(|t| !t.passed)
         .map(|t| t.metric.as_str())
-        .collect();
-    for metric in ["buy_unavailable", "stock_remaining"] {
-        assert!(failed.contains(&metric), "{metric}: {}", report.summary());
-    }
+        .collect()
 }
 
 /// A throwaway `redis-server` on a free loopback port, killed when dropped.

@@ -175,24 +175,6 @@ impl Report {
             "comments_rejected",
             "likes_sent",
             "churn_reconnects",
-            "buy_presses",
-            "buy_double_clicks",
-            "buy_reserved",
-            "buy_replayed",
-            "buy_sold_out",
-            "buy_limit_reached",
-            "buy_not_in_market",
-            "buy_unavailable",
-            "buy_errors",
-            "buy_not_started_retried",
-            "reservations_per_s",
-            "buy_answers_per_s",
-            "stock_remaining",
-            "oversold",
-            "buyers_over_limit",
-            "lost_reservations",
-            "phantom_reservations",
-            "double_reservations",
             "deliveries",
             "deliveries_per_s",
             "comment_deliveries_per_s",
@@ -211,8 +193,8 @@ impl Report {
             "other_cpu_s",
             "softirq_cpu_s",
         ];
-        for name in counters {
-            if let Some(v) = self.metrics.get(name) {
+        for name in counters.iter().chain(&crate::thresholds::SALE_METRICS) {
+            if let Some(v) = self.metrics.get(*name) {
                 let _ = writeln!(out, "{name:<26} {}", fmt_value(*v));
             }
         }
