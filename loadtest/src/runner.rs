@@ -860,7 +860,6 @@ async fn judge_sales(ctx: &Arc<Ctx>, launched: &Launched) -> Vec<SaleReport> {
         ctx.start_unix_us
     );
     let told = lock(&buy.told).clone();
-    let outcomes = lock(&buy.outcomes).clone();
     let mut reports = Vec::new();
     for s in &launched.sales {
         let mut report = SaleReport {
@@ -872,11 +871,8 @@ async fn judge_sales(ctx: &Arc<Ctx>, launched: &Launched) -> Vec<SaleReport> {
             price_cny: buy.settings.price_cny,
             starts_at_unix_ms: s.starts_at,
             ends_at_unix_ms: s.ends_at,
-            outcomes: outcomes
-                .iter()
-                .filter(|((room, _), _)| *room == s.room)
-                .map(|((_, name), n)| ((*name).to_owned(), *n))
-                .collect(),
+            // Filled at the end of the run, when every press has been counted.
+            outcomes: BTreeMap::new(),
             stream: None,
             stock: None,
             verdicts: None,
@@ -1412,6 +1408,19 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
         }
         None => None,
     };
+
+    // Each sale's final answers, now that presses cut short by the end are counted too.
+    if let Some(buy) = &ctx.buy {
+        let outcomes = lock(&buy.outcomes).clone();
+        for report in &mut sales {
+            let room = ctx.rooms.iter().position(|r| *r == report.room);
+            report.outcomes = outcomes
+                .iter()
+                .filter(|((r, _), _)| Some(*r) == room)
+                .map(|((_, name), n)| ((*name).to_owned(), *n))
+                .collect();
+        }
+    }
 
     // Metrics.
     let c = &ctx.c;
