@@ -95,10 +95,18 @@ async fn smoke_fails_against_a_crippled_node() {
 
 /// The shipped flash-sale scenario, scaled down to seconds: 300 viewers arrive in 1 s, the
 /// sale of 100 units (limit 1) starts 1 s after the launch, and every viewer presses Buy
-/// twice within 1 s. Its behaviours and thresholds are the shipped file's.
+/// twice within 1 s. Its behaviours and thresholds are the shipped file's, except the buy
+/// latency SLO: this test proves the sale correct, not fast, and must not fail because the
+/// CI machine's two cores are shared; its bound is loosened to 5 s.
 fn small_flash_sale() -> Scenario {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("loadtest/scenarios/flash-sale.toml");
     let mut s = Scenario::load(&path).expect("the shipped flash-sale scenario is valid");
+    let latency_slo = s
+        .thresholds
+        .iter()
+        .position(|t| t.starts_with("buy_p99_ms"))
+        .expect("the shipped scenario has a buy latency SLO");
+    s.thresholds[latency_slo] = "buy_p99_ms < 5000".to_owned();
     s.run.max_viewers = 300;
     s.run.hold = Duration::from_secs(1);
     s.run.drain = Duration::from_secs(5);
