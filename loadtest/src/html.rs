@@ -201,7 +201,50 @@ pub fn render(report: &Report) -> String {
             p.max_ms
         );
     }
-    html.push_str("</table><h2>Charts</h2>");
+    html.push_str("</table>");
+    for sale in &report.sales {
+        let _ = write!(
+            html,
+            "<h2>Flash sale <code>{}</code> in <code>{}</code></h2><p>{} units, limit {} per buyer, \
+             ¥{:.2}</p><table><tr><th>final answer</th><th>presses</th></tr>",
+            escape(&sale.sale),
+            escape(&sale.room),
+            sale.quantity,
+            sale.per_buyer_limit,
+            sale.price_cny as f64 / 100.0
+        );
+        for (answer, n) in &sale.outcomes {
+            let _ = write!(html, "<tr><td>{}</td><td>{n}</td></tr>", escape(answer));
+        }
+        html.push_str("</table>");
+        let rows: Vec<(String, String)> = [
+            serde_json::to_value(&sale.stream),
+            serde_json::to_value(&sale.stock),
+            serde_json::to_value(&sale.verdicts),
+        ]
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|v| v.as_object().cloned())
+        .flatten()
+        .map(|(k, v)| (k, v.to_string()))
+        .collect();
+        if !rows.is_empty() {
+            html.push_str("<table><tr><th>stream, stock and verdicts</th><th>value</th></tr>");
+            for (k, v) in rows {
+                let _ = write!(
+                    html,
+                    "<tr><td>{}</td><td>{}</td></tr>",
+                    escape(&k),
+                    escape(&v)
+                );
+            }
+            html.push_str("</table>");
+        }
+        if let Some(e) = &sale.error {
+            let _ = write!(html, "<p class=\"fail\">{}</p>", escape(e));
+        }
+    }
+    html.push_str("<h2>Charts</h2>");
     html.push_str(&line_chart(
         "Connections",
         "clients",
@@ -244,6 +287,21 @@ pub fn render(report: &Report) -> String {
             series("p99", t, |s| s.join_p99_ms),
         ],
     ));
+    if !report.sales.is_empty() {
+        html.push_str(&line_chart(
+            "Buy presses answered",
+            "per s",
+            &[series("answers/s", t, |s| Some(s.buys_per_s))],
+        ));
+        html.push_str(&line_chart(
+            "Buy latency (intended press → final answer)",
+            "ms",
+            &[
+                series("p50", t, |s| s.buy_p50_ms),
+                series("p99", t, |s| s.buy_p99_ms),
+            ],
+        ));
+    }
     if t.iter().any(|s| s.server_cpu_pct.is_some()) {
         html.push_str(&line_chart(
             "Server process",
@@ -298,6 +356,9 @@ mod tests {
         );
         assert!(!html.contains("src="), "no external resources");
         assert!(html.contains("&lt;script&gt;"));
+        // The sample report's flash sale: its answers and verdicts, and the buy charts.
+        assert!(html.contains("Flash sale <code>s1</code>"), "{html}");
+        assert!(html.contains("lost_reservations") && html.contains("Buy latency"));
     }
 
     #[test]

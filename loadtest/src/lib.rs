@@ -8,12 +8,16 @@
 //!
 //! Modules: [`scenario`] (the file format), [`schedule`] (arrival times), [`metrics`]
 //! (HdrHistograms), [`thresholds`] (SLOs), [`runner`] (the run), [`report`] and [`html`]
-//! (output), [`system`] (loopback checks, rlimit, /proc, spawning the server).
+//! (output), [`system`] (loopback checks, rlimit, /proc, spawning the server), [`sale`]
+//! (flash sales: Buy press schedule, retries, correctness verdicts), [`admin`] (tokens and
+//! Ferry's HTTP API: catalog, order events with acks).
 
+pub mod admin;
 pub mod html;
 pub mod metrics;
 pub mod report;
 pub mod runner;
+pub mod sale;
 pub mod scenario;
 pub mod schedule;
 pub mod system;

@@ -5,6 +5,7 @@
 //! schema version; renaming or removing one bumps [`SCHEMA_VERSION`].
 
 use crate::metrics::Percentiles;
+use crate::sale::{SaleVerdict, StockCounters, StreamSummary};
 use crate::thresholds::ThresholdResult;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -41,8 +42,38 @@ pub struct Report {
     pub server: Option<ServerInfo>,
     /// One sample per second.
     pub timeline: Vec<Sample>,
+    /// The flash sales of a `buy` scenario, one per room (empty otherwise). Added in
+    /// schema 1 after its first release: absent in older reports.
+    #[serde(default)]
+    pub sales: Vec<SaleReport>,
     /// What a reader must know before trusting the numbers.
     pub notes: Vec<String>,
+}
+
+/// One flash sale of the run and its verdicts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SaleReport {
+    pub room: String,
+    /// The sale id.
+    pub sale: String,
+    pub product: String,
+    pub quantity: u64,
+    pub per_buyer_limit: u32,
+    pub price_cny: i64,
+    /// The start instant and the end of buying, server time.
+    pub starts_at_unix_ms: u64,
+    pub ends_at_unix_ms: u64,
+    /// Final answers to this sale's presses, by answer (`reserved`, `sold_out`, ...).
+    pub outcomes: BTreeMap<String, u64>,
+    /// The order-event stream as the harness's consumer group read it; `null` when it could
+    /// not be read.
+    pub stream: Option<StreamSummary>,
+    /// The stock counters of the audit snapshot; `null` when they could not be read.
+    pub stock: Option<StockCounters>,
+    /// The correctness verdicts; `null` when the stream could not be read.
+    pub verdicts: Option<SaleVerdict>,
+    /// Why the stream or the audit could not be read.
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -93,6 +124,14 @@ pub struct Sample {
     pub comment_latency_p999_ms: Option<f64>,
     pub server_cpu_pct: Option<f64>,
     pub server_rss_mib: Option<f64>,
+    /// Final answers to Buy presses per second (0 without a `buy` behaviour). Added in schema
+    /// 1 after its first release.
+    #[serde(default)]
+    pub buys_per_s: f64,
+    #[serde(default)]
+    pub buy_p50_ms: Option<f64>,
+    #[serde(default)]
+    pub buy_p99_ms: Option<f64>,
 }
 
 impl Report {
@@ -154,8 +193,8 @@ impl Report {
             "other_cpu_s",
             "softirq_cpu_s",
         ];
-        for name in counters {
-            if let Some(v) = self.metrics.get(name) {
+        for name in counters.iter().chain(&crate::thresholds::SALE_METRICS) {
+            if let Some(v) = self.metrics.get(*name) {
                 let _ = writeln!(out, "{name:<26} {}", fmt_value(*v));
             }
         }
@@ -306,6 +345,26 @@ pub(crate) mod tests {
                 exit: None,
             }),
             timeline: vec![Sample::default()],
+            sales: vec![SaleReport {
+                room: "flash-0".into(),
+                sale: "s1".into(),
+                product: "flash-product".into(),
+                quantity: 10,
+                per_buyer_limit: 1,
+                price_cny: 5900,
+                starts_at_unix_ms: 1,
+                ends_at_unix_ms: 2,
+                outcomes: [("reserved".to_owned(), 10)].into(),
+                stream: Some(StreamSummary::default()),
+                stock: Some(StockCounters {
+                    quantity: 10,
+                    remaining: 0,
+                    reserved: 10,
+                    confirmed: 0,
+                }),
+                verdicts: Some(SaleVerdict::default()),
+                error: None,
+            }],
             notes: vec![],
         }
     }
@@ -337,6 +396,7 @@ pub(crate) mod tests {
                 "metrics",
                 "notes",
                 "passed",
+                "sales",
                 "scenario",
                 "schema_version",
                 "server",
@@ -361,6 +421,9 @@ pub(crate) mod tests {
         assert_eq!(
             keys(&json["timeline"][0]),
             [
+                "buy_p50_ms",
+                "buy_p99_ms",
+                "buys_per_s",
                 "comment_latency_p50_ms",
                 "comment_latency_p999_ms",
                 "comment_latency_p99_ms",
@@ -378,9 +441,67 @@ pub(crate) mod tests {
                 "viewers_joined"
             ]
         );
+        assert_eq!(
+            keys(&json["sales"][0]),
+            [
+                "ends_at_unix_ms",
+                "error",
+                "outcomes",
+                "per_buyer_limit",
+                "price_cny",
+                "product",
+                "quantity",
+                "room",
+                "sale",
+                "starts_at_unix_ms",
+                "stock",
+                "stream",
+                "verdicts"
+            ]
+        );
+        assert_eq!(
+            keys(&json["sales"][0]["verdicts"]),
+            [
+                "buyers_over_limit",
+                "double_reservations",
+                "lost_reservations",
+                "oversold",
+                "phantom_reservations",
+                "stock_unaccounted",
+                "stream_anomalies"
+            ]
+        );
+        assert_eq!(
+            keys(&json["sales"][0]["stream"]),
+            [
+                "active_units",
+                "confirmed",
+                "confirmed_units",
+                "events",
+                "max_units_held",
+                "released",
+                "reserved"
+            ]
+        );
+        assert_eq!(
+            keys(&json["sales"][0]["stock"]),
+            ["confirmed", "quantity", "remaining", "reserved"]
+        );
         // And it reads back.
-        let back: Report = serde_json::from_value(json).expect("round trip");
+        let back: Report = serde_json::from_value(json.clone()).expect("round trip");
         assert_eq!(back.metrics["join_p99_ms"], 3.0);
+        // A report written before the flash-sale fields were added still reads.
+        let mut old = json;
+        if let Some(o) = old.as_object_mut() {
+            o.remove("sales");
+        }
+        if let Some(o) = old["timeline"][0].as_object_mut() {
+            o.remove("buys_per_s");
+            o.remove("buy_p50_ms");
+            o.remove("buy_p99_ms");
+        }
+        let back: Report = serde_json::from_value(old).expect("older schema-1 report");
+        assert!(back.sales.is_empty());
     }
 
     #[test]

@@ -7,16 +7,23 @@
 //! Timing is honest: join and connect times run from the viewer's *scheduled* arrival, and
 //! comment latency from the comment's *scheduled* send time (carried in the comment text),
 //! so a load generator or server that falls behind shows up as latency.
+//!
+//! With a `buy` behaviour, a host launches a flash sale in every room and buyers press Buy
+//! on the [`PressSchedule`](crate::sale::PressSchedule), timed on the server's clock; after
+//! the drain the sale's order-event stream is read as a consumer group and judged
+//! ([`crate::sale::judge`]).
 
+use crate::admin::{self, Claims};
 use crate::metrics::{lock, round3, LatencyRecorder, Percentiles};
-use crate::report::{MachineInfo, Report, Sample, ScenarioInfo, ServerInfo};
-use crate::scenario::{pick_weighted, spread, Behaviour, Scenario, ScenarioError};
+use crate::report::{MachineInfo, Report, SaleReport, Sample, ScenarioInfo, ServerInfo};
+use crate::sale::{self, BuyOutcome, Press, PressPolicy, PressSchedule, ToldReservation};
+use crate::scenario::{pick_weighted, spread, Behaviour, BuySettings, Scenario, ScenarioError};
 use crate::schedule::ArrivalSchedule;
 use crate::system::{self, SpawnConfig, SpawnedServer, TargetError};
 use crate::thresholds::evaluate;
+use ferry_client::protocol::commerce::SaleSpec;
 use ferry_client::protocol::RoomEvent;
 use ferry_client::{Client, ClientError, ClientOptions, Event, Events};
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -30,6 +37,10 @@ pub const DEV_SECRET: &str = "ferry-dev-secret-change-me";
 const MARKER: &str = "lt|";
 /// Distinct error kinds kept; the rest are counted under "other".
 const MAX_ERROR_KINDS: usize = 64;
+/// A Buy press stops retrying this long after it was due.
+const PRESS_GIVE_UP: Duration = Duration::from_secs(10);
+/// Retries of a press after `unavailable`, a timeout or a lost connection.
+const PRESS_RETRIES: u32 = 3;
 
 /// How to run a scenario (the command line's choices).
 #[derive(Clone, Debug)]
@@ -150,6 +161,55 @@ struct Ctx {
     rejoin: LatencyRecorder,
     errors: Mutex<BTreeMap<String, u64>>,
     viewers: Mutex<Vec<Arc<Viewer>>>,
+    /// The flash sale, with a `buy` behaviour.
+    buy: Option<BuyCtx>,
+}
+
+/// Where the host's launch of the sales stands.
+#[derive(Clone)]
+enum SaleLaunch {
+    Pending,
+    Launched(Arc<Launched>),
+    Failed(String),
+}
+
+/// The sales the host launched (one per room), all starting at the same instant.
+struct Launched {
+    sales: Vec<LaunchedSale>,
+    /// The host's client: kept open until the end of the run.
+    host: Client,
+    /// Local instant at which the buy window closes (start + window, server clock).
+    window_end: Instant,
+}
+
+struct LaunchedSale {
+    room: usize,
+    id: String,
+    product: String,
+    starts_at: u64,
+    ends_at: u64,
+}
+
+/// A run's `buy` behaviour: the schedule, the launch, and what the presses measured.
+struct BuyCtx {
+    settings: BuySettings,
+    schedule: PressSchedule,
+    launch: watch::Receiver<SaleLaunch>,
+    latency: LatencyRecorder,
+    /// Final answers by room and answer name.
+    outcomes: Mutex<BTreeMap<(usize, &'static str), u64>>,
+    /// Every reservation a client was answered with, by room.
+    told: Mutex<Vec<(usize, ToldReservation)>>,
+    presses: AtomicU64,
+    double_clicks: AtomicU64,
+    not_started_retries: AtomicU64,
+    retries: AtomicU64,
+    answers: AtomicU64,
+    /// Presses of joined buyers that have not got their final answer yet.
+    pending: AtomicI64,
+    /// Server-clock Unix ms of the last new reservation and of the last final answer.
+    last_reserved_ms: AtomicU64,
+    last_answer_ms: AtomicU64,
 }
 
 fn unix_us() -> u64 {
@@ -175,30 +235,16 @@ impl Ctx {
     }
 
     fn mint(&self, index: usize, generation: u32) -> Result<String, String> {
-        #[derive(Serialize)]
-        struct Claims<'a> {
-            sub: String,
-            name: String,
-            role: &'a str,
-            room: String,
-            exp: u64,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            lang: Option<&'a str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            market: Option<&'a str>,
-        }
         let mix = &self.scenario.mix;
-        let claims = Claims {
-            sub: format!("lt-{index}"),
-            name: format!("viewer {index}.{generation}"),
-            role: "viewer",
-            room: format!("{}-*", self.scenario.rooms.prefix),
-            exp: unix_us() / 1_000_000 + 6 * 3600,
-            lang: pick_weighted(&mix.languages, index, 0.11),
-            market: pick_weighted(&mix.markets, index, 0.37),
-        };
-        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &self.key)
-            .map_err(|e| e.to_string())
+        let mut claims = Claims::new(
+            viewer_user(index),
+            "viewer",
+            format!("{}-*", self.scenario.rooms.prefix),
+        );
+        claims.name = format!("viewer {index}.{generation}");
+        claims.lang = pick_weighted(&mix.languages, index, 0.11);
+        claims.market = pick_weighted(&mix.markets, index, 0.37);
+        claims.mint(&self.key)
     }
 
     fn client_options(&self, index: usize, token: String) -> ClientOptions {
@@ -216,6 +262,11 @@ impl Ctx {
         opts.max_reconnect_attempts = Some(30);
         opts
     }
+}
+
+/// The user id of viewer `index` (its token's `sub`).
+fn viewer_user(index: usize) -> String {
+    format!("lt-{index}")
 }
 
 fn fetch_max(a: &AtomicU64, v: u64) {
@@ -442,6 +493,8 @@ struct Plan {
     chat: Option<(Duration, usize)>,
     likes: Option<(Duration, u32)>,
     churn: Option<Duration>,
+    /// Presses Buy in the flash sale.
+    buy: bool,
 }
 
 fn plan_for(scenario: &Scenario, index: usize) -> Plan {
@@ -463,6 +516,7 @@ fn plan_for(scenario: &Scenario, index: usize) -> Plan {
                 count,
             } if in_share(*share) => plan.likes = Some((*every, *count)),
             Behaviour::Churn { share, every } if in_share(*share) => plan.churn = Some(*every),
+            Behaviour::Buy(b) if in_share(b.share) => plan.buy = true,
             _ => {}
         }
     }
@@ -494,6 +548,12 @@ async fn viewer(ctx: Arc<Ctx>, index: usize, intended: Instant) {
     *lock(&record.session) = Some(session.clone());
 
     let plan = plan_for(&ctx.scenario, index);
+    if plan.buy {
+        if let Some(buy) = &ctx.buy {
+            let presses = buy.schedule.for_viewer(index);
+            tokio::spawn(buyer(ctx.clone(), record.clone(), index, room, presses));
+        }
+    }
     let joined_at = Instant::now();
     // Spread each viewer's first action over one period so viewers do not act in lockstep.
     let first = |period: Duration, salt: f64| joined_at + period.mul_f64(spread(index, salt));
@@ -596,6 +656,275 @@ fn send_likes(ctx: &Arc<Ctx>, session: &Arc<Session>, room: usize, intended: Ins
     });
 }
 
+/// The host: create the product, then in every room join, pin it and launch a sale, all
+/// starting `countdown` from now on the server's clock.
+async fn launch_sales(ctx: &Arc<Ctx>, buy: &BuySettings) -> Result<Launched, String> {
+    let url = ctx.urls.first().ok_or("no target")?;
+    let addr = system::loopback_target(url).map_err(|e| e.to_string())?;
+    let prefix = &ctx.scenario.rooms.prefix;
+    let token = Claims::new("lt-host", "host", format!("{prefix}-*")).mint(&ctx.key)?;
+    let product = format!("{prefix}-product");
+    let markets = buy.product_markets(&ctx.scenario.mix);
+    admin::put_product(
+        addr,
+        &token,
+        &product,
+        "ferry-loadtest flash-sale product",
+        buy.price_cny,
+        &markets,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut opts = ClientOptions::new(url.clone(), token);
+    opts.request_timeout = Duration::from_secs(10);
+    opts.max_reconnect_attempts = Some(5);
+    let (host, mut events) = Client::connect(opts);
+    // The host's room events are not judged; keep reading them so its socket is read.
+    tokio::spawn(async move { while events.recv().await.is_some() {} });
+    let step = |what: &str, e: ClientError| format!("host {what}: {}", error_kind(&e));
+    for room in &ctx.rooms {
+        host.join(room.as_str())
+            .await
+            .map_err(|e| step("join", e))?;
+        host.pin_product(room.as_str(), product.as_str())
+            .await
+            .map_err(|e| step("pin_product", e))?;
+    }
+    let starts_at = (host.server_now_ms() + buy.countdown.as_secs_f64() * 1000.0) as u64;
+    let mut sales = Vec::new();
+    for (i, room) in ctx.rooms.iter().enumerate() {
+        let spec = SaleSpec {
+            product: product.as_str().into(),
+            quantity: buy.stock,
+            price_cny: buy.price_cny,
+            per_buyer_limit: buy.per_buyer_limit,
+            starts_at: Some(starts_at),
+            starts_in_secs: None,
+            duration_secs: buy.duration.as_secs(),
+            hold_secs: buy.hold.as_secs(),
+        };
+        let view = host
+            .start_sale(room.as_str(), spec)
+            .await
+            .map_err(|e| step("start_sale", e))?;
+        sales.push(LaunchedSale {
+            room: i,
+            id: view.id.0,
+            product: product.clone(),
+            starts_at: view.starts_at,
+            ends_at: view.ends_at,
+        });
+    }
+    let until_end_ms = host.ms_until(starts_at) + buy.window.as_secs_f64() * 1000.0;
+    let window_end = Instant::now() + Duration::from_secs_f64(until_end_ms.max(0.0) / 1000.0);
+    Ok(Launched {
+        sales,
+        host,
+        window_end,
+    })
+}
+
+/// One buyer: wait for the sale, then press Buy on schedule (each press in its own task,
+/// so a slow answer never delays the next press).
+async fn buyer(ctx: Arc<Ctx>, viewer: Arc<Viewer>, index: usize, room: usize, presses: Vec<Press>) {
+    let Some(buy) = &ctx.buy else { return };
+    let mut unfinished = (presses.len() + presses.iter().filter(|p| p.double_click).count()) as i64;
+    buy.pending.fetch_add(unfinished, Relaxed);
+    let mut launch = buy.launch.clone();
+    let mut stop = ctx.stop_all.clone();
+    let launched = tokio::select! {
+        s = launch.wait_for(|s| !matches!(s, SaleLaunch::Pending)) => s.ok().map(|s| s.clone()),
+        _ = stop.wait_for(|s| *s) => None,
+    };
+    let sale = match &launched {
+        Some(SaleLaunch::Launched(l)) => l.sales.iter().find(|s| s.room == room),
+        _ => None,
+    };
+    if let Some(sale) = sale {
+        let sale_id: Arc<str> = sale.id.as_str().into();
+        for p in presses {
+            let Some(client) = lock(&viewer.session).as_ref().map(|s| s.client.clone()) else {
+                break;
+            };
+            // When the press is due, on the server's clock as this client estimates it.
+            let until_ms = client.ms_until(sale.starts_at) + p.offset.as_secs_f64() * 1000.0;
+            let now = Instant::now();
+            let intended = if until_ms >= 0.0 {
+                now + Duration::from_secs_f64(until_ms / 1000.0)
+            } else {
+                now.checked_sub(Duration::from_secs_f64(-until_ms / 1000.0))
+                    .unwrap_or(now)
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(intended) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+            let key = format!("lt-{index}-{}", p.seq);
+            let clicks = if p.double_click { 2 } else { 1 };
+            for click in 0..clicks {
+                let press = PressTask {
+                    ctx: ctx.clone(),
+                    client: client.clone(),
+                    index,
+                    room,
+                    sale: sale_id.clone(),
+                    key: key.clone(),
+                    intended: intended + buy.settings.double_click_gap * click,
+                    second_click: click == 1,
+                };
+                tokio::spawn(press.run());
+                unfinished -= 1;
+            }
+        }
+    }
+    // Presses that were never made (no sale, no connection, the run stopped).
+    buy.pending.fetch_sub(unfinished, Relaxed);
+}
+
+/// One Buy press (or the second click of a double-click) and what it measured.
+struct PressTask {
+    ctx: Arc<Ctx>,
+    client: Client,
+    index: usize,
+    room: usize,
+    sale: Arc<str>,
+    key: String,
+    intended: Instant,
+    second_click: bool,
+}
+
+impl PressTask {
+    async fn run(self) {
+        let Some(buy) = &self.ctx.buy else { return };
+        tokio::time::sleep_until(self.intended).await;
+        buy.presses.fetch_add(1, Relaxed);
+        if self.second_click {
+            buy.double_clicks.fetch_add(1, Relaxed);
+        }
+        let policy = PressPolicy {
+            give_up_at: self.intended + PRESS_GIVE_UP,
+            max_retries: PRESS_RETRIES,
+            max_wait: Duration::from_secs(1),
+        };
+        let room = self.ctx.rooms[self.room].as_str();
+        let result = sale::press(
+            &self.client,
+            room,
+            &self.sale,
+            buy.settings.quantity,
+            &self.key,
+            &policy,
+        )
+        .await;
+        buy.latency.record(self.intended.elapsed());
+        let answered_ms = self.client.server_now_ms() as u64;
+        buy.not_started_retries
+            .fetch_add(u64::from(result.not_started_retries), Relaxed);
+        buy.retries.fetch_add(u64::from(result.retries), Relaxed);
+        match &result.outcome {
+            BuyOutcome::Error(kind) => self.ctx.error(format!("buy: {kind}")),
+            BuyOutcome::Unavailable => self.ctx.error("buy: unavailable"),
+            BuyOutcome::NotStarted => self.ctx.error("buy: still not started when giving up"),
+            BuyOutcome::Reserved => fetch_max(&buy.last_reserved_ms, answered_ms),
+            _ => {}
+        }
+        *lock(&buy.outcomes)
+            .entry((self.room, result.outcome.name()))
+            .or_insert(0) += 1;
+        if let Some(reservation) = result.reservation {
+            lock(&buy.told).push((
+                self.room,
+                ToldReservation {
+                    buyer: viewer_user(self.index),
+                    key: self.key,
+                    reservation,
+                },
+            ));
+        }
+        fetch_max(&buy.last_answer_ms, answered_ms);
+        buy.answers.fetch_add(1, Relaxed);
+        buy.pending.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Read every sale's order events as a consumer group, take an audit snapshot, and judge.
+async fn judge_sales(ctx: &Arc<Ctx>, launched: &Launched) -> Vec<SaleReport> {
+    let Some(buy) = &ctx.buy else {
+        return Vec::new();
+    };
+    let addr = ctx.urls.first().map(|u| system::loopback_target(u));
+    let admin_token = Claims::new("lt-ops", "admin", "*").mint(&ctx.key);
+    let group = format!(
+        "ferry-loadtest-{}-{}",
+        std::process::id(),
+        ctx.start_unix_us
+    );
+    let told = lock(&buy.told).clone();
+    let mut reports = Vec::new();
+    for s in &launched.sales {
+        let mut report = SaleReport {
+            room: ctx.rooms[s.room].clone(),
+            sale: s.id.clone(),
+            product: s.product.clone(),
+            quantity: buy.settings.stock,
+            per_buyer_limit: buy.settings.per_buyer_limit,
+            price_cny: buy.settings.price_cny,
+            starts_at_unix_ms: s.starts_at,
+            ends_at_unix_ms: s.ends_at,
+            // Filled at the end of the run, when every press has been counted.
+            outcomes: BTreeMap::new(),
+            stream: None,
+            stock: None,
+            verdicts: None,
+            error: None,
+        };
+        let judged = async {
+            let addr = match &addr {
+                Some(Ok(a)) => *a,
+                _ => return Err("no loopback target to read the order events from".to_owned()),
+            };
+            let token = admin_token.clone()?;
+            let stream = admin::consume_order_events(addr, &token, &s.id, &group)
+                .await
+                .map_err(|e| e.to_string())?;
+            // The audit is a second, independent read; without it the other verdicts stand.
+            let audit = admin::audit(addr, &token, &s.id).await;
+            let told: Vec<ToldReservation> = told
+                .iter()
+                .filter(|(room, _)| *room == s.room)
+                .map(|(_, t)| t.clone())
+                .collect();
+            let snapshot = audit.as_ref().ok().map(|(c, e)| (c, e.as_slice()));
+            let (verdict, summary) = sale::judge(
+                buy.settings.stock,
+                buy.settings.per_buyer_limit,
+                &stream.events,
+                stream.unreadable,
+                &told,
+                snapshot,
+            );
+            Ok((
+                verdict,
+                summary,
+                audit.map(|(c, _)| c).map_err(|e| e.to_string()),
+            ))
+        };
+        match judged.await {
+            Ok((verdict, summary, audit)) => {
+                report.verdicts = Some(verdict);
+                report.stream = Some(summary);
+                match audit {
+                    Ok(c) => report.stock = Some(c),
+                    Err(e) => report.error = Some(format!("audit: {e}")),
+                }
+            }
+            Err(e) => report.error = Some(format!("order events: {e}")),
+        }
+        reports.push(report);
+    }
+    reports
+}
+
 fn error_kind(e: &ClientError) -> String {
     match e {
         ClientError::Server(body) => body.name.clone(),
@@ -671,7 +1000,7 @@ async fn progress(
     mut done: watch::Receiver<bool>,
 ) {
     let mut last_t = ctx.start;
-    let mut last = [0u64; 5];
+    let mut last = [0u64; 6];
     let (mut last_cpu, _) = sample_server(pid);
     lock(&state).server_cpu_first = last_cpu;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
@@ -693,12 +1022,17 @@ async fn progress(
             c.comments_sent.load(Relaxed),
             c.deliveries.load(Relaxed),
             c.errors.load(Relaxed),
+            ctx.buy.as_ref().map_or(0, |b| b.answers.load(Relaxed)),
         ];
         let previous = last;
         let rate = |i: usize| round3((current[i] - previous[i]) as f64 / dt);
         last = current;
         let join = Percentiles::of(&ctx.join.take_interval());
         let comment = Percentiles::of(&ctx.comment_latency.take_interval());
+        let buy = ctx
+            .buy
+            .as_ref()
+            .and_then(|b| Percentiles::of(&b.latency.take_interval()));
         let (cpu, rss) = sample_server(pid);
         let cpu_pct = match (cpu, last_cpu) {
             (Some(a), Some(b)) => Some(round3(100.0 * (a - b) / dt)),
@@ -721,10 +1055,13 @@ async fn progress(
             comment_latency_p999_ms: comment.as_ref().map(|p| p.p999_ms),
             server_cpu_pct: cpu_pct,
             server_rss_mib: rss.map(round3),
+            buys_per_s: rate(5),
+            buy_p50_ms: buy.as_ref().map(|p| p.p50_ms),
+            buy_p99_ms: buy.as_ref().map(|p| p.p99_ms),
         };
         if print {
             eprintln!(
-                "[{:>6.1}s] conns {:>6} in-room {:>6} joins/s {:>7.0} join-fail/s {:>5.0} join p99 {:>8} | comments/s {:>6.0} deliveries/s {:>9.0} latency p99 {:>8} | errors/s {:>5.0}{}",
+                "[{:>6.1}s] conns {:>6} in-room {:>6} joins/s {:>7.0} join-fail/s {:>5.0} join p99 {:>8} | comments/s {:>6.0} deliveries/s {:>9.0} latency p99 {:>8} | errors/s {:>5.0}{}{}",
                 sample.t_s,
                 sample.connections,
                 sample.viewers_joined,
@@ -735,6 +1072,10 @@ async fn progress(
                 sample.deliveries_per_s,
                 comment.as_ref().map_or("-".to_owned(), |p| format!("{:.1}ms", p.p99_ms)),
                 sample.errors_per_s,
+                match &buy {
+                    Some(p) => format!(" | buys/s {:>6.0} buy p99 {:.1}ms", sample.buys_per_s, p.p99_ms),
+                    None => String::new(),
+                },
                 match (cpu_pct, rss) {
                     (Some(c), Some(r)) => format!(" | server {c:.0}% {r:.0}MiB"),
                     _ => String::new(),
@@ -811,6 +1152,33 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
     let rooms: Vec<String> = (0..scenario.rooms.count)
         .map(|i| scenario.rooms.room_of(i))
         .collect();
+    let (launch_tx, launch_rx) = watch::channel(SaleLaunch::Pending);
+    let buy = scenario.buy().map(|settings| {
+        let buyers = (0..schedule.len())
+            .filter(|&i| plan_for(scenario, i).buy)
+            .collect();
+        BuyCtx {
+            schedule: PressSchedule::new(
+                buyers,
+                settings.presses,
+                settings.window,
+                settings.double_click,
+            ),
+            settings: settings.clone(),
+            launch: launch_rx,
+            latency: LatencyRecorder::default(),
+            outcomes: Mutex::new(BTreeMap::new()),
+            told: Mutex::new(Vec::new()),
+            presses: AtomicU64::new(0),
+            double_clicks: AtomicU64::new(0),
+            not_started_retries: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            answers: AtomicU64::new(0),
+            pending: AtomicI64::new(0),
+            last_reserved_ms: AtomicU64::new(0),
+            last_answer_ms: AtomicU64::new(0),
+        }
+    });
     let ctx = Arc::new(Ctx {
         scenario: scenario.clone(),
         urls: urls.clone(),
@@ -836,7 +1204,28 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
         rejoin: LatencyRecorder::default(),
         errors: Mutex::new(BTreeMap::new()),
         viewers: Mutex::new(Vec::new()),
+        buy,
     });
+    if let Some(buy) = &ctx.buy {
+        // The host launches the sales when the arrivals end (or at `launch_at`).
+        let at = ctx.start + buy.settings.launch_at.unwrap_or(schedule.span());
+        let (ctx, settings) = (ctx.clone(), buy.settings.clone());
+        tokio::spawn(async move {
+            let mut stop = ctx.stop_all.clone();
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let outcome = match launch_sales(&ctx, &settings).await {
+                Ok(launched) => SaleLaunch::Launched(Arc::new(launched)),
+                Err(e) => {
+                    ctx.error("sale launch failed");
+                    SaleLaunch::Failed(e)
+                }
+            };
+            let _ = launch_tx.send(outcome);
+        });
+    }
     let progress_state = Arc::new(Mutex::new(ProgressState {
         samples: Vec::new(),
         server_cpu_first: None,
@@ -862,8 +1251,19 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
             tokio::time::sleep_until(due).await;
             tokio::spawn(viewer(ctx.clone(), index, due));
         }
-        let hold_until = (ctx.start + schedule.span()).max(Instant::now()) + scenario.run.hold;
-        tokio::time::sleep_until(hold_until).await;
+        let mut activity_end = (ctx.start + schedule.span()).max(Instant::now());
+        if let Some(buy) = &ctx.buy {
+            // Everyone stays until the buy window has closed, then for the hold.
+            let mut launch = buy.launch.clone();
+            let state = launch
+                .wait_for(|s| !matches!(s, SaleLaunch::Pending))
+                .await
+                .map(|s| s.clone());
+            if let Ok(SaleLaunch::Launched(l)) = state {
+                activity_end = activity_end.max(l.window_end);
+            }
+        }
+        tokio::time::sleep_until(activity_end + scenario.run.hold).await;
     };
     let mut aborted = tokio::time::timeout_at(deadline, arrivals).await.is_err();
     if aborted {
@@ -918,6 +1318,37 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
         tokio::time::sleep(Duration::from_millis(100)).await;
         missing = undelivered(&ctx);
     }
+    // The flash sale: every press answered (or the drain is over), then the verdicts.
+    let mut sales = Vec::new();
+    let mut launched = None;
+    if let Some(buy) = &ctx.buy {
+        while buy.pending.load(Relaxed) > 0 && Instant::now() < drain_deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let unanswered = buy.pending.load(Relaxed);
+        if unanswered > 0 {
+            notes.push(format!(
+                "{unanswered} Buy presses had no final answer at the end of the drain"
+            ));
+        }
+        match &*buy.launch.borrow() {
+            SaleLaunch::Launched(l) => launched = Some(l.clone()),
+            SaleLaunch::Failed(e) => notes.push(format!("the host could not launch the sale: {e}")),
+            SaleLaunch::Pending => notes.push("the sale was never launched".into()),
+        }
+        if let Some(l) = &launched {
+            match tokio::time::timeout_at(deadline, judge_sales(&ctx, l)).await {
+                Ok(reports) => sales = reports,
+                Err(_) => notes.push("reading the order events hit the run's deadline".into()),
+            }
+        }
+        for s in &sales {
+            if let Some(e) = &s.error {
+                ctx.error("order stream unreadable");
+                notes.push(format!("sale {} in {}: {e}", s.sale, s.room));
+            }
+        }
+    }
     if Instant::now() >= deadline {
         aborted = true;
     }
@@ -964,6 +1395,9 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
         s.closing.store(true, Relaxed);
         s.client.close();
     }
+    if let Some(l) = &launched {
+        l.host.close();
+    }
     let _ = done_tx.send(true);
     let _ = progress_task.await;
     let server_exit = match spawned {
@@ -975,18 +1409,35 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
         None => None,
     };
 
+    // Each sale's final answers, now that presses cut short by the end are counted too.
+    if let Some(buy) = &ctx.buy {
+        let outcomes = lock(&buy.outcomes).clone();
+        for report in &mut sales {
+            let room = ctx.rooms.iter().position(|r| *r == report.room);
+            report.outcomes = outcomes
+                .iter()
+                .filter(|((r, _), _)| Some(*r) == room)
+                .map(|((_, name), n)| ((*name).to_owned(), *n))
+                .collect();
+        }
+    }
+
     // Metrics.
     let c = &ctx.c;
     let mut metrics: BTreeMap<String, f64> = BTreeMap::new();
     let mut latencies = BTreeMap::new();
-    for (name, recorder) in [
+    let mut recorders = vec![
         ("join", &ctx.join),
         ("connect", &ctx.connect),
         ("comment_latency", &ctx.comment_latency),
         ("comment_ack", &ctx.comment_ack),
         ("like_ack", &ctx.like_ack),
         ("rejoin", &ctx.rejoin),
-    ] {
+    ];
+    if let Some(buy) = &ctx.buy {
+        recorders.push(("buy", &buy.latency));
+    }
+    for (name, recorder) in recorders {
         if let Some(p) = Percentiles::of(&recorder.total()) {
             metrics.extend(p.metrics(name));
             latencies.insert(name.to_owned(), p);
@@ -1073,6 +1524,9 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
         "server_disconnects",
         c.server_disconnects.load(Relaxed) as f64,
     );
+    if let Some(buy) = &ctx.buy {
+        buy_metrics(buy, launched.as_deref(), &sales, &mut put);
+    }
     put("errors", c.errors.load(Relaxed) as f64);
     let st = lock(&progress_state);
     if let (Some(a), Some(b)) = (st.server_cpu_first, st.server_cpu_last) {
@@ -1156,8 +1610,78 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
             exit: server_exit.map(|(_, e)| e),
         }),
         timeline: samples,
+        sales,
         notes,
     })
+}
+
+/// The flash sale's metrics: presses and answers, rates, and the verdicts summed over the
+/// sales (absent unless every sale could be judged: no evidence is not a pass).
+fn buy_metrics(
+    buy: &BuyCtx,
+    launched: Option<&Launched>,
+    sales: &[SaleReport],
+    put: &mut impl FnMut(&str, f64),
+) {
+    put("buy_presses_scheduled", buy.schedule.len() as f64);
+    put("buy_presses", buy.presses.load(Relaxed) as f64);
+    put("buy_double_clicks", buy.double_clicks.load(Relaxed) as f64);
+    let outcomes = lock(&buy.outcomes).clone();
+    for name in BuyOutcome::NAMES {
+        let n: u64 = outcomes
+            .iter()
+            .filter(|((_, o), _)| *o == name)
+            .map(|(_, n)| n)
+            .sum();
+        put(&format!("buy_{name}"), n as f64);
+    }
+    put(
+        "buy_not_started_retried",
+        buy.not_started_retries.load(Relaxed) as f64,
+    );
+    put("buy_retries", buy.retries.load(Relaxed) as f64);
+    put(
+        "sales_launched",
+        launched.map_or(0, |l| l.sales.len()) as f64,
+    );
+    if let Some(start) = launched.and_then(|l| l.sales.iter().map(|s| s.starts_at).min()) {
+        let reserved: u64 = outcomes
+            .iter()
+            .filter(|((_, o), _)| *o == "reserved")
+            .map(|(_, n)| n)
+            .sum();
+        let per_s = |n: u64, last: u64| {
+            (last > start).then(|| round3(n as f64 / ((last - start) as f64 / 1000.0)))
+        };
+        if let Some(v) = per_s(reserved, buy.last_reserved_ms.load(Relaxed)) {
+            put("reservations_per_s", v);
+        }
+        if let Some(v) = per_s(buy.answers.load(Relaxed), buy.last_answer_ms.load(Relaxed)) {
+            put("buy_answers_per_s", v);
+        }
+    }
+    if launched.is_none() {
+        return;
+    }
+    let verdicts: Vec<_> = sales.iter().map(|s| s.verdicts.as_ref()).collect();
+    for (name, value) in sale::verdict_metrics(&verdicts) {
+        put(name, value);
+    }
+    let stocks: Vec<_> = sales.iter().filter_map(|s| s.stock.as_ref()).collect();
+    if stocks.len() == sales.len() {
+        put(
+            "stock_remaining",
+            stocks.iter().map(|c| c.remaining).sum::<u64>() as f64,
+        );
+    }
+    let streams = sales.iter().filter_map(|s| s.stream.as_ref());
+    let (mut reserved, mut held) = (0u64, 0u64);
+    for s in streams {
+        reserved += s.reserved;
+        held += s.max_units_held;
+    }
+    put("stream_reservations", reserved as f64);
+    put("stream_units_held_max", held as f64);
 }
 
 #[cfg(test)]

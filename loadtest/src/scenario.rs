@@ -211,8 +211,10 @@ pub fn pick_weighted(weights: &BTreeMap<String, f64>, index: usize, salt: f64) -
     weights.keys().last().map(String::as_str)
 }
 
-/// What a viewer does. New kinds plug in here: `buy` (flash sales) and `video` (WHEP
-/// subscribers) arrive with those features.
+/// What a viewer does. New kinds plug in here (next: `video`, WHEP subscribers, once
+/// WebRTC lands): a kind is a variant with its settings, validated in
+/// [`Scenario::validate`], planned per viewer in the runner's `plan_for`, and measured with
+/// its own metrics.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Behaviour {
@@ -243,6 +245,95 @@ pub enum Behaviour {
         #[serde(with = "humantime_serde")]
         every: Duration,
     },
+    /// A flash sale: a host pins a product and launches a sale in every room, and a share of
+    /// the viewers press Buy within `window` after the sale's start instant (on the server's
+    /// clock). At most one `buy` behaviour per scenario.
+    Buy(Box<BuySettings>),
+}
+
+/// The `buy` behaviour: the sale the host launches and how viewers press Buy.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuySettings {
+    /// Share of the viewers who press Buy.
+    pub share: f64,
+    /// Buy presses per buyer, each with its own idempotency key.
+    #[serde(default = "one")]
+    pub presses: u32,
+    /// Presses are spread evenly over this window after the sale's start instant.
+    #[serde(default = "default_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// Units asked per press.
+    #[serde(default = "one")]
+    pub quantity: u32,
+    /// Share of presses clicked twice: the same key sent again `double_click_gap` later.
+    #[serde(default)]
+    pub double_click: f64,
+    #[serde(default = "default_double_click_gap", with = "humantime_serde")]
+    pub double_click_gap: Duration,
+    /// When the host launches the sale, from the start of the run. Default: when the
+    /// arrivals end.
+    #[serde(default, with = "humantime_serde")]
+    pub launch_at: Option<Duration>,
+    /// From the launch to the sale's start instant.
+    #[serde(default = "default_countdown", with = "humantime_serde")]
+    pub countdown: Duration,
+    /// Units on sale (per room).
+    pub stock: u64,
+    /// Sale price, CNY fen.
+    #[serde(default = "default_price")]
+    pub price_cny: i64,
+    /// Most units one buyer may hold.
+    #[serde(default = "one")]
+    pub per_buyer_limit: u32,
+    /// How long buys are admitted after the start (whole seconds).
+    #[serde(default = "default_sale_duration", with = "humantime_serde")]
+    pub duration: Duration,
+    /// Payment window of each reservation (whole seconds).
+    #[serde(default = "default_hold", with = "humantime_serde")]
+    pub hold: Duration,
+    /// Markets the product is sold in. Default: every market of the mix. Viewers of a mix
+    /// market left out here are answered `not_in_market`.
+    #[serde(default)]
+    pub markets: Option<Vec<String>>,
+}
+
+impl BuySettings {
+    /// The markets the product is enabled in.
+    pub fn product_markets(&self, mix: &ViewerMix) -> Vec<String> {
+        match &self.markets {
+            Some(m) => m.clone(),
+            None => mix.markets.keys().cloned().collect(),
+        }
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_window() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_double_click_gap() -> Duration {
+    Duration::from_millis(30)
+}
+
+fn default_countdown() -> Duration {
+    Duration::from_secs(3)
+}
+
+fn default_price() -> i64 {
+    5900
+}
+
+fn default_sale_duration() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_hold() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_text_bytes() -> usize {
@@ -294,12 +385,32 @@ impl Scenario {
         self.phases.iter().map(Phase::duration).sum()
     }
 
+    /// The `buy` behaviour, if any (there is at most one).
+    pub fn buy(&self) -> Option<&BuySettings> {
+        self.behaviours.iter().find_map(|b| match b {
+            Behaviour::Buy(settings) => Some(settings.as_ref()),
+            _ => None,
+        })
+    }
+
+    /// When activity ends at the latest, planned: the phases, or the end of the buy window
+    /// (launch + countdown + window, plus a second for the launch itself).
+    pub fn activity_duration(&self) -> Duration {
+        let arrivals = self.arrival_duration();
+        match self.buy() {
+            Some(b) => arrivals.max(
+                b.launch_at.unwrap_or(arrivals) + b.countdown + b.window + Duration::from_secs(1),
+            ),
+            None => arrivals,
+        }
+    }
+
     /// The hard deadline of a run of this scenario.
     pub fn deadline(&self) -> Duration {
         if self.run.deadline > Duration::ZERO {
             return self.run.deadline;
         }
-        self.arrival_duration()
+        self.activity_duration()
             + self.run.hold
             + self.run.drain
             + self.run.join_timeout
@@ -411,7 +522,16 @@ impl Scenario {
                         return Err(invalid(key + ".every", "must be > 0"));
                     }
                 }
+                Behaviour::Buy(b) => b.validate(&key)?,
             }
+        }
+        let buys = self
+            .behaviours
+            .iter()
+            .filter(|b| matches!(b, Behaviour::Buy(_)))
+            .count();
+        if buys > 1 {
+            return Err(invalid("behaviours", "at most one `buy` behaviour"));
         }
         for set in &self.server.set {
             if !set.contains('=') {
@@ -419,6 +539,59 @@ impl Scenario {
             }
         }
         self.parsed_thresholds()?;
+        Ok(())
+    }
+}
+
+impl BuySettings {
+    fn validate(&self, key: &str) -> Result<(), ScenarioError> {
+        let at = |field: &str| format!("{key}.{field}");
+        if !(0.0..=1.0).contains(&self.share) {
+            return Err(invalid(at("share"), "must be within 0..=1"));
+        }
+        if !(0.0..=1.0).contains(&self.double_click) {
+            return Err(invalid(at("double_click"), "must be within 0..=1"));
+        }
+        if !(1..=100).contains(&self.presses) {
+            return Err(invalid(at("presses"), "must be within 1..=100"));
+        }
+        if self.window.is_zero() {
+            return Err(invalid(at("window"), "must be > 0"));
+        }
+        if !(1..=1000).contains(&self.quantity) {
+            return Err(invalid(
+                at("quantity"),
+                "must be within 1..=1000 (Ferry's limit)",
+            ));
+        }
+        if self.double_click_gap > Duration::from_secs(5) {
+            return Err(invalid(at("double_click_gap"), "must be at most 5s"));
+        }
+        if self.countdown < Duration::from_millis(500) {
+            return Err(invalid(
+                at("countdown"),
+                "must be at least 500ms (every viewer must learn the start before it)",
+            ));
+        }
+        if self.stock == 0 {
+            return Err(invalid(at("stock"), "must be > 0"));
+        }
+        if self.price_cny < 0 {
+            return Err(invalid(at("price_cny"), "must be ≥ 0"));
+        }
+        if self.per_buyer_limit == 0 {
+            return Err(invalid(at("per_buyer_limit"), "must be ≥ 1"));
+        }
+        for (field, d) in [("duration", self.duration), ("hold", self.hold)] {
+            if d.is_zero() || d.subsec_nanos() != 0 {
+                return Err(invalid(at(field), "must be whole seconds, at least 1s"));
+            }
+        }
+        if let Some(markets) = &self.markets {
+            if markets.iter().any(|m| m.is_empty()) {
+                return Err(invalid(at("markets"), "market codes must not be empty"));
+            }
+        }
         Ok(())
     }
 }
@@ -471,8 +644,12 @@ duration = "2s"
             format!("{MINIMAL}[[behaviours]]\nkind = \"chat\"\nshare = 0.1\nrate = 1\nspeed = 2\n");
         let err = Scenario::from_toml(&bad_behaviour).expect_err("unknown behaviour key");
         assert!(err.to_string().contains("speed"), "{err}");
-        let unknown_kind = format!("{MINIMAL}[[behaviours]]\nkind = \"buy\"\n");
+        let unknown_kind = format!("{MINIMAL}[[behaviours]]\nkind = \"video\"\n");
         assert!(Scenario::from_toml(&unknown_kind).is_err());
+        let bad_buy =
+            format!("{MINIMAL}[[behaviours]]\nkind = \"buy\"\nshare = 0.5\nstock = 3\nprice = 1\n");
+        let err = Scenario::from_toml(&bad_buy).expect_err("unknown buy key");
+        assert!(err.to_string().contains("price"), "{err}");
     }
 
     #[test]
@@ -484,6 +661,30 @@ duration = "2s"
         let text = format!("thresholds = [\"joins_p99 < 3\"]\n{MINIMAL}");
         let err = Scenario::from_toml(&text).expect_err("unknown metric");
         assert!(err.to_string().contains("joins_p99"), "{err}");
+    }
+
+    #[test]
+    fn buy_behaviour_gets_defaults_and_checked_values() {
+        let text = format!("{MINIMAL}[[behaviours]]\nkind = \"buy\"\nshare = 0.5\nstock = 3\n");
+        let s = Scenario::from_toml(&text).expect("valid");
+        let b = s.buy().expect("a buy behaviour");
+        assert_eq!((b.presses, b.quantity, b.per_buyer_limit), (1, 1, 1));
+        assert_eq!(b.window, Duration::from_secs(1));
+        assert_eq!(b.hold, Duration::from_secs(300));
+        // The run lasts until the buy window closed: launch (end of arrivals, 2 s) +
+        // countdown 3 s + window 1 s + 1 s.
+        assert_eq!(s.activity_duration(), Duration::from_secs(7));
+        for (extra, key) in [
+            ("duration = \"1500ms\"\n", "behaviours[0].duration"),
+            ("countdown = \"100ms\"\n", "behaviours[0].countdown"),
+            ("quantity = 0\n", "behaviours[0].quantity"),
+            ("double_click = 1.5\n", "behaviours[0].double_click"),
+        ] {
+            let err = Scenario::from_toml(&format!("{text}{extra}")).expect_err(extra);
+            assert!(err.to_string().contains(key), "{err}");
+        }
+        let twice = format!("{text}[[behaviours]]\nkind = \"buy\"\nshare = 0.1\nstock = 1\n");
+        assert!(Scenario::from_toml(&twice).is_err());
     }
 
     #[test]

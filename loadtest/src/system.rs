@@ -167,7 +167,8 @@ pub struct SpawnedServer {
     pub log: PathBuf,
 }
 
-fn free_port() -> Result<u16, String> {
+/// A loopback port that was free a moment ago (another process may take it before use).
+pub fn free_port() -> Result<u16, String> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -60,13 +60,14 @@ impl fmt::Display for Threshold {
 
 /// Latency histograms a run records; each gives `<name>_{count,p50_ms,p90_ms,p99_ms,
 /// p999_ms,max_ms,mean_ms}`.
-pub const LATENCY_METRICS: [&str; 6] = [
+pub const LATENCY_METRICS: [&str; 7] = [
     "join",
     "connect",
     "comment_latency",
     "comment_ack",
     "like_ack",
     "rejoin",
+    "buy",
 ];
 
 /// Every other metric of the report's `metrics` map (documented in `docs/loadtest.md`).
@@ -108,9 +109,44 @@ pub const PLAIN_METRICS: [&str; 35] = [
     "loadgen_rss_mib",
 ];
 
+/// The metrics of a flash sale (the `buy` behaviour), also in the report's `metrics` map;
+/// the summary prints them in this order.
+pub const SALE_METRICS: [&str; 28] = [
+    // The `buy` behaviour: presses, final answers by kind, rates.
+    "buy_presses_scheduled",
+    "buy_presses",
+    "buy_double_clicks",
+    "buy_reserved",
+    "buy_replayed",
+    "buy_sold_out",
+    "buy_limit_reached",
+    "buy_not_started",
+    "buy_ended",
+    "buy_not_in_market",
+    "buy_idempotency_conflict",
+    "buy_unavailable",
+    "buy_errors",
+    "buy_not_started_retried",
+    "buy_retries",
+    "sales_launched",
+    "reservations_per_s",
+    "buy_answers_per_s",
+    // Its correctness verdicts, from the order-event stream (summed over the sales).
+    "oversold",
+    "buyers_over_limit",
+    "lost_reservations",
+    "phantom_reservations",
+    "double_reservations",
+    "stream_anomalies",
+    "stock_unaccounted",
+    "stock_remaining",
+    "stream_reservations",
+    "stream_units_held_max",
+];
+
 /// Whether `name` is a metric a report can contain.
 pub fn is_known_metric(name: &str) -> bool {
-    if PLAIN_METRICS.contains(&name) {
+    if PLAIN_METRICS.contains(&name) || SALE_METRICS.contains(&name) {
         return true;
     }
     LATENCY_METRICS.iter().any(|h| {
@@ -220,6 +256,12 @@ mod tests {
         assert!(err.contains("join_p98_ms"), "{err}");
         assert!(is_known_metric("comment_latency_p999_ms"));
         assert!(is_known_metric("rejoin_count"));
+        assert!(is_known_metric("buy_p99_ms"));
+        assert!(is_known_metric("oversold"));
+        // Every answer of a press has its metric.
+        for name in crate::sale::BuyOutcome::NAMES {
+            assert!(is_known_metric(&format!("buy_{name}")), "{name}");
+        }
         assert!(!is_known_metric("comment_latency"));
     }
 

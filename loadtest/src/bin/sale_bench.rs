@@ -6,8 +6,13 @@
 //! `--buys` buy commands spread evenly over `--window` seconds from the start instant (open
 //! model: buy k is due at start + k·window/buys whatever happened before). Latency is measured
 //! from each buy's intended send time to its reply. Afterwards it reads the sale's order-event
-//! stream and checks the verdicts: reservations = min(stock, successes), no buyer above the
-//! limit, every success the client saw is in the stream.
+//! stream as a consumer group and checks the verdicts: never oversold, no buyer above the
+//! limit, the successes clients saw = the reservations in the stream.
+//!
+//! The press (with its retries), the HTTP API and the verdicts are the harness library's
+//! (`ferry_loadtest::sale`, `ferry_loadtest::admin`), shared with the scenario runner's `buy`
+//! behaviour; `ferry-loadtest run loadtest/scenarios/flash-sale.toml` is the scenario form of
+//! this benchmark.
 //!
 //! ```text
 //! CARGO_TARGET_DIR=/tmp/bench-target cargo build --release -p ferry -p ferry-loadtest
@@ -16,18 +21,20 @@
 
 use clap::{Parser, ValueEnum};
 use ferry_client::protocol::commerce::SaleSpec;
-use ferry_client::{Client, ClientError, ClientOptions};
-use hdrhistogram::Histogram;
+use ferry_client::{Client, ClientOptions};
+use ferry_loadtest::admin::{self, Claims};
+use ferry_loadtest::metrics::{new_histogram, record};
+use ferry_loadtest::runner::DEV_SECRET;
+use ferry_loadtest::sale::{self, PressPolicy, SaleVerdict, ToldReservation};
+use ferry_loadtest::system::{self, SpawnConfig, SpawnedServer};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::time::{Duration, Instant};
 
-const DEV_SECRET: &str = "ferry-dev-secret-change-me";
 const ROOM: &str = "sale-bench";
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -71,92 +78,14 @@ struct Args {
     json: Option<PathBuf>,
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn proc_cpu_secs(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / 100.0
-}
-
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))
-}
-
-#[derive(Serialize)]
-struct TokenClaims<'a> {
-    sub: String,
-    name: String,
-    role: &'a str,
-    room: &'a str,
-    market: &'a str,
-    exp: u64,
+fn cpu_secs(pid: u32) -> f64 {
+    system::process_cpu_secs(&pid.to_string()).unwrap_or(0.0)
 }
 
 fn token(key: &jsonwebtoken::EncodingKey, user: String, role: &str) -> Result<String, String> {
-    let claims = TokenClaims {
-        name: user.clone(),
-        sub: user,
-        role,
-        room: "*",
-        market: "us",
-        exp: unix_ms() / 1000 + 3600,
-    };
-    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, key)
-        .map_err(|e| format!("cannot mint a token: {e}"))
-}
-
-/// A minimal HTTP/1.1 request; returns status and body.
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: &str,
-) -> Result<(u16, String), String> {
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .ok_or("no status line")?;
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    // Chunked bodies: good enough to strip the size lines for JSON parsing.
-    let body = if text
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body.lines()
-            .filter(|l| !l.chars().all(|c| c.is_ascii_hexdigit()) || l.is_empty())
-            .collect::<Vec<_>>()
-            .join("")
-    } else {
-        body.to_owned()
-    };
-    Ok((status, body))
+    let mut claims = Claims::new(user, role, "*");
+    claims.market = Some("us");
+    claims.mint(key)
 }
 
 #[derive(Default, Serialize)]
@@ -185,6 +114,8 @@ struct Report {
     verdict_reservations_le_stock: bool,
     verdict_no_buyer_over_limit: bool,
     verdict_client_successes_equal_stream: bool,
+    /// Every verdict count of the shared judge (`ferry_loadtest::sale::judge`).
+    verdicts: SaleVerdict,
     server_log: String,
 }
 
@@ -214,9 +145,13 @@ fn main() -> ExitCode {
                     let _ = std::fs::write(path, text + "\n");
                 }
             }
+            let v = &report.verdicts;
             let ok = report.verdict_reservations_le_stock
                 && report.verdict_no_buyer_over_limit
-                && report.verdict_client_successes_equal_stream;
+                && report.verdict_client_successes_equal_stream
+                && v.double_reservations == 0
+                && v.stream_anomalies == 0
+                && v.stock_unaccounted == Some(0);
             if ok {
                 ExitCode::SUCCESS
             } else {
@@ -242,21 +177,20 @@ async fn run(args: &Args) -> Result<Report, String> {
             .ok_or("cannot find the ferry binary; pass --server-bin")?,
     };
     let mut redis = None;
-    let mut cmd = tokio::process::Command::new(&bin);
-    let port = free_port()?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    cmd.args(["serve", "--listen", &addr.to_string()])
-        .args(["--set", "limits.max_connections=200000"])
-        .args([
-            "--set",
-            "limits.join_rate=100000",
-            "--set",
-            "limits.join_burst=100000",
-        ])
-        .args(["--set", "rooms.auto_create=any"])
-        .env("FERRY_COMMERCE__JOURNAL_PATH", dir.join("commerce.journal"));
+    let mut config = SpawnConfig {
+        bin,
+        sets: vec![
+            "limits.join_rate=100000".into(),
+            "limits.join_burst=100000".into(),
+        ],
+        env: vec![(
+            "FERRY_COMMERCE__JOURNAL_PATH".into(),
+            dir.join("commerce.journal").display().to_string(),
+        )],
+        log: Some(dir.join("ferry.log")),
+    };
     if args.engine == Engine::Redis {
-        let rport = free_port()?;
+        let rport = system::free_port()?;
         let child = tokio::process::Command::new("redis-server")
             .args(["--port", &rport.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -274,37 +208,24 @@ async fn run(args: &Args) -> Result<Report, String> {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        cmd.args(["--set", "engine.kind=redis"])
-            .env("FERRY_REDIS__URLS", format!("redis://127.0.0.1:{rport}/"));
+        config.sets.push("engine.kind=redis".into());
+        config.env.push((
+            "FERRY_REDIS__URLS".into(),
+            format!("redis://127.0.0.1:{rport}/"),
+        ));
         redis = Some(child);
     }
-    let log_path = dir.join("ferry.log");
-    let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
-    let log2 = log.try_clone().map_err(|e| e.to_string())?;
-    let mut server = cmd
-        .env("NO_COLOR", "1")
-        .stdout(log)
-        .stderr(log2)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-    let server_pid = server.id().unwrap_or(0);
+    let server = SpawnedServer::start(&config, args.buyers + 1000).await?;
+    let addr = system::loopback_target(&server.url).map_err(|e| e.to_string())?;
+    let log_path = server.log.clone();
+    let server_pid = server.pid;
     let redis_pid = redis.as_ref().and_then(|r| r.id()).unwrap_or(0);
     let key = jsonwebtoken::EncodingKey::from_secret(DEV_SECRET.as_bytes());
     let host = token(&key, "host".into(), "host")?;
     let admin = token(&key, "ops".into(), "admin")?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !matches!(http(addr, "GET", "/readyz", &host, "").await, Ok((200, _))) {
-        if Instant::now() > deadline {
-            return Err(format!("server not ready; see {}", log_path.display()));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let product = r#"{"title":"藤编篮","price_cny":5900,"markets":{"us":true}}"#;
-    let (status, text) = http(addr, "PUT", "/api/products/basket", &host, product).await?;
-    if status != 200 {
-        return Err(format!("PUT product: {status} {text}"));
-    }
+    admin::put_product(addr, &host, "basket", "藤编篮", 5900, &["us".to_owned()])
+        .await
+        .map_err(|e| e.to_string())?;
     let url = format!("ws://{addr}/ws");
     let (host_client, _host_events) = Client::connect(ClientOptions::new(url.clone(), host));
     host_client
@@ -360,23 +281,21 @@ async fn run(args: &Args) -> Result<Report, String> {
         .map_err(|e| format!("start sale: {e}"))?;
 
     // The burst: buy k is due at start + k·window/buys on the server's clock.
-    let latencies = Arc::new(Mutex::new(
-        Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(|e| e.to_string())?,
-    ));
+    let latencies = Arc::new(Mutex::new(new_histogram()));
     let outcomes = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
-    let successes = Arc::new(Mutex::new(HashMap::<usize, HashSet<String>>::new()));
+    let told = Arc::new(Mutex::new(Vec::<ToldReservation>::new()));
     let last_reply = Arc::new(Mutex::new((0u64, 0u64)));
-    let cpu_before = proc_cpu_secs(server_pid);
-    let self_before = proc_cpu_secs(std::process::id());
-    let redis_before = proc_cpu_secs(redis_pid);
+    let cpu_before = cpu_secs(server_pid);
+    let self_before = cpu_secs(std::process::id());
+    let redis_before = cpu_secs(redis_pid);
     let step_us = args.window * 1e6 / args.buys.max(1) as f64;
     let mut tasks = Vec::new();
     for (i, c) in clients.iter().enumerate() {
         let (c, sale_id) = (c.clone(), sale.id.clone());
-        let (latencies, outcomes, successes, last_reply) = (
+        let (latencies, outcomes, told, last_reply) = (
             latencies.clone(),
             outcomes.clone(),
-            successes.clone(),
+            told.clone(),
             last_reply.clone(),
         );
         let (buys, buyers, starts_at) = (args.buys, args.buyers, sale.starts_at);
@@ -384,42 +303,44 @@ async fn run(args: &Args) -> Result<Report, String> {
             let mut k = i;
             while k < buys {
                 // Local instant of the intended send, from the server-clock start.
-                let due_server_ms = starts_at as f64 + k as f64 * step_us / 1000.0;
-                let wait = due_server_ms - c.server_now_ms();
-                if wait > 0.0 {
-                    tokio::time::sleep(Duration::from_micros((wait * 1000.0) as u64)).await;
-                }
-                let intended =
-                    Instant::now() - Duration::from_micros(((-wait).max(0.0) * 1000.0) as u64);
-                // A press that lands a few ms before the start (clock estimates differ by
-                // about a round trip) is told how long to wait; the same key is retried,
-                // like a Buy button would.
-                let result = loop {
-                    match c.buy(ROOM, sale_id.clone(), 1, format!("k{k}")).await {
-                        Err(ClientError::Server(e)) if e.name == "sale_not_started" => {
-                            let wait = e.retry_after_ms.unwrap_or(5).min(1_000);
-                            tokio::time::sleep(Duration::from_millis(wait)).await;
-                        }
-                        other => break other,
-                    }
+                let wait_ms = c.ms_until(starts_at) + k as f64 * step_us / 1000.0;
+                let now = tokio::time::Instant::now();
+                let intended = if wait_ms > 0.0 {
+                    now + Duration::from_secs_f64(wait_ms / 1000.0)
+                } else {
+                    now.checked_sub(Duration::from_secs_f64(-wait_ms / 1000.0))
+                        .unwrap_or(now)
                 };
-                let elapsed = intended.elapsed().as_micros().max(1) as u64;
-                let now = unix_ms();
-                let label = match &result {
-                    Ok(r) => {
-                        if let Ok(mut s) = successes.lock() {
-                            s.entry(i).or_default().insert(r.reservation.id.0.clone());
-                        }
-                        if let Ok(mut l) = last_reply.lock() {
-                            l.0 = l.0.max(now);
-                        }
-                        "reserved".to_owned()
+                tokio::time::sleep_until(intended).await;
+                // The Buy button: same key on every retry (`sale_not_started` before the
+                // start as the clock estimates differ by about a round trip, `unavailable`).
+                let policy = PressPolicy {
+                    give_up_at: intended + Duration::from_secs(30),
+                    max_retries: 3,
+                    max_wait: Duration::from_secs(1),
+                };
+                let key = format!("k{k}");
+                let result = sale::press(&c, ROOM, &sale_id.0, 1, &key, &policy).await;
+                let elapsed = intended.elapsed();
+                let now = c.server_now_ms() as u64;
+                if let Some(reservation) = result.reservation {
+                    if let Ok(mut t) = told.lock() {
+                        t.push(ToldReservation {
+                            buyer: format!("b{i}"),
+                            key,
+                            reservation,
+                        });
                     }
-                    Err(ClientError::Server(e)) => e.name.clone(),
-                    Err(e) => format!("client: {e}"),
+                    if let Ok(mut l) = last_reply.lock() {
+                        l.0 = l.0.max(now);
+                    }
+                }
+                let label = match &result.outcome {
+                    sale::BuyOutcome::Error(kind) => format!("error: {kind}"),
+                    other => other.name().to_owned(),
                 };
                 if let Ok(mut h) = latencies.lock() {
-                    let _ = h.record(elapsed);
+                    record(&mut h, elapsed);
                 }
                 if let Ok(mut o) = outcomes.lock() {
                     *o.entry(label).or_default() += 1;
@@ -434,42 +355,26 @@ async fn run(args: &Args) -> Result<Report, String> {
     for t in tasks {
         let _ = t.await;
     }
-    let server_cpu = proc_cpu_secs(server_pid) - cpu_before;
-    let loadgen_cpu = proc_cpu_secs(std::process::id()) - self_before;
-    let redis_cpu = proc_cpu_secs(redis_pid) - redis_before;
+    let server_cpu = cpu_secs(server_pid) - cpu_before;
+    let loadgen_cpu = cpu_secs(std::process::id()) - self_before;
+    let redis_cpu = cpu_secs(redis_pid) - redis_before;
 
-    // Verdicts from the order-event stream.
-    let (status, text) = http(
-        addr,
-        "GET",
-        &format!("/api/sales/{}/orders/all", sale.id),
-        &admin,
-        "",
-    )
-    .await?;
-    if status != 200 {
-        return Err(format!("orders/all: {status} {text}"));
-    }
-    let audit: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("orders/all JSON: {e}"))?;
-    let mut in_stream: HashMap<String, String> = HashMap::new();
-    if let Some(events) = audit["events"].as_array() {
-        for e in events.iter().filter(|e| e["type"] == "reserved") {
-            let r = &e["reservation"];
-            in_stream.insert(
-                r["id"].as_str().unwrap_or_default().to_owned(),
-                r["buyer"].as_str().unwrap_or_default().to_owned(),
-            );
-        }
-    }
-    let mut per_buyer: HashMap<&str, u32> = HashMap::new();
-    for b in in_stream.values() {
-        *per_buyer.entry(b.as_str()).or_default() += 1;
-    }
-    let told: HashSet<String> = successes
-        .lock()
-        .map(|s| s.values().flatten().cloned().collect())
-        .unwrap_or_default();
+    // Verdicts from the order-event stream, read as an order system reads it.
+    let stream = admin::consume_order_events(addr, &admin, &sale.id.0, "sale-bench")
+        .await
+        .map_err(|e| e.to_string())?;
+    let audit = admin::audit(addr, &admin, &sale.id.0)
+        .await
+        .map_err(|e| e.to_string())?;
+    let told = told.lock().map(|t| t.clone()).unwrap_or_default();
+    let (verdicts, summary) = sale::judge(
+        args.stock,
+        args.limit,
+        &stream.events,
+        stream.unreadable,
+        &told,
+        Some((&audit.0, &audit.1)),
+    );
     let h = latencies.lock().map_err(|_| "poisoned")?.clone();
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let (last_ok, last_any) = last_reply.lock().map(|l| *l).unwrap_or((0, 0));
@@ -483,6 +388,7 @@ async fn run(args: &Args) -> Result<Report, String> {
     };
     let outcomes = outcomes.lock().map(|o| o.clone()).unwrap_or_default();
     let answered: u64 = outcomes.values().sum();
+    let reserved = outcomes.get("reserved").copied().unwrap_or(0);
     let report = Report {
         engine: format!("{:?}", args.engine).to_lowercase(),
         buyers: args.buyers,
@@ -496,24 +402,25 @@ async fn run(args: &Args) -> Result<Report, String> {
         latency_ms_p99: ms(0.99),
         latency_ms_p999: ms(0.999),
         latency_ms_max: h.max() as f64 / 1000.0,
-        reservations_per_s: per_s(told.len() as u64, last_ok),
+        reservations_per_s: per_s(reserved, last_ok),
         answers_per_s: per_s(answered, last_any),
         outcomes,
         server_cpu_s: (server_cpu * 100.0).round() / 100.0,
         redis_cpu_s: (redis_cpu * 100.0).round() / 100.0,
         loadgen_cpu_s: (loadgen_cpu * 100.0).round() / 100.0,
-        verdict_reserved_in_stream: in_stream.len() as u64,
-        verdict_reservations_le_stock: in_stream.len() as u64 <= args.stock,
-        verdict_no_buyer_over_limit: per_buyer.values().all(|n| *n <= args.limit),
-        verdict_client_successes_equal_stream: told
-            == in_stream.keys().cloned().collect::<HashSet<_>>(),
+        verdict_reserved_in_stream: summary.reserved,
+        verdict_reservations_le_stock: verdicts.oversold == 0,
+        verdict_no_buyer_over_limit: verdicts.buyers_over_limit == 0,
+        verdict_client_successes_equal_stream: verdicts.lost_reservations == 0
+            && verdicts.phantom_reservations == 0,
+        verdicts,
         server_log: log_path.display().to_string(),
     };
     host_client.close();
     for c in &clients {
         c.close();
     }
-    let _ = server.kill().await;
+    server.stop(Duration::from_secs(10)).await;
     if let Some(mut r) = redis {
         let _ = r.kill().await;
     }
