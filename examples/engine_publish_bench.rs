@@ -16,6 +16,7 @@ use common::{free_port, proc_cpu_secs};
 use ferry::engine::redis::{RedisEngine, RedisEngineOptions};
 use ferry::engine::Engine;
 use ferry::protocol::RoomId;
+use ferry::redis_conn::RedisTarget;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -76,13 +77,15 @@ async fn main() {
 
     // 2. The engine: `concurrency` tasks publishing back to back into one room.
     let engine = match RedisEngine::connect(RedisEngineOptions {
-        urls: vec![format!("redis://127.0.0.1:{port}/")],
-        cluster: false,
+        redis: RedisTarget {
+            urls: vec![format!("redis://127.0.0.1:{port}/")],
+            cluster: false,
+            connect_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(2),
+        },
         prefix: "bench".into(),
         history_size: 1000,
         history_ttl: Duration::from_secs(600),
-        connect_timeout: Duration::from_secs(2),
-        command_timeout: Duration::from_secs(2),
         presence_ttl: Duration::from_secs(10),
         broadcast_capacity: 1 << 16,
         max_held: 200,

@@ -20,6 +20,7 @@ use ferry::commerce::redis::{RedisSaleStore, RedisSaleStoreOptions, BUY_SCRIPT};
 use ferry::commerce::{Bought, BuyRequest, Reservation, SaleRecord, SaleStore};
 use ferry::protocol::commerce::{Money, ProductId, ReservationId, ReservationState, SaleId};
 use ferry::protocol::{RoomId, UserId};
+use ferry::redis_conn::RedisTarget;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -119,11 +120,13 @@ async fn main() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let store = match RedisSaleStore::connect(RedisSaleStoreOptions {
-        urls: vec![format!("redis://127.0.0.1:{port}/")],
-        cluster: false,
+        redis: RedisTarget {
+            urls: vec![format!("redis://127.0.0.1:{port}/")],
+            cluster: false,
+            connect_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(5),
+        },
         prefix: PREFIX.into(),
-        connect_timeout: Duration::from_secs(2),
-        command_timeout: Duration::from_secs(5),
     })
     .await
     {

@@ -281,6 +281,18 @@ pub struct RedisConfig {
     pub presence_ttl: Duration,
 }
 
+impl RedisConfig {
+    /// Where Redis is, for [`crate::redis_conn::RedisConn::connect`].
+    pub fn target(&self) -> crate::redis_conn::RedisTarget {
+        crate::redis_conn::RedisTarget {
+            urls: self.urls.clone(),
+            cluster: self.cluster,
+            connect_timeout: self.connect_timeout,
+            command_timeout: self.command_timeout,
+        }
+    }
+}
+
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {

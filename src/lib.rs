@@ -13,6 +13,7 @@ pub mod limits;
 pub mod metrics;
 pub mod moderation;
 pub mod pages;
+pub mod redis_conn;
 pub mod room;
 pub mod session;
 pub mod sfu;

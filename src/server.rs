@@ -10,13 +10,15 @@ use crate::commerce::service::Commerce;
 use crate::commerce::SaleStore;
 use crate::config::{Config, EngineKind, DEV_SECRET};
 use crate::engine::memory::{MemoryEngine, MemoryEngineOptions};
-use crate::engine::redis::{RedisEngine, RedisEngineOptions, RedisStartError};
+use crate::engine::redis::{RedisEngine, RedisEngineOptions};
 use crate::engine::Engine;
 use crate::hub::{ConnSignal, Hub, HubConfig};
 use crate::metrics::Metrics;
 use crate::moderation::Moderator;
+use crate::redis_conn::RedisConn;
+use crate::redis_conn::RedisStartError;
 use crate::sfu::{Sfu, SfuStartError};
-use crate::translate::cache::{RedisConn, SharedCache};
+use crate::translate::cache::SharedCache;
 use crate::translate::glossary::{
     FileGlossaryStore, Glossaries, GlossaryStore, RedisGlossaryStore,
 };
@@ -112,13 +114,10 @@ async fn build_engine(cfg: &Config) -> Result<Arc<dyn Engine>, StartError> {
             let r = &cfg.redis;
             Arc::new(
                 RedisEngine::connect(RedisEngineOptions {
-                    urls: r.urls.clone(),
-                    cluster: r.cluster,
+                    redis: r.target(),
                     prefix: r.prefix.clone(),
                     history_size: cfg.history.size,
                     history_ttl: cfg.history.ttl,
-                    connect_timeout: r.connect_timeout,
-                    command_timeout: r.command_timeout,
                     presence_ttl: r.presence_ttl,
                     broadcast_capacity: 4096,
                     max_held: cfg.moderation.max_held_per_room,
@@ -147,11 +146,8 @@ async fn build_sale_store(cfg: &Config) -> Result<Arc<dyn SaleStore>, StartError
             let r = &cfg.redis;
             Ok(Arc::new(
                 RedisSaleStore::connect(RedisSaleStoreOptions {
-                    urls: r.urls.clone(),
-                    cluster: r.cluster,
+                    redis: r.target(),
                     prefix: r.prefix.clone(),
-                    connect_timeout: r.connect_timeout,
-                    command_timeout: r.command_timeout,
                 })
                 .await?,
             ))
@@ -191,7 +187,7 @@ pub async fn build_chat(cfg: &Config, hub: Arc<Hub>) -> Result<Arc<Chat>, StartE
         }
         EngineKind::Redis => {
             let r = &cfg.redis;
-            let conn = RedisConn::connect(&r.urls, r.cluster, r.connect_timeout, r.command_timeout)
+            let conn = RedisConn::connect(&r.target(), None)
                 .await
                 .map_err(|e| err(format!("Redis: {e}")))?;
             (

@@ -11,6 +11,7 @@ use ferry::commerce::{
 };
 use ferry::protocol::commerce::{Money, ProductId, ReservationId, ReservationState, SaleId};
 use ferry::protocol::{RoomId, UserId};
+use ferry::redis_conn::RedisTarget;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,11 +22,13 @@ use std::time::{Duration, Instant};
 /// pause tests set short timeouts of their own.
 fn options(urls: Vec<String>, cluster: bool) -> RedisSaleStoreOptions {
     RedisSaleStoreOptions {
-        urls,
-        cluster,
+        redis: RedisTarget {
+            urls,
+            cluster,
+            connect_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(10),
+        },
         prefix: "sales-test".into(),
-        connect_timeout: Duration::from_secs(2),
-        command_timeout: Duration::from_secs(10),
     }
 }
 
@@ -115,7 +118,7 @@ enum Told {
 async fn redis_restart_with_aof_loses_no_answered_reservation() {
     let mut redis = RedisServer::start(true);
     let mut opts = options(vec![redis.url()], false);
-    opts.command_timeout = Duration::from_millis(500);
+    opts.redis.command_timeout = Duration::from_millis(500);
     let store = Arc::new(RedisSaleStore::connect(opts).await.expect("connect"));
     let id = SaleId("restart".into());
     store
@@ -475,7 +478,7 @@ async fn redis_store_answers_exactly_like_the_embedded_store() {
 async fn unreachable_redis_is_unavailable_not_a_hang() {
     let redis = RedisServer::start(false);
     let mut opts = options(vec![redis.url()], false);
-    opts.command_timeout = Duration::from_millis(300);
+    opts.redis.command_timeout = Duration::from_millis(300);
     let store = RedisSaleStore::connect(opts).await.expect("connect");
     let id = SaleId("paused".into());
     store.create_sale(sale(&id.0, 10, 1)).await.expect("create");

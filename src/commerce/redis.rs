@@ -57,39 +57,31 @@ use super::{
     OrderEventKind, Product, ReleaseReason, Reservation, SalePosition, SaleRecord, SaleSnapshot,
     SaleStore, Settled, StoreError,
 };
-use crate::engine::redis::{RedisEngineOptions, RedisStartError};
+use crate::engine::redis::RedisEngineOptions;
+use crate::redis_conn::{RedisConn, RedisHealth, RedisStartError, RedisTarget};
 use async_trait::async_trait;
 use dashmap::DashMap;
 use ferry_client::protocol::commerce::{ProductId, ReservationId, ReservationState, SaleId};
 use ferry_client::protocol::RoomId;
-use redis::aio::ConnectionLike;
 use redis::Value;
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// How to reach Redis (mirrors the room engine's options).
 #[derive(Clone, Debug)]
 pub struct RedisSaleStoreOptions {
-    /// One URL for standalone Redis; one or more seed nodes for a cluster.
-    pub urls: Vec<String>,
-    pub cluster: bool,
+    /// Where Redis is; its command timeout bounds every call (a script with its reload after
+    /// a restart included).
+    pub redis: RedisTarget,
     /// Prefix of every key.
     pub prefix: String,
-    pub connect_timeout: Duration,
-    /// Bound on every call to Redis (a script with its reload after a restart included).
-    pub command_timeout: Duration,
 }
 
 impl From<&RedisEngineOptions> for RedisSaleStoreOptions {
     fn from(o: &RedisEngineOptions) -> Self {
         Self {
-            urls: o.urls.clone(),
-            cluster: o.cluster,
+            redis: o.redis.clone(),
             prefix: o.prefix.clone(),
-            connect_timeout: o.connect_timeout,
-            command_timeout: o.command_timeout,
         }
     }
 }
@@ -345,51 +337,6 @@ const CONSUMER: &str = "ferry";
 const ACK_CHUNK: usize = 500;
 /// Entries per `XRANGE` page in [`SaleStore::all_orders`].
 const RANGE_PAGE: usize = 1000;
-/// How often Redis is pinged to decide whether calls may be sent.
-const HEALTH_INTERVAL: Duration = Duration::from_millis(250);
-
-/// A command connection to standalone Redis or a cluster.
-#[derive(Clone)]
-enum Conn {
-    Single(redis::aio::ConnectionManager),
-    Cluster(redis::cluster_async::ClusterConnection),
-}
-
-impl Conn {
-    async fn run(
-        &mut self,
-        script: &redis::Script,
-        keys: &[String],
-        args: &[String],
-    ) -> redis::RedisResult<Value> {
-        let mut inv = script.prepare_invoke();
-        for k in keys {
-            inv.key(k);
-        }
-        for a in args {
-            inv.arg(a);
-        }
-        match self {
-            Conn::Single(c) => inv.invoke_async(c).await,
-            Conn::Cluster(c) => inv.invoke_async(c).await,
-        }
-    }
-
-    async fn load(&mut self, script: &redis::Script) -> redis::RedisResult<String> {
-        match self {
-            Conn::Single(c) => script.load_async(c).await,
-            Conn::Cluster(c) => script.load_async(c).await,
-        }
-    }
-
-    async fn cmd(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<Value> {
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd).await,
-            Conn::Cluster(c) => c.req_packed_command(cmd).await,
-        }
-    }
-}
-
 struct Scripts {
     buy: redis::Script,
     confirm: redis::Script,
@@ -436,10 +383,9 @@ struct Terms {
 }
 
 struct Inner {
-    conn: Conn,
-    /// Whether Redis answered the last health check. While false, calls fail fast with
-    /// `Unavailable` instead of queueing on a dead connection.
-    healthy: AtomicBool,
+    conn: RedisConn,
+    /// Whether Redis is answering; while not, calls fail fast with `Unavailable`.
+    health: Arc<RedisHealth>,
     opts: RedisSaleStoreOptions,
     scripts: Scripts,
     terms: DashMap<SaleId, Terms>,
@@ -603,49 +549,16 @@ fn parse_snapshot(v: Value) -> Result<Option<SaleSnapshot>, StoreError> {
 impl RedisSaleStore {
     /// Connect to Redis (or the cluster) and start the health check.
     pub async fn connect(opts: RedisSaleStoreOptions) -> Result<RedisSaleStore, RedisStartError> {
-        let first = opts.urls.first().cloned().ok_or(RedisStartError::NoUrl)?;
-        let connect_err = |e: redis::RedisError| RedisStartError::Connect {
-            url: first.clone(),
-            message: e.to_string(),
-        };
-        let conn = if opts.cluster {
-            let client = redis::cluster::ClusterClientBuilder::new(opts.urls.clone())
-                .connection_timeout(opts.connect_timeout)
-                .response_timeout(opts.command_timeout)
-                .retries(2)
-                .build()
-                .map_err(connect_err)?;
-            let conn = tokio::time::timeout(opts.connect_timeout, client.get_async_connection())
-                .await
-                .map_err(|_| RedisStartError::Connect {
-                    url: first.clone(),
-                    message: "timed out".into(),
-                })?
-                .map_err(connect_err)?;
-            Conn::Cluster(conn)
-        } else {
-            let client = redis::Client::open(first.as_str()).map_err(connect_err)?;
-            let config = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(opts.connect_timeout))
-                .set_response_timeout(Some(opts.command_timeout))
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_secs(2));
-            Conn::Single(
-                client
-                    .get_connection_manager_with_config(config)
-                    .await
-                    .map_err(connect_err)?,
-            )
-        };
+        let conn = RedisConn::connect(&opts.redis, None).await?;
+        let health = RedisHealth::start(&opts.redis, "sale store").await?;
         let inner = Arc::new(Inner {
             conn,
-            healthy: AtomicBool::new(true),
+            health,
             opts,
             scripts: Scripts::new(),
             terms: DashMap::new(),
         });
         inner.preload().await;
-        tokio::spawn(check_health(Arc::downgrade(&inner)));
         let store = RedisSaleStore { inner };
         match store.migrate(crate::unix_ms()).await {
             Ok(0) => {}
@@ -708,25 +621,6 @@ impl RedisSaleStore {
     }
 }
 
-/// Pings Redis and keeps [`Inner::healthy`] current; ends with the store.
-async fn check_health(inner: std::sync::Weak<Inner>) {
-    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(inner) = inner.upgrade() else { return };
-        let ok = inner.ping().await;
-        let was = inner.healthy.swap(ok, Relaxed);
-        if was != ok {
-            if ok {
-                tracing::info!("sale store: Redis reachable again");
-            } else {
-                tracing::warn!("sale store: Redis unreachable; calls answer `unavailable`");
-            }
-        }
-    }
-}
-
 impl Inner {
     /// Load every script (on every master of a cluster), so the first burst of calls does
     /// not all meet `NOSCRIPT` at once. Best effort: a call that meets `NOSCRIPT` later
@@ -749,7 +643,8 @@ impl Inner {
             &s.mark_announced,
         ] {
             let mut conn = self.conn.clone();
-            let loaded = tokio::time::timeout(self.opts.command_timeout, conn.load(script)).await;
+            let loaded =
+                tokio::time::timeout(self.opts.redis.command_timeout, conn.load(script)).await;
             if !matches!(loaded, Ok(Ok(_))) {
                 tracing::debug!("sale store: could not preload a script");
             }
@@ -822,21 +717,12 @@ impl Inner {
             .collect()
     }
 
-    fn live_conn(&self) -> Result<Conn, StoreError> {
-        if self.healthy.load(Relaxed) {
+    fn live_conn(&self) -> Result<RedisConn, StoreError> {
+        if self.health.is_healthy() {
             Ok(self.conn.clone())
         } else {
             Err(StoreError::Unavailable("Redis is unreachable".into()))
         }
-    }
-
-    async fn ping(&self) -> bool {
-        let mut conn = self.conn.clone();
-        let cmd = redis::cmd("PING");
-        matches!(
-            tokio::time::timeout(self.opts.command_timeout, conn.cmd(&cmd)).await,
-            Ok(Ok(_))
-        )
     }
 
     async fn eval(
@@ -846,7 +732,12 @@ impl Inner {
         args: &[String],
     ) -> Result<Value, StoreError> {
         let mut conn = self.live_conn()?;
-        match tokio::time::timeout(self.opts.command_timeout, conn.run(script, keys, args)).await {
+        match tokio::time::timeout(
+            self.opts.redis.command_timeout,
+            conn.script(script, keys, args),
+        )
+        .await
+        {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(unavailable(e)),
             Err(_) => Err(StoreError::Unavailable(
@@ -857,7 +748,7 @@ impl Inner {
 
     async fn cmd(&self, cmd: &redis::Cmd) -> Result<Value, StoreError> {
         let mut conn = self.live_conn()?;
-        match tokio::time::timeout(self.opts.command_timeout, conn.cmd(cmd)).await {
+        match tokio::time::timeout(self.opts.redis.command_timeout, conn.cmd(cmd)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(unavailable(e)),
             Err(_) => Err(StoreError::Unavailable(
@@ -1459,9 +1350,7 @@ impl SaleStore for RedisSaleStore {
     }
 
     async fn ready(&self) -> bool {
-        let ok = self.inner.ping().await;
-        self.inner.healthy.store(ok, Relaxed);
-        ok
+        self.inner.health.check().await
     }
 }
 

@@ -33,25 +33,24 @@ use dashmap::DashMap;
 use ferry_client::protocol::commerce::{stock_order, SaleStatus};
 use ferry_client::protocol::translation::HeldComment;
 use ferry_client::protocol::{Epoch, Offset, Pinned, RoomId, UserId};
-use redis::aio::ConnectionLike;
 use redis::{PushKind, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+pub use crate::redis_conn::RedisStartError;
+use crate::redis_conn::{RedisConn, RedisHealth, RedisTarget};
+
 /// How to reach Redis and how the engine behaves.
 #[derive(Clone, Debug)]
 pub struct RedisEngineOptions {
-    /// One URL for standalone Redis; one or more seed nodes for a cluster.
-    pub urls: Vec<String>,
-    pub cluster: bool,
+    /// Where Redis is and how long to wait for it.
+    pub redis: RedisTarget,
     /// Prefix of every key and channel.
     pub prefix: String,
     pub history_size: usize,
     pub history_ttl: Duration,
-    pub connect_timeout: Duration,
-    pub command_timeout: Duration,
     /// A node's viewer-count report counts for this long unless renewed.
     pub presence_ttl: Duration,
     /// Capacity of each room's local broadcast.
@@ -223,49 +222,6 @@ return out
 
 /// A command connection to standalone Redis or a cluster.
 #[derive(Clone)]
-enum Conn {
-    Single(redis::aio::ConnectionManager),
-    Cluster(redis::cluster_async::ClusterConnection),
-}
-
-impl Conn {
-    async fn run<T: redis::FromRedisValue>(
-        &mut self,
-        script: &redis::Script,
-        keys: &[String],
-        args: &[String],
-    ) -> redis::RedisResult<T> {
-        let mut inv = script.prepare_invoke();
-        for k in keys {
-            inv.key(k);
-        }
-        for a in args {
-            inv.arg(a);
-        }
-        match self {
-            Conn::Single(c) => inv.invoke_async(c).await,
-            Conn::Cluster(c) => inv.invoke_async(c).await,
-        }
-    }
-
-    async fn cmd<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
-        let v = match self {
-            Conn::Single(c) => c.req_packed_command(cmd).await?,
-            Conn::Cluster(c) => c.req_packed_command(cmd).await?,
-        };
-        redis::from_redis_value(v).map_err(Into::into)
-    }
-
-    async fn subscribe(&mut self, channel: &str, on: bool) -> redis::RedisResult<()> {
-        match (self, on) {
-            (Conn::Single(c), true) => c.subscribe(channel).await,
-            (Conn::Single(c), false) => c.unsubscribe(channel).await,
-            (Conn::Cluster(c), true) => c.ssubscribe(channel).await,
-            (Conn::Cluster(c), false) => c.sunsubscribe(channel).await,
-        }
-    }
-}
-
 /// A room this node is subscribed to.
 struct RoomSub {
     live: broadcast::Sender<Publication>,
@@ -312,11 +268,9 @@ impl RoomSub {
 }
 
 struct Inner {
-    conn: Conn,
-    /// Whether Redis answered the last health check. While false, commands fail fast with
-    /// `Unavailable` instead of queueing on a dead connection — queued commands would be
-    /// applied when Redis returns, after their senders were told they failed.
-    healthy: std::sync::atomic::AtomicBool,
+    conn: RedisConn,
+    /// Whether Redis is answering; while not, commands fail fast with `Unavailable`.
+    health: Arc<RedisHealth>,
     opts: RedisEngineOptions,
     rooms: DashMap<RoomId, RoomSub>,
     scripts: Scripts,
@@ -349,27 +303,8 @@ enum SubCmd {
     Release(RoomId),
 }
 
-/// Why the engine could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum RedisStartError {
-    #[error("redis.urls is empty")]
-    NoUrl,
-    #[error("cannot connect to Redis at {url}: {message}")]
-    Connect { url: String, message: String },
-}
-
 fn unavailable(e: redis::RedisError) -> EngineError {
     EngineError::Unavailable(e.to_string())
-}
-
-fn resp3(url: &str) -> String {
-    if url.contains("protocol=") {
-        url.to_owned()
-    } else if url.contains('?') {
-        format!("{url}&protocol=resp3")
-    } else {
-        format!("{url}?protocol=resp3")
-    }
 }
 
 fn new_epoch() -> String {
@@ -391,43 +326,12 @@ fn unix_ms() -> u64 {
 impl RedisEngine {
     /// Connect (commands and pushes) and start the subscription tasks.
     pub async fn connect(opts: RedisEngineOptions) -> Result<RedisEngine, RedisStartError> {
-        let first = opts.urls.first().cloned().ok_or(RedisStartError::NoUrl)?;
-        let connect_err = |e: redis::RedisError| RedisStartError::Connect {
-            url: first.clone(),
-            message: e.to_string(),
-        };
         let (push_tx, push_rx) = mpsc::unbounded_channel::<redis::PushInfo>();
-        let conn = if opts.cluster {
-            let client = redis::cluster::ClusterClientBuilder::new(
-                opts.urls.iter().map(|u| resp3(u)).collect::<Vec<_>>(),
-            )
-            .use_protocol(redis::ProtocolVersion::RESP3)
-            .push_sender(push_tx)
-            .connection_timeout(opts.connect_timeout)
-            .response_timeout(opts.command_timeout)
-            .retries(2)
-            .build()
-            .map_err(connect_err)?;
-            Conn::Cluster(client.get_async_connection().await.map_err(connect_err)?)
-        } else {
-            let client = redis::Client::open(resp3(&first)).map_err(connect_err)?;
-            let config = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(opts.connect_timeout))
-                .set_response_timeout(Some(opts.command_timeout))
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_secs(2))
-                .set_push_sender(push_tx)
-                .set_automatic_resubscription();
-            Conn::Single(
-                client
-                    .get_connection_manager_with_config(config)
-                    .await
-                    .map_err(connect_err)?,
-            )
-        };
+        let conn = RedisConn::connect(&opts.redis, Some(push_tx)).await?;
+        let health = RedisHealth::start(&opts.redis, "engine").await?;
         let inner = Arc::new(Inner {
             conn,
-            healthy: std::sync::atomic::AtomicBool::new(true),
+            health,
             opts,
             rooms: DashMap::new(),
             scripts: Scripts {
@@ -445,7 +349,6 @@ impl RedisEngine {
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
         tokio::spawn(run_subscriptions(inner.clone(), sub_rx));
         tokio::spawn(route_pushes(inner.clone(), push_rx));
-        tokio::spawn(check_health(Arc::downgrade(&inner)));
         Ok(RedisEngine { inner, sub_tx })
     }
 }
@@ -468,13 +371,13 @@ impl Inner {
         Some(RoomId(room.to_owned()))
     }
 
-    fn conn(&self) -> Conn {
+    fn conn(&self) -> RedisConn {
         self.conn.clone()
     }
 
     /// A connection for a command, or `Unavailable` at once while Redis is unreachable.
-    fn live_conn(&self) -> Result<Conn, EngineError> {
-        if self.healthy.load(std::sync::atomic::Ordering::Relaxed) {
+    fn live_conn(&self) -> Result<RedisConn, EngineError> {
+        if self.health.is_healthy() {
             Ok(self.conn.clone())
         } else {
             Err(EngineError::Unavailable("Redis is unreachable".into()))
@@ -506,7 +409,7 @@ impl Inner {
         let mut conn = self.conn();
         let keys = [self.key(room, "meta"), self.key(room, "stream")];
         let args = [epoch.0.clone(), delivered.0.to_string(), new_epoch()];
-        let pos: Vec<Value> = match conn.run(&self.scripts.position, &keys, &args).await {
+        let pos: Vec<Value> = match conn.script(&self.scripts.position, &keys, &args).await {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(%room, error = %e, "catch-up: cannot read the room's position");
@@ -561,7 +464,7 @@ impl Inner {
         let keys = [self.key(room, "meta"), self.key(room, "stream")];
         let args = [after.0.to_string(), until.0.to_string()];
         let v: Vec<Value> = conn
-            .run(&self.scripts.history, &keys, &args)
+            .script(&self.scripts.history, &keys, &args)
             .await
             .map_err(unavailable)?;
         let Some(Value::BulkString(e)) = v.first() else {
@@ -641,33 +544,6 @@ fn parse_payload(payload: &[u8]) -> Option<(Offset, Epoch, Bytes)> {
     ))
 }
 
-/// How often Redis is pinged to decide whether commands may be sent.
-const HEALTH_INTERVAL: Duration = Duration::from_millis(250);
-
-/// Pings Redis and keeps [`Inner::healthy`] current; ends with the engine.
-async fn check_health(inner: std::sync::Weak<Inner>) {
-    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(inner) = inner.upgrade() else { return };
-        let mut conn = inner.conn();
-        let cmd = redis::cmd("PING");
-        let ok = matches!(
-            tokio::time::timeout(inner.opts.command_timeout, conn.cmd::<String>(&cmd)).await,
-            Ok(Ok(_))
-        );
-        let was = inner.healthy.swap(ok, std::sync::atomic::Ordering::Relaxed);
-        if was != ok {
-            if ok {
-                tracing::info!("Redis reachable again");
-            } else {
-                tracing::warn!("Redis unreachable: commands that need it answer `unavailable`");
-            }
-        }
-    }
-}
-
 /// Serializes (un)subscriptions so a room's SUBSCRIBE/UNSUBSCRIBE never reorder.
 async fn run_subscriptions(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<SubCmd>) {
     while let Some(cmd) = rx.recv().await {
@@ -681,7 +557,7 @@ async fn run_subscriptions(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Su
                     let _ = reply.send(Ok(rx));
                     continue;
                 }
-                if !inner.healthy.load(std::sync::atomic::Ordering::Relaxed) {
+                if !inner.health.is_healthy() {
                     let _ =
                         reply.send(Err(EngineError::Unavailable("Redis is unreachable".into())));
                     continue;
@@ -871,7 +747,7 @@ impl Engine for RedisEngine {
         let keys = [i.key(room, "meta"), i.key(room, "stream")];
         let args = [new_epoch(), title.to_owned(), unix_ms().to_string()];
         let created: i64 = conn
-            .run(&i.scripts.create, &keys, &args)
+            .script(&i.scripts.create, &keys, &args)
             .await
             .map_err(unavailable)?;
         let record = self.room(room).await?.ok_or(EngineError::RoomNotFound)?;
@@ -888,7 +764,7 @@ impl Engine for RedisEngine {
             i.key(room, "held"),
         ];
         let v: Vec<Value> = conn
-            .run(&i.scripts.snapshot, &keys, &[])
+            .script(&i.scripts.snapshot, &keys, &[])
             .await
             .map_err(unavailable)?;
         let meta = v.first().map(flat_map).unwrap_or_default();
@@ -957,7 +833,7 @@ impl Engine for RedisEngine {
         ];
         let body_text = String::from_utf8_lossy(&body).into_owned();
         let [op, a1, a2, a3] = state_args(change.as_ref());
-        let publish_cmd = if i.opts.cluster {
+        let publish_cmd = if i.opts.redis.cluster {
             "SPUBLISH"
         } else {
             "PUBLISH"
@@ -975,7 +851,7 @@ impl Engine for RedisEngine {
             i.opts.max_held.to_string(),
         ];
         let v: Vec<Value> = conn
-            .run(&i.scripts.publish, &keys, &args)
+            .script(&i.scripts.publish, &keys, &args)
             .await
             .map_err(unavailable)?;
         match v.first() {
@@ -1046,7 +922,7 @@ impl Engine for RedisEngine {
             i.opts.presence_ttl.as_millis().to_string(),
         ];
         let _: i64 = conn
-            .run(&i.scripts.presence, &keys, &args)
+            .script(&i.scripts.presence, &keys, &args)
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -1056,7 +932,7 @@ impl Engine for RedisEngine {
         let i = &self.inner;
         let mut conn = i.live_conn()?;
         let keys = [i.key(room, "viewers"), i.key(room, "viewers:exp")];
-        conn.run(&i.scripts.count, &keys, &[])
+        conn.script(&i.scripts.count, &keys, &[])
             .await
             .map_err(unavailable)
     }
@@ -1084,9 +960,7 @@ impl Engine for RedisEngine {
     }
 
     async fn ready(&self) -> bool {
-        self.inner
-            .healthy
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.inner.health.is_healthy()
     }
 
     async fn report_audience(
@@ -1104,7 +978,7 @@ impl Engine for RedisEngine {
             args.push(n.to_string());
         }
         let _: i64 = conn
-            .run(&i.scripts.audience_report, &keys, &args)
+            .script(&i.scripts.audience_report, &keys, &args)
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -1115,7 +989,7 @@ impl Engine for RedisEngine {
         let mut conn = i.live_conn()?;
         let keys = [i.key(room, "aud"), i.key(room, "aud:exp")];
         let v: Value = conn
-            .run(&i.scripts.audience_read, &keys, &[])
+            .script(&i.scripts.audience_read, &keys, &[])
             .await
             .map_err(unavailable)?;
         let mut out = BTreeMap::new();

@@ -3,8 +3,8 @@
 //! a SHA-256 of (normalized text, source, target, glossary id, glossary version): a glossary
 //! change makes its old entries unreachable, and they age out.
 
+use crate::redis_conn::RedisConn;
 use parking_lot::Mutex;
-use redis::aio::ConnectionLike;
 use sha2::{Digest, Sha256};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -65,79 +65,6 @@ impl Lru {
     }
 }
 
-/// A command connection to standalone Redis or a cluster (for the shared cache and the
-/// glossary store).
-#[derive(Clone)]
-pub enum RedisConn {
-    Single(redis::aio::ConnectionManager),
-    Cluster(redis::cluster_async::ClusterConnection),
-}
-
-impl RedisConn {
-    /// Connect with the engine's settings.
-    pub async fn connect(
-        urls: &[String],
-        cluster: bool,
-        connect_timeout: Duration,
-        command_timeout: Duration,
-    ) -> Result<RedisConn, String> {
-        let first = urls.first().ok_or("redis.urls is empty")?;
-        if cluster {
-            let client = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
-                .connection_timeout(connect_timeout)
-                .response_timeout(command_timeout)
-                .retries(1)
-                .build()
-                .map_err(|e| e.to_string())?;
-            Ok(RedisConn::Cluster(
-                client
-                    .get_async_connection()
-                    .await
-                    .map_err(|e| e.to_string())?,
-            ))
-        } else {
-            let client = redis::Client::open(first.as_str()).map_err(|e| e.to_string())?;
-            let config = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(connect_timeout))
-                .set_response_timeout(Some(command_timeout))
-                .set_number_of_retries(1);
-            Ok(RedisConn::Single(
-                client
-                    .get_connection_manager_with_config(config)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            ))
-        }
-    }
-
-    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
-        let v = match self.clone() {
-            RedisConn::Single(mut c) => c.req_packed_command(cmd).await?,
-            RedisConn::Cluster(mut c) => c.req_packed_command(cmd).await?,
-        };
-        redis::from_redis_value(v).map_err(Into::into)
-    }
-
-    pub async fn script<T: redis::FromRedisValue>(
-        &self,
-        script: &redis::Script,
-        keys: &[String],
-        args: &[String],
-    ) -> redis::RedisResult<T> {
-        let mut inv = script.prepare_invoke();
-        for k in keys {
-            inv.key(k);
-        }
-        for a in args {
-            inv.arg(a);
-        }
-        match self.clone() {
-            RedisConn::Single(mut c) => inv.invoke_async(&mut c).await,
-            RedisConn::Cluster(mut c) => inv.invoke_async(&mut c).await,
-        }
-    }
-}
-
 /// The shared cache in Redis: `<prefix>:tr:<key>` → translation, with a TTL.
 pub struct SharedCache {
     conn: RedisConn,
@@ -162,7 +89,8 @@ impl SharedCache {
     pub async fn get(&self, key: &CacheKey) -> Option<String> {
         match self
             .conn
-            .query::<Option<String>>(redis::cmd("GET").arg(self.key(key)))
+            .clone()
+            .cmd::<Option<String>>(redis::cmd("GET").arg(self.key(key)))
             .await
         {
             Ok(v) => v,
@@ -177,7 +105,8 @@ impl SharedCache {
         let secs = self.ttl.as_secs().max(1);
         if let Err(e) = self
             .conn
-            .query::<()>(
+            .clone()
+            .cmd::<()>(
                 redis::cmd("SET")
                     .arg(self.key(key))
                     .arg(value)

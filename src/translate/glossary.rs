@@ -469,7 +469,7 @@ impl GlossaryStore for FileGlossaryStore {
 /// Redis engine: `<prefix>:glossaries` HASH id → JSON and `<prefix>:glossaries:version`, a
 /// counter incremented (in the same script) by every change; it is also the new version.
 pub struct RedisGlossaryStore {
-    conn: crate::translate::cache::RedisConn,
+    conn: crate::redis_conn::RedisConn,
     hash: String,
     counter: String,
 }
@@ -492,7 +492,7 @@ return 0
 
 impl RedisGlossaryStore {
     /// Both keys share the `{glossaries}` hash tag (one slot on a cluster).
-    pub fn new(conn: crate::translate::cache::RedisConn, prefix: &str) -> Self {
+    pub fn new(conn: crate::redis_conn::RedisConn, prefix: &str) -> Self {
         Self {
             conn,
             hash: format!("{prefix}:{{glossaries}}:all"),
@@ -510,7 +510,8 @@ impl GlossaryStore for RedisGlossaryStore {
     async fn load_all(&self) -> Result<Vec<Glossary>, GlossaryError> {
         let all: HashMap<String, String> = self
             .conn
-            .query(redis::cmd("HGETALL").arg(&self.hash))
+            .clone()
+            .cmd(redis::cmd("HGETALL").arg(&self.hash))
             .await
             .map_err(unavailable)?;
         Ok(all
@@ -524,6 +525,7 @@ impl GlossaryStore for RedisGlossaryStore {
         let script = redis::Script::new(SAVE);
         let stored: String = self
             .conn
+            .clone()
             .script(
                 &script,
                 &[self.hash.clone(), self.counter.clone()],
@@ -538,6 +540,7 @@ impl GlossaryStore for RedisGlossaryStore {
         let script = redis::Script::new(DELETE);
         let n: i64 = self
             .conn
+            .clone()
             .script(
                 &script,
                 &[self.hash.clone(), self.counter.clone()],
@@ -551,7 +554,8 @@ impl GlossaryStore for RedisGlossaryStore {
     async fn change_counter(&self) -> Result<u64, GlossaryError> {
         let v: Option<u64> = self
             .conn
-            .query(redis::cmd("GET").arg(&self.counter))
+            .clone()
+            .cmd(redis::cmd("GET").arg(&self.counter))
             .await
             .map_err(unavailable)?;
         Ok(v.unwrap_or(0))
