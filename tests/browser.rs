@@ -160,6 +160,11 @@ async fn run_scenario(scenario: &str) {
     let server = TestServer::start(|c| {
         if let Some(fake) = &provider {
             c.translation.providers = vec![fake.config()];
+            // Announced in WHEP answers as `Link: rel="ice-server"`; the page must apply it
+            // (nothing listens there: the WHEP sessions of this scenario carry no video).
+            c.sfu.ice_servers = vec!["turn:127.0.0.1:9?transport=udp".into()];
+            c.sfu.ice_username = "e2e-user".into();
+            c.sfu.ice_credential = "e2e-secret".into();
         }
     })
     .await;
@@ -311,7 +316,8 @@ async fn host_page_publishes_the_camera_and_the_viewer_page_plays_it() {
 /// the latency budget replaces the text in place; a yellow comment waits in the host page's
 /// moderator queue and reaches the viewers once approved (another is rejected, and its sender
 /// told); a red comment shows its rule to the sender only; the pinned product's title is in
-/// each viewer's language.
+/// each viewer's language. The viewer pages' WHEP sessions apply the TURN server the answer
+/// announces in a `Link: rel="ice-server"` header.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_translate_comments_and_moderate_in_chromium() {
     run_scenario("translation").await;

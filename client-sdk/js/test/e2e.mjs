@@ -512,6 +512,18 @@ async function translation(context, pageErrors) {
   await waitText(a, '#product-title', /^rattan basket$/);
   await waitText(b, '#product-title', /^藤编篮$/);
 
+  // The WHEP answer's `Link: rel="ice-server"` header (sfu.ice_servers) is on the player's
+  // peer connection.
+  const ice = await a.waitForFunction(() => {
+    const pc = /** @type {any} */ (window).ferryPage.video.player?.pc;
+    const servers = pc?.getConfiguration().iceServers ?? [];
+    return servers.find((/** @type {any} */ s) => String(s.urls).includes('turn:127.0.0.1:9')) ?? null;
+  });
+  const turn = await ice.jsonValue();
+  assert.equal(turn.username, 'e2e-user');
+  assert.equal(turn.credential, 'e2e-secret');
+  log(`WHEP Link ice-server applied: ${JSON.stringify(turn)}`);
+
   for (const page of [a, b]) {
     const stats = await page.evaluate(() => /** @type {any} */ (window).ferryPage.client.stats);
     assert.equal(stats.duplicates, 0);
