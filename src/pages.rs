@@ -38,7 +38,7 @@ macro_rules! assets {
 /// listed (a test checks it): the modules import each other by relative path.
 const SDK: &[Asset] = assets!("sdk":
     "ferry.js", "client.js", "emitter.js", "protocol.js", "clock.js", "stream.js", "backoff.js",
-    "token.js", "sales.js", "video.js",
+    "token.js", "sales.js", "video.js", "chat.js", "http.js",
 );
 
 /// The pages' scripts and stylesheet, served at `/pages/{name}`. Every `.js` and `.css` file of

@@ -14,7 +14,9 @@
 
 mod common;
 
+use common::providers::FakeProvider;
 use common::*;
+use ferry::config::ProviderKind;
 use ferry::protocol::{Role, RoomEvent};
 use ferry_client::{new_idempotency_key, Client, Event, Events};
 use serde_json::{json, Value};
@@ -140,11 +142,47 @@ impl RustSide {
 }
 
 /// Start the server and the Rust clients, then run `scenario` in Chromium to the end.
+///
+/// The `translation` scenario also gets a local LibreTranslate-compatible provider that
+/// answers after 800 ms (past the 300 ms latency budget, so its translations arrive as late
+/// `translation` events), and the host's glossary (藤编篮 = "rattan basket") before the
+/// product is saved, so the product view carries an English title.
 async fn run_scenario(scenario: &str) {
     prerequisites();
     let _one_at_a_time = CHROMIUM.lock().await;
-    let server = TestServer::start(|_| {}).await;
+    let provider = if scenario == "translation" {
+        let fake = FakeProvider::start(ProviderKind::Libretranslate).await;
+        fake.set_delay(Duration::from_millis(800));
+        Some(fake)
+    } else {
+        None
+    };
+    let server = TestServer::start(|c| {
+        if let Some(fake) = &provider {
+            c.translation.providers = vec![fake.config()];
+            // Announced in WHEP answers as `Link: rel="ice-server"`; the page must apply it
+            // (nothing listens there: the WHEP sessions of this scenario carry no video).
+            c.sfu.ice_servers = vec!["turn:127.0.0.1:9?transport=udp".into()];
+            c.sfu.ice_username = "e2e-user".into();
+            c.sfu.ice_credential = "e2e-secret".into();
+        }
+    })
+    .await;
     let host_token = server.token(ROOM, "browser-host", Role::Host);
+    if provider.is_some() {
+        let (status, body) = http(
+            server.addr(),
+            "PUT",
+            "/api/glossaries/browser-host",
+            Some(&host_token),
+            Some(
+                &json!({"rooms": [ROOM], "terms": [{"zh": "藤编篮", "en": "rattan basket"}]})
+                    .to_string(),
+            ),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
     // The catalog product the host page pins and sells: ¥89.00, sold in the US and Hong Kong.
     let (status, body) = http(
         server.addr(),
@@ -179,6 +217,7 @@ async fn run_scenario(scenario: &str) {
     buyer.join(ROOM).await.expect("Rust buyer joins");
     let tokens = json!({
         "viewer": server.token(ROOM, "browser-viewer", Role::Viewer),
+        "viewer2": server.token(ROOM, "browser-viewer-2", Role::Viewer),
         "host": host_token,
     });
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-e2e");
@@ -269,6 +308,19 @@ async fn viewer_and_host_pages_chat_and_sell_in_chromium() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_page_publishes_the_camera_and_the_viewer_page_plays_it() {
     run_scenario("video").await;
+}
+
+/// Translation and moderation on the pages: two viewer pages in English and Chinese (the
+/// second picks its language on the page) and the host page in Chinese. A phrasebook comment
+/// shows translated at once with the original on click; a provider translation that misses
+/// the latency budget replaces the text in place; a yellow comment waits in the host page's
+/// moderator queue and reaches the viewers once approved (another is rejected, and its sender
+/// told); a red comment shows its rule to the sender only; the pinned product's title is in
+/// each viewer's language. The viewer pages' WHEP sessions apply the TURN server the answer
+/// announces in a `Link: rel="ice-server"` header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_translate_comments_and_moderate_in_chromium() {
+    run_scenario("translation").await;
 }
 
 /// The pages and SDK modules are served with their content types and security headers, and

@@ -1,26 +1,26 @@
 // @ts-check
 /**
  * @file The host page (`/host/{room}`): go live from the camera (WHIP) and stop, the live
- * comments with replies, announcements and a pinned message, the showcase (pin a catalog
- * product), and flash sales (launch with quantity, price, per-buyer limit, countdown,
- * duration and payment window; watch the stock; end early). Needs a host or admin token.
+ * comments in the host's language (original a tap away) with replies, announcements and a
+ * pinned message, the moderator queue (approve or reject held comments), the showcase (pin a
+ * catalog product), flash sales (launch with quantity, price, per-buyer limit, countdown,
+ * duration and payment window; watch the stock; end early) and the room's past sales, page by
+ * page. Needs a host or admin token (a moderator's token works for the chat and the queue).
  */
 
 import {
-  FerryClient, Showcase, WhipPublisher, formatCountdown, formatMoney, parseYuan, salePhase, tokenClaims,
+  FerryClient, FerryError, HttpClient, ModerationQueue, Showcase, WhipPublisher, describeRule,
+  formatCountdown, formatMoney, parseYuan, productText, salePhase, tokenClaims,
 } from '../sdk/ferry.js';
 import {
-  askForToken, byId, commentList, connectionStatus, forgetToken, roomFromPath, takeToken, textForm,
-  wsUrl,
+  askForToken, byId, chatCore, commentRefusal, connectionStatus, el, forgetToken, initialLanguage,
+  languagePicker, roomFromPath, takeToken, textForm, translatedText, wirePanels, wsUrl,
 } from './common.js';
 
 /** @typedef {import('../sdk/protocol.js').JoinReply} JoinReply */
 /** @typedef {import('../sdk/protocol.js').RoomEvent} RoomEvent */
 
-/**
- * A catalog product as `GET /api/products` lists it.
- * @typedef {{id: string, title: string, price_cny: number}} CatalogProduct
- */
+/** @typedef {import('../sdk/http.js').CatalogProduct} CatalogProduct */
 
 async function main() {
   const room = roomFromPath();
@@ -32,7 +32,8 @@ async function main() {
   byId('room-title').textContent = `Host: ${room}`;
   const token = takeToken(room) ?? (await askForToken(`Enter a host token for ${room}.`));
   const claims = tokenClaims(token);
-  const client = new FerryClient({ url: wsUrl(), token });
+  let lang = initialLanguage(token);
+  const client = new FerryClient({ url: wsUrl(), token, lang });
   connectionStatus(client, byId('status'), {
     onTerminal: (code) => {
       if (code === 3500 || code === 3501) forgetToken(room);
@@ -41,26 +42,19 @@ async function main() {
   if (claims && claims.role !== 'host' && claims.role !== 'admin') {
     byId('shop-error').textContent = `This token is a ${claims.role}'s: going live, pinning products and sales need a host token.`;
   }
-  const chat = chatPanel(client, room);
-  const shop = shopPanel(client, room, token);
+  const chat = chatPanel(client, room, () => lang);
+  const moderation = queuePanel(client, room, () => lang);
+  const shop = shopPanel(client, room, token, () => lang);
   const live = livePanel(room, token);
+  languagePicker(client, /** @type {HTMLSelectElement} */ (byId('lang')), byId('comment-error'), lang, (l) => {
+    lang = l;
+    moderation.render();
+  });
 
-  client.on('joined', ({ room: r, reply }) => {
-    if (r !== room) return;
-    chat.reset(reply);
-    shop.reset(reply);
-  });
-  client.on('event', ({ room: r, position, event }) => {
-    if (r !== room) return;
-    chat.event(event, position.offset);
-    shop.event(event);
-  });
-  client.on('viewers', ({ room: r, count }) => {
-    if (r === room) byId('viewers').textContent = String(count);
-  });
+  wirePanels(client, room, [chat, moderation, shop]);
 
   // A hook for tests and debugging: the page's client, showcase and publisher.
-  Object.assign(window, { ferryPage: { client, showcase: shop.showcase, live } });
+  Object.assign(window, { ferryPage: { client, showcase: shop.showcase, queue: moderation.queue, live } });
 
   client.connect();
   try {
@@ -71,23 +65,18 @@ async function main() {
 }
 
 /**
- * Comments, replies, announcements and the pinned message.
+ * Comments (in the host's language), replies, announcements and the pinned message.
  * @param {FerryClient} client
  * @param {string} room
+ * @param {() => string | null} readerLang
  */
-function chatPanel(client, room) {
-  const list = commentList(/** @type {HTMLOListElement} */ (byId('comments')));
-  const pinned = byId('pinned');
-  const error = byId('chat-error');
-  /** @param {import('../sdk/protocol.js').Pinned | null | undefined} pin */
-  const showPin = (pin) => {
-    pinned.hidden = !pin;
-    pinned.textContent = pin ? `📌 ${pin.text}` : '';
-  };
-  textForm(/** @type {HTMLFormElement} */ (byId('comment-form')), /** @type {HTMLInputElement} */ (byId('comment-input')), error,
-    (text) => client.comment(room, text));
+function chatPanel(client, room, readerLang) {
+  const core = chatCore(client, room, readerLang, { missedNotice: 'Reconnected: some comments were missed.' });
+  const { error } = core;
   textForm(/** @type {HTMLFormElement} */ (byId('announce-form')), /** @type {HTMLInputElement} */ (byId('announce-input')), error,
-    (text) => client.announce(room, text));
+    (text) => client.announce(room, text).catch((e) => {
+      throw new Error(commentRefusal(e));
+    }));
   textForm(/** @type {HTMLFormElement} */ (byId('pin-form')), /** @type {HTMLInputElement} */ (byId('pin-input')), error,
     (text) => client.pin(room, text));
   byId('unpin').addEventListener('click', () => {
@@ -96,50 +85,105 @@ function chatPanel(client, room) {
     });
   });
   return {
-    /** @param {JoinReply} reply */
-    reset(reply) {
-      if (reply.recovered === false) list.notice('Reconnected: some comments were missed.');
-      byId('viewers').textContent = String(reply.state.viewers);
-      showPin(reply.state.pinned);
-    },
+    reset: core.reset,
     /** @param {RoomEvent} event @param {number} offset */
     event(event, offset) {
-      switch (event.type) {
-        case 'comment':
-        case 'announcement':
-          list.add(event, offset);
-          break;
-        case 'comment_deleted':
-          list.remove(event.offset);
-          break;
-        case 'pinned':
-          showPin(event.pinned);
-          break;
-        case 'unpinned':
-          showPin(null);
-          break;
-        case 'joined':
-          if (event.count > 0) list.notice(`${event.count} joined`);
-          break;
-        default:
-          break;
-      }
+      core.event(event, offset);
+      if (event.type === 'joined' && event.count > 0) core.list.notice(`${event.count} joined`);
     },
     /** @param {string} text */
     notice(text) {
-      list.notice(text);
+      core.list.notice(text);
     },
   };
 }
 
 /**
- * The catalog, pinning, and flash sales.
+ * The moderator queue: comments held by a market's yellow rules, in the host's language with
+ * the original a tap away, the rule that held them, and Approve / Reject. Kept live from the
+ * join state and the room's events, so a decision taken by another moderator removes the
+ * comment here too.
+ * @param {FerryClient} client
+ * @param {string} room
+ * @param {() => string | null} readerLang
+ */
+function queuePanel(client, room, readerLang) {
+  const queue = new ModerationQueue();
+  const list = byId('queue');
+  const error = byId('queue-error');
+
+  const render = () => {
+    byId('queue-count').textContent = String(queue.held.length);
+    byId('queue-empty').hidden = queue.held.length > 0;
+    list.replaceChildren(...queue.held.map((held) => {
+      const approve = el('button', { type: 'button', class: 'approve' }, 'Approve');
+      const reject = el('button', { type: 'button', class: 'reject' }, 'Reject');
+      /** @param {'approve' | 'reject'} action */
+      const decide = async (action) => {
+        approve.disabled = true;
+        reject.disabled = true;
+        error.textContent = '';
+        try {
+          if (action === 'approve') await client.approveComment(room, held.id);
+          else await client.rejectComment(room, held.id);
+          // The stream's `comment` (with held_id) or `comment_rejected` takes it off the list.
+        } catch (e) {
+          if (e instanceof FerryError && e.errorName === 'not_held') {
+            error.textContent = 'Another moderator already decided on that comment.';
+            if (queue.remove(held.id)) render();
+            return;
+          }
+          error.textContent = `Could not ${action}: ${e instanceof Error ? e.message : String(e)}`;
+          approve.disabled = false;
+          reject.disabled = false;
+        }
+      };
+      approve.addEventListener('click', () => void decide('approve'));
+      reject.addEventListener('click', () => void decide('reject'));
+      const at = new Date(held.at).toLocaleTimeString();
+      return el('li', { 'data-held': held.id, class: `severity-${held.rule.severity}` },
+        el('p', {}, el('span', { class: `who role-${held.user.role}` }, held.user.name), ' ', translatedText(held, readerLang())),
+        el('p', { class: 'muted small rule' }, `${describeRule(held.rule)} · held at ${at}`),
+        el('div', { class: 'row' }, approve, reject));
+    }));
+  };
+
+  byId('queue-refresh').addEventListener('click', async () => {
+    error.textContent = '';
+    try {
+      queue.reset({ held: await client.moderationQueue(room) });
+      render();
+    } catch (e) {
+      error.textContent = `Could not read the queue: ${e instanceof Error ? e.message : String(e)}`;
+    }
+  });
+
+  render();
+  return {
+    queue,
+    render,
+    /** @param {JoinReply} reply */
+    reset(reply) {
+      queue.reset(reply.state);
+      render();
+    },
+    /** @param {RoomEvent} event */
+    event(event) {
+      if (queue.apply(event)) render();
+    },
+  };
+}
+
+/**
+ * The catalog, pinning, flash sales, and the room's past sales.
  * @param {FerryClient} client
  * @param {string} room
  * @param {string} token
+ * @param {() => string | null} readerLang
  */
-function shopPanel(client, room, token) {
+function shopPanel(client, room, token, readerLang) {
   const showcase = new Showcase();
+  const http = new HttpClient({ token });
   const error = byId('shop-error');
   const select = /** @type {HTMLSelectElement} */ (byId('product-select'));
   const idInput = /** @type {HTMLInputElement} */ (byId('product-id'));
@@ -156,13 +200,10 @@ function shopPanel(client, room, token) {
 
   const loadCatalog = async () => {
     try {
-      const res = await fetch('/api/products', { headers: { Authorization: `Bearer ${token}` } });
-      if (!res.ok) throw new Error(`the catalog answered ${res.status}`);
-      /** @type {{products: CatalogProduct[]}} */
-      const body = await res.json();
+      const products = await http.products();
       catalog.clear();
-      for (const p of body.products) catalog.set(p.id, p);
-      const options = body.products.map((p) =>
+      for (const p of products) catalog.set(p.id, p);
+      const options = products.map((p) =>
         new Option(`${p.title} (${p.id}) · ${formatMoney({ currency: 'CNY', minor: p.price_cny }, 'zh-CN')}`, p.id));
       select.replaceChildren(new Option(options.length ? 'Choose a product…' : 'The catalog is empty', ''), ...options);
     } catch (e) {
@@ -242,7 +283,7 @@ function shopPanel(client, room, token) {
   const render = () => {
     const pinned = showcase.pinned?.product;
     byId('pinned-product').textContent = pinned
-      ? `Pinned: ${pinned.title} (${pinned.id}) · list price ${formatMoney({ currency: 'CNY', minor: pinned.price_cny }, 'zh-CN')}`
+      ? `Pinned: ${productText(pinned, readerLang()).title} (${pinned.id}) · list price ${formatMoney({ currency: 'CNY', minor: pinned.price_cny }, 'zh-CN')}`
       : 'No product pinned.';
     const sale = showcase.sale;
     saleBox.hidden = !sale;
@@ -263,6 +304,37 @@ function shopPanel(client, room, token) {
     byId('sale-stock-text').textContent = `${sale.remaining} of ${sale.quantity} left · ${formatMoney({ currency: 'CNY', minor: sale.price_cny }, 'zh-CN')} each`;
     /** @type {HTMLButtonElement} */ (byId('end-sale')).disabled = phase.phase === 'ended';
   };
+
+  // The room's sales, newest first, a page at a time (GET /api/rooms/{room}/sales).
+  const history = /** @type {HTMLDetailsElement} */ (byId('sales-history'));
+  const salesList = byId('sales-list');
+  const more = /** @type {HTMLButtonElement} */ (byId('sales-more'));
+  /** @type {number | null} the `next` of the last page read; null: no more */
+  let before = null;
+  /** @param {boolean} fromStart */
+  const loadSales = async (fromStart) => {
+    more.disabled = true;
+    try {
+      const page = await http.roomSales(room, { limit: 10, before: fromStart ? null : before });
+      if (fromStart) salesList.replaceChildren();
+      for (const sale of page.sales) {
+        const when = new Date(sale.starts_at).toLocaleString();
+        salesList.append(el('li', { 'data-sale': sale.id },
+          `${productText(sale.product, readerLang()).title} · ${when} · ${sale.quantity - sale.remaining} of ${sale.quantity} taken · ${sale.status}`));
+      }
+      if (fromStart && page.sales.length === 0) salesList.append(el('li', { class: 'muted' }, 'No sales yet.'));
+      before = page.next;
+      more.hidden = before === null;
+    } catch (e) {
+      fail(e);
+    } finally {
+      more.disabled = false;
+    }
+  };
+  history.addEventListener('toggle', () => {
+    if (history.open) void loadSales(true);
+  });
+  more.addEventListener('click', () => void loadSales(false));
 
   void loadCatalog();
   setInterval(render, 250);

@@ -1,19 +1,22 @@
 // @ts-check
 /**
- * @file The viewer page (`/watch/{room}`): the live video (WHEP) beside the live comments, a
- * like button, the pinned product with the price in the viewer's currency, the flash sale's
- * countdown on the server clock, stock left, and a Buy button that shows every answer.
+ * @file The viewer page (`/watch/{room}`): the live video (WHEP) beside the live comments in
+ * the viewer's language (picked on the page, original a tap away), a like button, the pinned
+ * product with the price in the viewer's currency, the flash sale's countdown on the server
+ * clock, stock left, and a Buy button that shows every answer.
  *
- * The viewer's market (which price to show) is the token's `market` claim.
+ * The viewer's market (which price to show) is the token's `market` claim; the language is
+ * `?lang=`, else the one picked before on this device, else the token's `lang` claim, else the
+ * browser's.
  */
 
 import {
-  BuyPress, FerryClient, FerryError, Showcase, WhepPlayer, describeBuyAnswer,
-  formatCountdown, formatMoney, offerFor, salePhase, tokenClaims,
+  BuyPress, FerryClient, HttpClient, Showcase, WhepPlayer, describeBuyAnswer,
+  formatCountdown, formatMoney, offerFor, productText, salePhase, tokenClaims,
 } from '../sdk/ferry.js';
 import {
-  askForToken, byId, commentList, connectionStatus, forgetToken, roomFromPath, takeToken, textForm,
-  wsUrl,
+  askForToken, byId, chatCore, connectionStatus, forgetToken, initialLanguage, languagePicker,
+  roomFromPath, takeToken, wirePanels, wsUrl,
 } from './common.js';
 
 /** @typedef {import('../sdk/protocol.js').SaleView} SaleView */
@@ -37,7 +40,8 @@ async function main() {
   byId('room-title').textContent = room;
   const token = takeToken(room) ?? (await askForToken(`Enter your access token to watch ${room}.`));
   const market = tokenClaims(token)?.market ?? null;
-  const client = new FerryClient({ url: wsUrl(), token });
+  let lang = initialLanguage(token);
+  const client = new FerryClient({ url: wsUrl(), token, lang });
   connectionStatus(client, byId('status'), {
     onTerminal: (code) => {
       if (code === 3500 || code === 3501) {
@@ -46,25 +50,15 @@ async function main() {
       }
     },
   });
-  const chat = chatPanel(client, room);
-  const shop = shopPanel(client, room, token, market);
+  const chat = chatPanel(client, room, () => lang);
+  const shop = shopPanel(client, room, token, market, () => lang);
   const video = videoPanel(room, token);
+  languagePicker(client, /** @type {HTMLSelectElement} */ (byId('lang')), byId('comment-error'), lang, (l) => {
+    lang = l;
+    shop.render();
+  });
 
-  client.on('joined', ({ room: joined, reply }) => {
-    if (joined !== room) return;
-    chat.reset(reply);
-    shop.reset(reply);
-    video.reset(reply);
-  });
-  client.on('event', ({ room: r, position, event }) => {
-    if (r !== room) return;
-    chat.event(event, position.offset);
-    shop.event(event);
-    video.event(event);
-  });
-  client.on('viewers', ({ room: r, count }) => {
-    if (r === room) byId('viewers').textContent = String(count);
-  });
+  wirePanels(client, room, [chat, shop, video]);
   client.on('removed', ({ room: r, reason }) => {
     if (r !== room) return;
     chat.notice(`You left the room: ${reason}`);
@@ -86,32 +80,20 @@ async function main() {
 }
 
 /**
- * Comments, likes, the pinned message and the comment form.
+ * Comments (in the viewer's language), likes, the pinned message and the comment form.
  * @param {FerryClient} client
  * @param {string} room
+ * @param {() => string | null} readerLang
  */
-function chatPanel(client, room) {
-  const list = commentList(/** @type {HTMLOListElement} */ (byId('comments')));
-  const pinned = byId('pinned');
+function chatPanel(client, room, readerLang) {
+  const core = chatCore(client, room, readerLang, {
+    missedNotice: 'You were offline for a while: some comments were missed.',
+  });
   const likesLine = byId('likes');
   let likes = 0;
   const showLikes = () => {
     likesLine.textContent = `${likes} ${likes === 1 ? 'like' : 'likes'}`;
   };
-  /** @param {import('../sdk/protocol.js').Pinned | null | undefined} pin */
-  const showPin = (pin) => {
-    pinned.hidden = !pin;
-    pinned.textContent = pin ? `📌 ${pin.text}` : '';
-  };
-
-  textForm(
-    /** @type {HTMLFormElement} */ (byId('comment-form')),
-    /** @type {HTMLInputElement} */ (byId('comment-input')),
-    byId('comment-error'),
-    (text) => client.comment(room, text).catch((e) => {
-      throw new Error(commentRefusal(e));
-    }),
-  );
   const likeButton = /** @type {HTMLButtonElement} */ (byId('like'));
   likeButton.addEventListener('click', () => {
     // Shown at once; the room's aggregated `likes` events count everyone's.
@@ -124,41 +106,27 @@ function chatPanel(client, room) {
   return {
     /** @param {JoinReply} reply */
     reset(reply) {
-      if (reply.recovered === false) list.notice('You were offline for a while: some comments were missed.');
+      core.reset(reply);
       if (reply.state.title) byId('room-title').textContent = reply.state.title;
-      byId('viewers').textContent = String(reply.state.viewers);
       likes = reply.state.likes;
       showLikes();
-      showPin(reply.state.pinned);
     },
     /**
      * @param {import('../sdk/protocol.js').RoomEvent} event
      * @param {number} offset
      */
     event(event, offset) {
+      core.event(event, offset);
       switch (event.type) {
-        case 'comment':
-        case 'announcement':
-          list.add(event, offset);
-          break;
-        case 'comment_deleted':
-          list.remove(event.offset);
-          break;
         case 'likes':
           likes += event.count;
           showLikes();
           break;
-        case 'pinned':
-          showPin(event.pinned);
-          break;
-        case 'unpinned':
-          showPin(null);
-          break;
         case 'slow_mode':
-          list.notice(event.seconds > 0 ? `Slow mode: one comment every ${event.seconds} s.` : 'Slow mode is off.');
+          core.list.notice(event.seconds > 0 ? `Slow mode: one comment every ${event.seconds} s.` : 'Slow mode is off.');
           break;
         case 'room_closed':
-          list.notice('The host closed the room.');
+          core.list.notice('The host closed the room.');
           break;
         default:
           break;
@@ -166,28 +134,9 @@ function chatPanel(client, room) {
     },
     /** @param {string} text */
     notice(text) {
-      list.notice(text);
+      core.list.notice(text);
     },
   };
-}
-
-/**
- * What a viewer should read when a comment is refused.
- * @param {unknown} e
- */
-function commentRefusal(e) {
-  if (!(e instanceof FerryError)) return String(e);
-  switch (e.errorName) {
-    case 'slow_mode':
-    case 'rate_limited':
-      return `Too fast: you can comment again in ${formatCountdown(e.retryAfterMs ?? 1000)}.`;
-    case 'muted':
-      return 'A moderator muted you in this room.';
-    case 'invalid_comment':
-      return `Not sent: ${e.message}`;
-    default:
-      return `Not sent: ${e.message}`;
-  }
 }
 
 /**
@@ -196,9 +145,11 @@ function commentRefusal(e) {
  * @param {string} room
  * @param {string} token
  * @param {string | null} market
+ * @param {() => string | null} readerLang
  */
-function shopPanel(client, room, token, market) {
+function shopPanel(client, room, token, market, readerLang) {
   const showcase = new Showcase();
+  const http = new HttpClient({ token });
   const shop = byId('shop');
   const saleBox = byId('sale');
   const buyButton = /** @type {HTMLButtonElement} */ (byId('buy'));
@@ -216,17 +167,20 @@ function shopPanel(client, room, token, market) {
 
   /** @param {ProductView} product @param {SaleView | null} sale */
   const renderProduct = (product, sale) => {
-    const key = `${product.id}|${product.title}|${product.image_url}|${product.price_cny}`;
+    const text = productText(product, readerLang());
+    const key = `${product.id}|${text.title}|${text.description}|${product.image_url}|${product.price_cny}`;
     if (key !== shownProduct) {
       shownProduct = key;
-      byId('product-title').textContent = product.title;
-      byId('product-title').setAttribute('lang', product.lang || 'zh');
-      byId('product-description').textContent = product.description;
+      byId('product-title').textContent = text.title;
+      byId('product-title').setAttribute('lang', text.lang || 'zh');
+      byId('product-title').dataset.translated = String(text.translated);
+      byId('product-description').textContent = text.description;
+      byId('product-description').setAttribute('lang', text.lang || 'zh');
       const img = /** @type {HTMLImageElement} */ (byId('product-image'));
       img.hidden = !product.image_url;
       if (product.image_url) {
         img.src = product.image_url;
-        img.alt = product.title;
+        img.alt = text.title;
       }
     }
     const offer = offerFor(product, market);
@@ -334,11 +288,8 @@ function shopPanel(client, room, token, market) {
     const id = showcase.missingSale;
     if (!id) return;
     try {
-      const res = await fetch(`/api/sales/${encodeURIComponent(id)}`, { headers: { Authorization: `Bearer ${token}` } });
-      if (res.ok) {
-        showcase.setSale((await res.json()).sale);
-        render();
-      }
+      showcase.setSale((await http.sale(id)).sale);
+      render();
     } catch {
       // The next sale event tries again.
     }
@@ -348,6 +299,7 @@ function shopPanel(client, room, token, market) {
   const ticker = setInterval(render, 200);
   return {
     showcase,
+    render,
     /** @param {JoinReply} reply */
     reset(reply) {
       showcase.reset(reply.state);

@@ -34,6 +34,9 @@ import { StreamTracker } from './stream.js';
 /** @typedef {import('./protocol.js').ReservationReply} ReservationReply */
 /** @typedef {import('./protocol.js').ReservationView} ReservationView */
 /** @typedef {import('./protocol.js').PongReply} PongReply */
+/** @typedef {import('./protocol.js').RuleRef} RuleRef */
+/** @typedef {import('./protocol.js').PendingComment} PendingComment */
+/** @typedef {import('./protocol.js').HeldComment} HeldComment */
 /** @typedef {import('./clock.js').ClockEstimate} ClockEstimate */
 
 /**
@@ -42,6 +45,9 @@ import { StreamTracker } from './stream.js';
  * @property {string} [url] The WebSocket URL (`ws://host:port/ws`).
  * @property {string[]} [urls] Several URLs: reconnects rotate through them.
  * @property {string} token The JWT.
+ * @property {string | null} [lang] The language to read comments in (BCP 47, e.g. `es`), sent
+ *   as `?lang=` on every (re)connect; `setLanguage` changes it for the session and later
+ *   reconnects. Null (the default): the token's `lang` claim, if any.
  * @property {number} [minBackoffMs] First reconnect delay (100 ms); doubles per failed attempt.
  * @property {number} [maxBackoffMs] Largest reconnect delay (10 s).
  * @property {number | null} [maxReconnectAttempts] Give up after this many consecutive failed
@@ -56,7 +62,9 @@ import { StreamTracker } from './stream.js';
 /**
  * What the client emits. `'event'` carries every room event, in stream order, exactly once.
  * @typedef {object} ClientEvents
- * @property {{node: string, user: UserRef, serverTime: number, version: number}} connected
+ * @property {{node: string, user: UserRef, serverTime: number, version: number, lang: string | null}} connected
+ *   `lang`: the language the server will translate into for this connection (null: originals
+ *   only).
  * @property {{room: string, reply: JoinReply}} joined A room was joined or rejoined. A
  *   `reply.recovered === false` means events were missed and cannot be replayed: reset the
  *   room's view from `reply.state`.
@@ -68,18 +76,25 @@ import { StreamTracker } from './stream.js';
  * @property {{code: number | null, reason: string}} closed The client stopped for good.
  */
 
-/** @typedef {'server' | 'disconnected' | 'closed' | 'timeout' | 'protocol'} FerryErrorKind */
+/** @typedef {'server' | 'held' | 'disconnected' | 'closed' | 'timeout' | 'protocol'} FerryErrorKind */
+
+/**
+ * What became of a comment: published at a stream position, or held for a moderator.
+ * @typedef {{kind: 'published', position: StreamPosition} | {kind: 'held', pending: PendingComment}} CommentOutcome
+ */
 
 /** Why a command failed. */
 export class FerryError extends Error {
   /**
-   * @param {FerryErrorKind} kind `server`: the server refused (see `code`); `disconnected`:
-   *   the connection was lost before the reply; `closed`: the client has stopped; `timeout`:
-   *   no reply in time; `protocol`: an unexpected reply.
+   * @param {FerryErrorKind} kind `server`: the server refused (see `code`); `held`: `comment()`
+   *   was held for a moderator (see `pending`); `disconnected`: the connection was lost before
+   *   the reply; `closed`: the client has stopped; `timeout`: no reply in time; `protocol`: an
+   *   unexpected reply.
    * @param {string} message
    * @param {ErrorBody | null} [body] the server's error, for `server`
+   * @param {PendingComment | null} [pending] for `held`
    */
-  constructor(kind, message, body = null) {
+  constructor(kind, message, body = null, pending = null) {
     super(message);
     this.name = 'FerryError';
     /** @type {FerryErrorKind} */
@@ -92,6 +107,17 @@ export class FerryError extends Error {
     this.retryAfterMs = body?.retry_after_ms ?? null;
     /** The server's message for people (`limit of 2 per buyer reached (you hold 2)`), or `message`. */
     this.serverMessage = body ? body.message : message;
+    /**
+     * For `moderation_blocked` (1019): the rule the text broke (`{market, rule, severity,
+     * label}`), or null.
+     * @type {RuleRef | null}
+     */
+    this.rule = body?.rule ?? null;
+    /**
+     * For `held`: where the comment waits (`{id, rule}`), or null.
+     * @type {PendingComment | null}
+     */
+    this.pending = pending;
   }
 
   /** Whether the same command may succeed later (temporary server error, lost connection, timeout). */
@@ -132,8 +158,11 @@ const defaultNow = () =>
  * @extends {Emitter<ClientEvents>}
  */
 export class FerryClient extends Emitter {
-  /** @type {Required<Omit<FerryClientOptions, 'url' | 'WebSocket'>> & {WebSocket: typeof WebSocket}} */
+  /** @type {Required<Omit<FerryClientOptions, 'url' | 'WebSocket' | 'lang'>> & {WebSocket: typeof WebSocket}} */
   #opts;
+  /** The language asked for on (re)connect: the option, then the last `setLanguage`. */
+  /** @type {string | null} */
+  #lang = null;
   /** @type {WebSocket | null} */
   #ws = null;
   /** Whether the socket is open (commands go out at once). */
@@ -180,6 +209,7 @@ export class FerryClient extends Emitter {
       WebSocket: WS,
       now: options.now ?? defaultNow,
     };
+    this.#lang = options.lang || null;
   }
 
   /** Open the connection. Commands sent before it is up wait for it. Attach handlers first. */
@@ -205,6 +235,14 @@ export class FerryClient extends Emitter {
   /** Whether the socket is open and `connected` has arrived. */
   get connected() {
     return this.#open && this.#identity !== null;
+  }
+
+  /**
+   * The language this client asks for (its `lang` option, or the last `setLanguage`); null:
+   * the token's claim decides.
+   */
+  get language() {
+    return this.#lang;
   }
 
   /** Who this connection is (from the `connected` push), or null before the first. */
@@ -318,12 +356,77 @@ export class FerryClient extends Emitter {
   }
 
   /**
+   * Post a comment. A comment held for a moderator rejects with a `FerryError` of kind `held`
+   * (its `pending` says where it waits); a red one with `moderation_blocked` and `rule`. Use
+   * `sendComment` to get both outcomes as values.
    * @param {string} room
    * @param {string} text
    * @returns {Promise<StreamPosition>} where the comment landed in the stream
    */
   async comment(room, text) {
-    return (await this.#send({ cmd: 'comment', room, text }, { kind: 'user' })).position;
+    const outcome = await this.sendComment(room, text);
+    if (outcome.kind === 'held') {
+      throw new FerryError('held', `held for a moderator: ${outcome.pending.rule.label || outcome.pending.rule.rule}`, null, outcome.pending);
+    }
+    return outcome.position;
+  }
+
+  /**
+   * Post a comment and learn whether it was published or held for a moderator (a yellow
+   * rule of a market in the room). A red one rejects with `moderation_blocked` (1019), the
+   * error's `rule` naming the rule; nobody else saw it.
+   * @param {string} room
+   * @param {string} text
+   * @returns {Promise<CommentOutcome>}
+   */
+  async sendComment(room, text) {
+    const body = await this.#send({ cmd: 'comment', room, text }, { kind: 'user' });
+    if (body && typeof body === 'object' && body.pending) return { kind: 'held', pending: body.pending };
+    return { kind: 'published', position: this.#expect(body, 'position') };
+  }
+
+  /**
+   * Read comments in `lang` from now on: every room of this connection, and every reconnect
+   * (sent as `?lang=`). Events already received keep their language. Rejects with
+   * `unsupported_language` (1018) for a tag that is not a language or one the server does not
+   * translate into (the message lists those it does).
+   * @param {string} lang BCP 47 tag (`es`, `zh-CN`...)
+   * @returns {Promise<void>}
+   */
+  async setLanguage(lang) {
+    await this.#send({ cmd: 'set_language', lang }, { kind: 'user' });
+    this.#lang = lang;
+  }
+
+  /**
+   * Publish a held comment from the room's moderator queue (staff). Rejects with `not_held`
+   * (1020) when it was already resolved.
+   * @param {string} room
+   * @param {string} held the queue id
+   * @returns {Promise<StreamPosition>} where the published comment landed
+   */
+  async approveComment(room, held) {
+    return this.#expect(await this.#send({ cmd: 'approve_comment', room, held }, { kind: 'user' }), 'position');
+  }
+
+  /**
+   * Drop a held comment from the room's moderator queue (staff); `comment_rejected` is
+   * published. Rejects with `not_held` (1020) when it was already resolved.
+   * @param {string} room
+   * @param {string} held the queue id
+   * @returns {Promise<StreamPosition>}
+   */
+  async rejectComment(room, held) {
+    return this.#expect(await this.#send({ cmd: 'reject_comment', room, held }, { kind: 'user' }), 'position');
+  }
+
+  /**
+   * The room's moderator queue, oldest first (staff).
+   * @param {string} room
+   * @returns {Promise<HeldComment[]>}
+   */
+  async moderationQueue(room) {
+    return this.#expect(await this.#send({ cmd: 'moderation_queue', room }, { kind: 'user' }), 'held');
   }
 
   /**
@@ -568,7 +671,8 @@ export class FerryClient extends Emitter {
 
   #dial() {
     const base = this.#opts.urls[this.#urlIndex % this.#opts.urls.length];
-    const url = `${base}${base.includes('?') ? '&' : '?'}token=${encodeURIComponent(this.#opts.token)}`;
+    let url = `${base}${base.includes('?') ? '&' : '?'}token=${encodeURIComponent(this.#opts.token)}`;
+    if (this.#lang) url += `&lang=${encodeURIComponent(this.#lang)}`;
     /** @type {WebSocket} */
     let ws;
     try {
@@ -754,6 +858,7 @@ export class FerryClient extends Emitter {
           user: push.user,
           serverTime: push.server_time,
           version: push.version,
+          lang: push.lang ?? null,
         });
         break;
       case 'event': {

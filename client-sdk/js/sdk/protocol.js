@@ -29,6 +29,56 @@ export const PROTOCOL_VERSION = 1;
 /** @typedef {{text: string, by: UserRef}} Pinned */
 
 // ---------------------------------------------------------------------------------------------
+// Translation and moderation shapes (client-sdk/src/protocol/translation.rs, protocol.md §14)
+
+/**
+ * Translations of one text, keyed by language code (`en`, `zh`...). On the wire a connection
+ * receives at most the entry of its own language.
+ * @typedef {Record<string, string>} Translations
+ */
+
+/** @typedef {'green' | 'yellow' | 'red'} Severity */
+
+/**
+ * The moderation rule a text matched: in `moderation_blocked` errors, `pending` replies and
+ * held comments.
+ * @typedef {object} RuleRef
+ * @property {string} market Market whose rule set holds the rule (`ae`, `us`...).
+ * @property {string} rule The rule's id (`alcohol`, `counterfeit`...).
+ * @property {Severity} severity
+ * @property {string} label Human-readable description, for the sender or the moderator.
+ */
+
+/**
+ * A comment waiting in the moderator queue (staff see it in full).
+ * @typedef {object} HeldComment
+ * @property {string} id Queue id, for `approve_comment` / `reject_comment`.
+ * @property {UserRef} user Who wrote it.
+ * @property {string} text
+ * @property {string} [lang] Detected source language.
+ * @property {Translations} [translations] The translation into the staff member's language,
+ *   when it was ready when the comment was held.
+ * @property {RuleRef} rule Why it was held.
+ * @property {number} at Server time (Unix ms) when it was held.
+ */
+
+/**
+ * Where a held comment waits, as its sender sees it (the `pending` reply to `comment`).
+ * @typedef {{id: string, rule: RuleRef}} PendingComment
+ */
+
+/** @typedef {{pending: PendingComment}} PendingReply */
+
+/** Reply to `moderation_queue`: the room's held comments, oldest first. */
+/** @typedef {{held: HeldComment[]}} QueueReply */
+
+/**
+ * A product's title and description in one language (server-translated through the merchant's
+ * glossary).
+ * @typedef {{title: string, description: string}} ProductText
+ */
+
+// ---------------------------------------------------------------------------------------------
 // Commerce shapes (client-sdk/src/protocol/commerce.rs)
 
 /**
@@ -56,6 +106,8 @@ export const PROTOCOL_VERSION = 1;
  * @property {number} price_cny List price in CNY fen.
  * @property {Record<string, MarketOffer>} markets One offer per configured market.
  * @property {string} fx_date Date of the FX rates (`YYYY-MM-DD`).
+ * @property {Record<string, ProductText>} [translations] Title and description per language
+ *   of the markets the product is sold in (absent: not translated).
  */
 
 /** @typedef {'scheduled' | 'open' | 'sold_out' | 'ended'} SaleStatus */
@@ -75,11 +127,26 @@ export const PROTOCOL_VERSION = 1;
  * @property {number} ends_at
  * @property {number} hold_secs
  * @property {SaleStatus} status
+ * @property {number} [version] The sale's change sequence when `remaining` was read: a stock
+ *   object with a lower version is older than this view (`applyStock` in sales.js). Absent
+ *   (0) from servers without versions.
  */
 
 /**
- * A sale's counters, as `sale_started`, `sale_stock`, `sale_sold_out` and `sale_ended` carry them.
- * @typedef {{sale: string, quantity: number, remaining: number, status: SaleStatus}} SaleStock
+ * A sale's counters, as `sale_started`, `sale_stock`, `sale_sold_out` and `sale_ended` carry
+ * them. `version` orders them: events built on different nodes can arrive out of order.
+ * @typedef {{sale: string, quantity: number, remaining: number, status: SaleStatus, version?: number}} SaleStock
+ */
+
+/**
+ * `GET /api/rooms/{room}/sales`: one page of a room's sales, newest first. Pass `next` as
+ * `before` for the next (older) page; null on the last page.
+ * @typedef {{sales: SaleView[], next: number | null}} RoomSalesPage
+ */
+
+/**
+ * `GET /api/sales/{id}`: a sale with live stock, and the server's clock when it answered.
+ * @typedef {{sale: SaleView, server_time: number}} SaleLookup
  */
 
 /**
@@ -131,6 +198,8 @@ export const PROTOCOL_VERSION = 1;
  * @property {PinnedProduct} [product] The product pinned in the showcase.
  * @property {SaleView} [sale] The sale of the room's latest sale event.
  * @property {boolean} [live] The host's video is live: play it with WHEP (`POST /whep/{room}`).
+ * @property {HeldComment[]} [held] The moderator queue, oldest first: staff only (absent for
+ *   viewers, and when empty).
  */
 
 /**
@@ -148,19 +217,20 @@ export const PROTOCOL_VERSION = 1;
 /** @typedef {{t?: number, server_recv: number, server_send: number}} PongReply */
 
 /**
- * A command error. `retry_after_ms` is present exactly for temporary errors (1500–1999).
- * @typedef {{code: number, name: string, message: string, retry_after_ms?: number}} ErrorBody
+ * A command error. `retry_after_ms` is present exactly for temporary errors (1500–1999);
+ * `rule` for `moderation_blocked` (1019): the rule the text broke.
+ * @typedef {{code: number, name: string, message: string, retry_after_ms?: number, rule?: RuleRef}} ErrorBody
  */
 
 // ---------------------------------------------------------------------------------------------
 // Room events (the `event` of an `event` push)
 
 /**
- * @typedef {{type: 'comment', user: UserRef, text: string}} CommentEvent
+ * @typedef {{type: 'comment', user: UserRef, text: string, lang?: string, translations?: Translations, held_id?: string}} CommentEvent
  * @typedef {{type: 'likes', count: number}} LikesEvent
  * @typedef {{type: 'joined', count: number, sample: UserRef[]}} JoinedEvent
  * @typedef {{type: 'left', count: number, sample: UserRef[]}} LeftEvent
- * @typedef {{type: 'announcement', user: UserRef, text: string}} AnnouncementEvent
+ * @typedef {{type: 'announcement', user: UserRef, text: string, lang?: string, translations?: Translations}} AnnouncementEvent
  * @typedef {{type: 'pinned', pinned: Pinned}} PinnedEvent
  * @typedef {{type: 'unpinned', by: UserRef}} UnpinnedEvent
  * @typedef {{type: 'comment_deleted', offset: number, by: UserRef}} CommentDeletedEvent
@@ -180,6 +250,9 @@ export const PROTOCOL_VERSION = 1;
  * @typedef {{type: 'stream_started', by: UserRef}} StreamStartedEvent
  * @typedef {'left' | 'timeout' | 'replaced' | 'shutdown'} StreamEndReason
  * @typedef {{type: 'stream_ended', reason: StreamEndReason}} StreamEndedEvent
+ * @typedef {{type: 'translation', offset: number, translations: Translations}} TranslationEvent
+ * @typedef {{type: 'comment_held', id: string, held?: HeldComment}} CommentHeldEvent
+ * @typedef {{type: 'comment_rejected', id: string, by: UserRef}} CommentRejectedEvent
  */
 
 /**
@@ -189,7 +262,8 @@ export const PROTOCOL_VERSION = 1;
  *   | UnpinnedEvent | CommentDeletedEvent | UserMutedEvent | UserUnmutedEvent | UserBannedEvent
  *   | SlowModeEvent | RoomClosedEvent | ProductPinnedEvent | ProductUnpinnedEvent
  *   | SaleScheduledEvent | SaleStartedEvent | SaleStockEvent | SaleSoldOutEvent | SaleEndedEvent
- *   | PurchaseEvent | StreamStartedEvent | StreamEndedEvent} RoomEvent
+ *   | PurchaseEvent | StreamStartedEvent | StreamEndedEvent | TranslationEvent | CommentHeldEvent
+ *   | CommentRejectedEvent} RoomEvent
  */
 
 /** @typedef {RoomEvent['type']} RoomEventType */
@@ -198,7 +272,7 @@ export const PROTOCOL_VERSION = 1;
 // Server frames
 
 /**
- * @typedef {{push: 'connected', version: number, node: string, user: UserRef, server_time: number}} ConnectedPush
+ * @typedef {{push: 'connected', version: number, node: string, user: UserRef, server_time: number, lang?: string}} ConnectedPush
  * @typedef {{push: 'event', room: string, epoch: string, offset: number, event: RoomEvent}} EventPush
  * @typedef {{push: 'viewers', room: string, count: number}} ViewersPush
  * @typedef {{push: 'left', room: string, code: number, reason: string}} LeftPush
@@ -229,11 +303,15 @@ export const ErrorCode = Object.freeze({
   not_found: 1015,
   idempotency_conflict: 1016,
   reservation_final: 1017,
+  unsupported_language: 1018,
+  moderation_blocked: 1019,
+  not_held: 1020,
   rate_limited: 1500,
   slow_mode: 1501,
   join_rate_limited: 1502,
   unavailable: 1503,
   sale_not_started: 1504,
+  moderation_queue_full: 1505,
 });
 
 /**
@@ -292,4 +370,20 @@ export function splitFrame(text) {
  */
 export function isValidRoomId(room) {
   return /^[A-Za-z0-9_.:-]{1,64}$/.test(room);
+}
+
+/**
+ * Normalize a BCP 47 language tag the way the server does: its primary subtag, lowercase
+ * (`en-US` → `en`, `zh_Hant_TW` → `zh`); null when the tag is not well-formed (primary subtag
+ * of 2–3 letters, other subtags of 1–8 letters or digits). Mirrors `normalize_lang` in
+ * `client-sdk/src/protocol/translation.rs`.
+ * @param {string} tag
+ * @returns {string | null}
+ */
+export function normalizeLang(tag) {
+  const parts = tag.trim().split(/[-_]/);
+  const primary = parts[0] ?? '';
+  if (!/^[A-Za-z]{2,3}$/.test(primary)) return null;
+  if (!parts.slice(1).every((p) => /^[A-Za-z0-9]{1,8}$/.test(p))) return null;
+  return primary.toLowerCase();
 }

@@ -142,13 +142,58 @@ export function salePhase(sale, serverNow) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Stock objects: which is newer (protocol.md "Applying stock objects")
+
+/**
+ * Where a status sits in a sale's life: `scheduled` (0) before `open`/`sold_out` (1) before
+ * `ended` (2).
+ * @param {SaleView['status']} status
+ */
+function statusPhase(status) {
+  return status === 'scheduled' ? 0 : status === 'ended' ? 2 : 1;
+}
+
+/**
+ * Compare two stock objects of one sale by age: `ended` is final; otherwise a higher
+ * `version` is newer; at the same version (same counters) the later status in the sale's life
+ * is newer. Mirrors `stock_order` in `client-sdk/src/protocol/commerce.rs`.
+ * @param {{version?: number, status: SaleView['status']}} a
+ * @param {{version?: number, status: SaleView['status']}} b
+ * @returns {number} > 0 when `a` is newer than `b`, 0 when the same, < 0 when older
+ */
+export function compareStock(a, b) {
+  const endedA = a.status === 'ended' ? 1 : 0;
+  const endedB = b.status === 'ended' ? 1 : 0;
+  if (endedA !== endedB) return endedA - endedB;
+  const versionA = a.version ?? 0;
+  const versionB = b.version ?? 0;
+  if (versionA !== versionB) return versionA - versionB;
+  return statusPhase(a.status) - statusPhase(b.status);
+}
+
+/**
+ * Apply a stock object (`sale_started`, `sale_stock`, `sale_sold_out`, `sale_ended`) to a
+ * sale view: only one of this sale, and only when it is newer than what the view holds
+ * (`compareStock`); an older one delivered late (built on another node) is ignored. Returns
+ * the updated view, or null when nothing changes. Mirrors `SaleView::apply_stock`.
+ * @param {SaleView} view
+ * @param {SaleStock} stock
+ * @returns {SaleView | null}
+ */
+export function applyStock(view, stock) {
+  if (stock.sale !== view.id || compareStock(stock, view) <= 0) return null;
+  return { ...view, remaining: stock.remaining, status: stock.status, version: stock.version ?? 0 };
+}
+
+// ---------------------------------------------------------------------------------------------
 // The showcase: what a room shows above the chat
 
 /**
  * A room's pinned product and current sale, kept up to date from the join reply's state and
  * the room's events. Sale events after `sale_scheduled` carry only the counters
  * (`sale_started`, `sale_stock`, `sale_sold_out`, `sale_ended`): they are patched into the
- * known sale. Counters of a sale this showcase has no view of (it was scheduled before this
+ * known sale when they are newer (`applyStock`: an older update never overwrites a newer
+ * one). Counters of a sale this showcase has no view of (it was scheduled before this
  * client joined, and another sale's event replaced it in the state) set `missingSale`: fetch
  * `GET /api/sales/{id}` and pass the view to `setSale`.
  */
@@ -198,12 +243,16 @@ export class Showcase {
   }
 
   /**
-   * Set a sale view fetched over HTTP (after `missingSale`).
+   * Set a sale view fetched over HTTP (after `missingSale`) or returned by `startSale` /
+   * `endSale`. For the sale already held, counters newer than the view's are kept.
    * @param {SaleView} sale
    */
   setSale(sale) {
     if (this.sale && this.sale.id !== sale.id && this.missingSale !== sale.id) return;
-    this.sale = { ...sale };
+    const held = this.sale;
+    this.sale = held && held.id === sale.id && compareStock(held, sale) > 0
+      ? { ...sale, remaining: held.remaining, status: held.status, version: held.version ?? 0 }
+      : { ...sale };
     if (this.missingSale === sale.id) this.missingSale = null;
   }
 
@@ -213,7 +262,9 @@ export class Showcase {
       this.missingSale = stock.sale;
       return false;
     }
-    this.sale = { ...this.sale, quantity: stock.quantity, remaining: stock.remaining, status: stock.status };
+    const next = applyStock(this.sale, stock);
+    if (!next) return false;
+    this.sale = { ...next, quantity: stock.quantity };
     return true;
   }
 }

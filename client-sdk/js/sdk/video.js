@@ -14,6 +14,13 @@
  *   (`Content-Type: application/trickle-ice-sdpfrag`, `If-Match: <etag>`); a server that
  *   answers 405 or 501 does not support trickle, and the client stops trickling.
  * - `DELETE` on the resource ends the session.
+ * - ICE servers: the `201` may carry `Link: <stun:...>; rel="ice-server"` headers (RFC 9725
+ *   §4.6), TURN entries with `username`, `credential` and `credential-type="password"`. They
+ *   are parsed (`iceServersFromLink`), set on the peer connection with `setConfiguration`
+ *   before the answer is applied, and remembered per server origin so the next session (a
+ *   retry, a reconnect) gathers with them from its first offer. Ferry's SFU is ICE-lite and
+ *   offers its public host candidates, so a client reaches it without STUN; only a TURN relay
+ *   matters, for networks that block UDP to the server.
  */
 
 /**
@@ -21,7 +28,9 @@
  * @property {string} endpoint WHIP or WHEP endpoint URL, e.g. `/whep/demo` (relative URLs
  *   resolve against the page).
  * @property {string} token Bearer token (a host token for WHIP, any room token for WHEP).
- * @property {RTCIceServer[]} [iceServers] STUN/TURN servers (none by default).
+ * @property {RTCIceServer[]} [iceServers] STUN/TURN servers. By default, those the server
+ *   announced in `Link` headers to an earlier session of this page (none at first); the
+ *   `Link` headers of each answer are applied either way.
  * @property {boolean} [trickle] trickle candidates with PATCH instead of waiting for gathering.
  * @property {number} [gatherTimeoutMs] longest wait for ICE gathering without trickle (2 s).
  * @property {typeof fetch} [fetch] fetch implementation (the global by default).
@@ -43,6 +52,98 @@ export class VideoSessionError extends Error {
 }
 
 /**
+ * Split a header value on `sep` outside `<...>` and quoted strings.
+ * @param {string} value
+ * @param {string} sep
+ * @returns {string[]}
+ */
+function splitOutside(value, sep) {
+  /** @type {string[]} */
+  const out = [];
+  let cur = '';
+  let quoted = false;
+  let angled = false;
+  for (let i = 0; i < value.length; i++) {
+    const c = value[i];
+    if (quoted) {
+      cur += c;
+      if (c === '\\' && i + 1 < value.length) cur += value[++i];
+      else if (c === '"') quoted = false;
+    } else if (angled) {
+      cur += c;
+      if (c === '>') angled = false;
+    } else if (c === '"') {
+      quoted = true;
+      cur += c;
+    } else if (c === '<') {
+      angled = true;
+      cur += c;
+    } else if (c === sep) {
+      out.push(cur);
+      cur = '';
+    } else {
+      cur += c;
+    }
+  }
+  out.push(cur);
+  return out.map((p) => p.trim()).filter((p) => p !== '');
+}
+
+/**
+ * A link parameter's value: a quoted string (with `\` escapes) or a token.
+ * @param {string} raw
+ */
+function paramValue(raw) {
+  const v = raw.trim();
+  if (v.startsWith('"') && v.endsWith('"') && v.length >= 2) return v.slice(1, -1).replace(/\\(.)/g, '$1');
+  return v;
+}
+
+/**
+ * The ICE servers announced in `Link` header values (RFC 9725 §4.6; RFC 8288 syntax): every
+ * link with `rel="ice-server"` whose target is a `stun:`, `stuns:`, `turn:` or `turns:` URI,
+ * with its `username` and `credential` (only `credential-type="password"`, the default, is
+ * usable by browsers). Other links are ignored; a malformed one is skipped.
+ * @param {string | string[] | null | undefined} header one `Link` value, several, or the
+ *   comma-joined value `fetch` gives
+ * @returns {RTCIceServer[]}
+ */
+export function iceServersFromLink(header) {
+  if (!header) return [];
+  const values = Array.isArray(header) ? header : [header];
+  /** @type {RTCIceServer[]} */
+  const servers = [];
+  for (const value of values) {
+    for (const link of splitOutside(value, ',')) {
+      const m = /^<([^>]*)>(.*)$/s.exec(link);
+      if (!m) continue;
+      const url = m[1].trim();
+      /** @type {Record<string, string>} */
+      const params = {};
+      for (const part of splitOutside(m[2], ';')) {
+        const eq = part.indexOf('=');
+        const name = (eq < 0 ? part : part.slice(0, eq)).trim().toLowerCase();
+        if (name && !(name in params)) params[name] = eq < 0 ? '' : paramValue(part.slice(eq + 1));
+      }
+      const rels = (params.rel ?? '').toLowerCase().split(/\s+/);
+      if (!rels.includes('ice-server')) continue;
+      if (!/^(stun|stuns|turn|turns):/i.test(url)) continue;
+      if (params['credential-type'] && params['credential-type'].toLowerCase() !== 'password') continue;
+      /** @type {RTCIceServer} */
+      const server = { urls: url };
+      if (params.username !== undefined) server.username = params.username;
+      if (params.credential !== undefined) server.credential = params.credential;
+      servers.push(server);
+    }
+  }
+  return servers;
+}
+
+/** ICE servers learned from `Link` headers, per server origin, for the next session. */
+/** @type {Map<string, RTCIceServer[]>} */
+const learnedIceServers = new Map();
+
+/**
  * The HTTP side of one WHIP or WHEP session: create, trickle, delete. No WebRTC here.
  */
 export class IceSessionResource {
@@ -52,6 +153,8 @@ export class IceSessionResource {
   etag = null;
   /** Whether the server accepts trickled candidates (false after 405/501). */
   trickleSupported = true;
+  /** @type {RTCIceServer[]} ICE servers from the `201`'s `Link: rel="ice-server"` headers */
+  iceServers = [];
   #endpoint;
   #token;
   #fetch;
@@ -66,6 +169,11 @@ export class IceSessionResource {
     this.#endpoint = new URL(endpoint, base).href;
     this.#token = token;
     this.#fetch = fetchImpl ?? globalThis.fetch.bind(globalThis);
+  }
+
+  /** The endpoint's absolute URL. */
+  get endpoint() {
+    return this.#endpoint;
   }
 
   /**
@@ -87,6 +195,7 @@ export class IceSessionResource {
     if (!where) throw new VideoSessionError('201 without a Location header', res.status, body);
     this.location = new URL(where, this.#endpoint).href;
     this.etag = res.headers.get('ETag');
+    this.iceServers = iceServersFromLink(res.headers.get('Link'));
     return body;
   }
 
@@ -275,7 +384,7 @@ class VideoSession {
   /** @param {SessionOptions} options */
   constructor(options) {
     this.#opts = {
-      iceServers: options.iceServers ?? [],
+      iceServers: options.iceServers ?? null,
       trickle: options.trickle ?? false,
       gatherTimeoutMs: options.gatherTimeoutMs ?? 2000,
     };
@@ -284,7 +393,9 @@ class VideoSession {
 
   /** @returns {RTCPeerConnection} */
   newPeerConnection() {
-    const pc = new RTCPeerConnection({ iceServers: this.#opts.iceServers, bundlePolicy: 'max-bundle' });
+    const origin = new URL(this.resource.endpoint).origin;
+    const iceServers = this.#opts.iceServers ?? learnedIceServers.get(origin) ?? [];
+    const pc = new RTCPeerConnection({ iceServers, bundlePolicy: 'max-bundle' });
     this.pc = pc;
     pc.addEventListener('connectionstatechange', () => this.onstatechange(pc.connectionState));
     if (this.#opts.trickle) {
@@ -305,8 +416,29 @@ class VideoSession {
     if (!this.#opts.trickle) await gatheringComplete(pc, this.#opts.gatherTimeoutMs);
     const offer = pc.localDescription?.sdp ?? '';
     const answer = await this.resource.create(offer);
+    this.#applyLinkIceServers(pc);
     await pc.setRemoteDescription({ type: 'answer', sdp: answer });
     this.#flushCandidates();
+  }
+
+  /**
+   * Add the servers of the answer's `Link` headers to the connection (they serve the
+   * gathering still running and any ICE restart) and remember them for the next session.
+   * @param {RTCPeerConnection} pc
+   */
+  #applyLinkIceServers(pc) {
+    const announced = this.resource.iceServers;
+    if (announced.length === 0) return;
+    learnedIceServers.set(new URL(this.resource.endpoint).origin, announced);
+    const config = pc.getConfiguration();
+    const have = new Set((config.iceServers ?? []).map((s) => JSON.stringify(s)));
+    const added = announced.filter((s) => !have.has(JSON.stringify(s)));
+    if (added.length === 0) return;
+    try {
+      pc.setConfiguration({ ...config, iceServers: [...(config.iceServers ?? []), ...added] });
+    } catch (e) {
+      console.warn('ferry: the announced ICE servers could not be applied', e);
+    }
   }
 
   #flushCandidates() {

@@ -15,7 +15,7 @@
  * exits non-zero, which fails the Rust test.
  *
  * Usage (by the harness): `node test/e2e.mjs <scenario>` with the environment
- * FERRY_BASE (http://127.0.0.1:PORT), FERRY_ROOM, FERRY_TOKENS (JSON: {viewer, host}),
+ * FERRY_BASE (http://127.0.0.1:PORT), FERRY_ROOM, FERRY_TOKENS (JSON: {viewer, host, viewer2}),
  * FERRY_ARTIFACTS (a directory for screenshots), FERRY_CHROMIUM (default /usr/bin/chromium).
  */
 
@@ -37,7 +37,7 @@ const env = (/** @type {string} */ name) => {
 
 const BASE = env('FERRY_BASE');
 const ROOM = env('FERRY_ROOM');
-/** @type {{viewer: string, host: string}} */
+/** @type {{viewer: string, host: string, viewer2?: string}} */
 const TOKENS = JSON.parse(env('FERRY_TOKENS'));
 const ARTIFACTS = env('FERRY_ARTIFACTS');
 const CHROMIUM = process.env.FERRY_CHROMIUM || '/usr/bin/chromium';
@@ -263,6 +263,10 @@ async function chatAndSales(context, pageErrors) {
   await host.click('#end-sale');
   await waitText(viewer, '#sale-phase', /has ended/);
   assert.equal(await viewer.isDisabled('#buy'), true);
+  // The host page lists the room's sales (GET /api/rooms/{room}/sales, a page at a time).
+  await host.click('#sales-history summary');
+  await waitText(host, `#sales-list li[data-sale="${saleId}"]`, /^藤编篮 · .* · 2 of 4 taken · ended$/);
+  assert.equal(await host.isHidden('#sales-more'), true, 'one sale: no older page');
   await screenshot(host, 'host-sale-ended');
 
   // The client saw every event once: no duplicates, no gaps.
@@ -359,8 +363,176 @@ async function video(context, pageErrors) {
   log('stream ended on the viewer page');
 }
 
+/**
+ * The `li` of the comment list whose text (shown or original) contains `needle`, as the page
+ * renders it: shown text, whether it is a translation, the original, and the item's data.
+ * @param {Page} page
+ * @param {string} needle
+ */
+async function commentItem(page, needle) {
+  return page.evaluate((n) => {
+    for (const li of document.querySelectorAll('#comments li')) {
+      const original = li.querySelector('.original-text')?.textContent ?? '';
+      const shown = li.querySelector('.text')?.textContent ?? '';
+      if (!original.includes(n) && !shown.includes(n)) continue;
+      const body = /** @type {HTMLElement | null} */ (li.querySelector('.body'));
+      const originalBox = /** @type {HTMLElement | null} */ (li.querySelector('.original'));
+      return {
+        shown, original, translated: body?.dataset.translated === 'true', late: /** @type {HTMLElement} */ (li).dataset.late === 'true',
+        offset: /** @type {HTMLElement} */ (li).dataset.offset ?? null, originalVisible: originalBox ? !originalBox.hidden : false,
+        from: li.querySelector('.from')?.textContent ?? '', textLang: li.querySelector('.text')?.getAttribute('lang') ?? null,
+      };
+    }
+    return null;
+  }, needle);
+}
+
+/**
+ * Wait until the comment containing `needle` on `page` satisfies `check`.
+ * @param {Page} page
+ * @param {string} needle
+ * @param {(item: NonNullable<Awaited<ReturnType<typeof commentItem>>>) => boolean} check
+ * @param {string} what
+ */
+async function waitComment(page, needle, check, what) {
+  const deadline = Date.now() + STEP_MS;
+  for (;;) {
+    const item = await commentItem(page, needle);
+    if (item && check(item)) return item;
+    if (Date.now() > deadline) throw new Error(`comment ${JSON.stringify(needle)}: ${what}; it is ${JSON.stringify(item)}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/**
+ * Two viewer pages in different languages and the host page in Chinese: comments arrive
+ * translated (phrasebook at once; a provider translation that misses the latency budget
+ * replaces the text in place when it arrives), the original a click away; a yellow comment
+ * waits in the host's moderator queue and reaches the viewers when approved (or is rejected);
+ * a red comment shows its rule to the sender only; the pinned product's title is in the
+ * viewer's language.
+ * @param {BrowserContext} context
+ * @param {string[]} pageErrors
+ */
+async function translation(context, pageErrors) {
+  assert.ok(TOKENS.viewer2, 'a second viewer token');
+  // Viewer A reads English; viewer B opens in Japanese and switches to Chinese on the page;
+  // the host reads Chinese.
+  const a = await open(context, 'viewer A', `${BASE}/watch/${ROOM}?lang=en#token=${TOKENS.viewer}`, pageErrors);
+  const b = await open(context, 'viewer B', `${BASE}/watch/${ROOM}?lang=ja#token=${TOKENS.viewer2}`, pageErrors);
+  const host = await open(context, 'host', `${BASE}/host/${ROOM}?lang=zh#token=${TOKENS.host}`, pageErrors);
+  for (const page of [a, b, host]) await page.waitForSelector('#status[data-state="live"]');
+  for (const page of [a, b, host]) {
+    await page.waitForFunction(() => /** @type {any} */ (window).ferryPage?.client.position(document.location.pathname.split('/').pop()) !== null);
+  }
+  assert.equal(await b.inputValue('#lang'), 'ja');
+  await b.selectOption('#lang', 'zh');
+  await b.waitForFunction(() => /** @type {any} */ (window).ferryPage.client.language === 'zh'
+    && !(/** @type {HTMLSelectElement} */ (document.getElementById('lang'))).disabled);
+  assert.equal(await b.evaluate(() => localStorage.getItem('ferry.lang')), 'zh', 'the choice is remembered');
+  assert.equal(new URL(b.url()).searchParams.get('lang'), 'zh', 'and kept in the address');
+  log('three pages joined; viewer B switched to Chinese');
+
+  // A phrasebook phrase: translated at once for B and the host, the original on click.
+  await a.fill('#comment-input', 'how much');
+  await a.press('#comment-input', 'Enter');
+  const onB = await waitComment(b, 'how much', (c) => c.translated, 'B reads it in Chinese');
+  assert.equal(onB.shown, '多少钱？');
+  assert.equal(onB.textLang, 'zh');
+  assert.equal(onB.originalVisible, false);
+  const onHost = await waitComment(host, 'how much', (c) => c.translated, 'the host reads it in Chinese');
+  assert.equal(onHost.shown, '多少钱？');
+  const onA = await waitComment(a, 'how much', () => true, 'A sees it');
+  assert.equal(onA.translated, false, 'the sender reads their own language untranslated');
+  await b.click(`#comments li[data-offset="${onB.offset}"] .original-toggle`);
+  const clicked = await waitComment(b, 'how much', (c) => c.originalVisible, 'the original shows on click');
+  assert.equal(clicked.original, 'how much');
+  assert.match(clicked.from, /English/);
+  await screenshot(b, 'viewer-b-translated');
+  log('phrasebook translation shown, original on click');
+
+  // B writes in Chinese: A reads English.
+  await b.fill('#comment-input', '有货吗？');
+  await b.press('#comment-input', 'Enter');
+  const stock = await waitComment(a, '有货吗', (c) => c.translated, 'A reads it in English');
+  assert.equal(stock.shown, 'In stock?');
+
+  // Not in the phrasebook: the provider answers after the latency budget, so the comment
+  // arrives in English first and its translation replaces the text in place.
+  await a.fill('#comment-input', 'Is the rattan sturdy?');
+  await a.press('#comment-input', 'Enter');
+  const late = await waitComment(b, 'Is the rattan sturdy?', (c) => c.translated && c.late, 'the late translation replaces the text');
+  assert.equal(late.shown, 'zh: IS THE RATTAN STURDY?');
+  assert.equal(late.original, 'Is the rattan sturdy?');
+  log('late translation applied in place');
+
+  // Yellow (us: counterfeit): the sender waits, the host's queue shows it, approval publishes it.
+  await a.fill('#comment-input', 'replica watch?');
+  await a.press('#comment-input', 'Enter');
+  await waitText(a, '#comments li.held-mine', /Waiting for a moderator: .*rule "counterfeit", market us/);
+  await host.waitForSelector('#queue li[data-held]');
+  await waitText(host, '#queue', /replica watch\?/);
+  await waitText(host, '#queue', /counterfeit/);
+  await waitText(host, '#queue-count', /^1$/);
+  assert.equal(await commentItem(b, 'replica watch'), null, 'nobody sees it before approval');
+  await screenshot(host, 'host-queue');
+  await host.click('#queue li[data-held] button.approve');
+  await waitComment(b, 'replica watch?', () => true, 'B sees the approved comment');
+  await waitText(host, '#queue-count', /^0$/);
+  await a.waitForSelector('#comments li.held-mine', { state: 'detached' });
+  await waitComment(a, 'replica watch?', () => true, 'A sees its comment published');
+  log('held comment approved from the host queue');
+
+  // Another yellow one, rejected: the sender is told, nobody else sees it.
+  await a.fill('#comment-input', 'knockoff bag?');
+  await a.press('#comment-input', 'Enter');
+  await waitText(host, '#queue', /knockoff bag\?/);
+  await host.click('#queue li[data-held] button.reject');
+  await waitText(a, '#comments li.held-mine[data-outcome="rejected"]', /did not publish/);
+  await waitText(host, '#queue-count', /^0$/);
+
+  // Red (us: drugs): refused with the rule, shown to the sender only.
+  await a.fill('#comment-input', 'c o c a i n e for sale');
+  await a.press('#comment-input', 'Enter');
+  await waitText(a, '#comment-error', /^Not sent: Illegal drugs are not allowed \(rule "drugs", market us\)\. Nobody else saw it\.$/);
+  assert.equal(await a.inputValue('#comment-input'), 'c o c a i n e for sale', 'the refused text stays for editing');
+  // A later comment reaches B, the refused one never did.
+  await b.fill('#comment-input', '多少钱');
+  await b.press('#comment-input', 'Enter');
+  await waitComment(a, '多少钱', (c) => c.translated, 'A sees the marker comment');
+  assert.equal(await commentItem(b, 'c o c a i n e'), null);
+  assert.equal(await commentItem(b, 'knockoff'), null);
+  await screenshot(a, 'viewer-a-moderation');
+  log('red comment refused with its rule');
+
+  // The pinned product's title in each viewer's language (the merchant's glossary).
+  await host.waitForSelector('#product-select option[value="basket-01"]', { state: 'attached' });
+  await host.selectOption('#product-select', 'basket-01');
+  await host.click('#pin-product-form button[type="submit"]');
+  await waitText(a, '#product-title', /^rattan basket$/);
+  await waitText(b, '#product-title', /^藤编篮$/);
+
+  // The WHEP answer's `Link: rel="ice-server"` header (sfu.ice_servers) is on the player's
+  // peer connection.
+  const ice = await a.waitForFunction(() => {
+    const pc = /** @type {any} */ (window).ferryPage.video.player?.pc;
+    const servers = pc?.getConfiguration().iceServers ?? [];
+    return servers.find((/** @type {any} */ s) => String(s.urls).includes('turn:127.0.0.1:9')) ?? null;
+  });
+  const turn = await ice.jsonValue();
+  assert.equal(turn.username, 'e2e-user');
+  assert.equal(turn.credential, 'e2e-secret');
+  log(`WHEP Link ice-server applied: ${JSON.stringify(turn)}`);
+
+  for (const page of [a, b]) {
+    const stats = await page.evaluate(() => /** @type {any} */ (window).ferryPage.client.stats);
+    assert.equal(stats.duplicates, 0);
+    assert.equal(stats.gaps, 0);
+  }
+}
+
 /** @type {Record<string, (context: BrowserContext, pageErrors: string[]) => Promise<void>>} */
-const SCENARIOS = { 'chat-and-sales': chatAndSales, video };
+const SCENARIOS = { 'chat-and-sales': chatAndSales, video, translation };
 
 async function main() {
   const name = process.argv[2] ?? '';

@@ -238,3 +238,84 @@ test('the room-closed `left` push forgets the room: a reconnect does not rejoin 
   assert.equal(ws.commands('join').length, 0);
   client.close();
 });
+
+test('language: ?lang= on connect, set_language, and the new language on every reconnect', async () => {
+  const client = newClient({ lang: 'es' });
+  /** @type {Array<string | null>} */
+  const langs = [];
+  client.on('connected', (c) => langs.push(c.lang));
+  client.connect();
+  assert.equal(FakeWebSocket.created[0].url, 'ws://ferry.test/ws?token=tok%20en&lang=es');
+  let ws = FakeWebSocket.created[0];
+  ws.open();
+  ws.receive({ ...connected, lang: 'es' });
+  assert.equal(client.language, 'es');
+  // A refused language leaves the old one in place.
+  const refused = client.setLanguage('tlh');
+  const [bad] = ws.commands('set_language');
+  assert.deepEqual(bad, { id: bad.id, cmd: 'set_language', lang: 'tlh' });
+  ws.receive({ id: bad.id, error: { code: 1018, name: 'unsupported_language', message: 'unsupported language `tlh`' } });
+  await assert.rejects(refused, (e) => e instanceof FerryError && e.errorName === 'unsupported_language' && !e.retryable);
+  assert.equal(client.language, 'es');
+  const switching = client.setLanguage('ja');
+  ws.receive({ id: ws.commands('set_language')[1].id, ok: {} });
+  await switching;
+  assert.equal(client.language, 'ja');
+  ws.serverClose(3000, 'draining');
+  await until(() => FakeWebSocket.created.length === 2);
+  ws = FakeWebSocket.created[1];
+  assert.equal(ws.url, 'ws://ferry.test/ws?token=tok%20en&lang=ja');
+  ws.open();
+  ws.receive({ ...connected, lang: 'ja' }, { ...connected });
+  assert.deepEqual(langs, ['es', 'ja', null]);
+  client.close();
+});
+
+test('comments: published, held for a moderator, or refused naming the rule', async () => {
+  const client = newClient();
+  client.connect();
+  const ws = accept();
+  const rule = { market: 'us', rule: 'counterfeit', severity: 'yellow', label: 'Replicas are held for review' };
+  // sendComment: both outcomes as values.
+  const published = client.sendComment('r', 'hello');
+  ws.receive({ id: ws.commands('comment')[0].id, ok: { position: { epoch: 'e1', offset: 9 } } });
+  assert.deepEqual(await published, { kind: 'published', position: { epoch: 'e1', offset: 9 } });
+  const held = client.sendComment('r', 'replica watch?');
+  ws.receive({ id: ws.commands('comment')[1].id, ok: { pending: { id: 'h1', rule } } });
+  assert.deepEqual(await held, { kind: 'held', pending: { id: 'h1', rule } });
+  // comment(): a held comment is an error of kind `held`, like the Rust SDK's ClientError::Held.
+  const heldToo = client.comment('r', 'replica bag?');
+  ws.receive({ id: ws.commands('comment')[2].id, ok: { pending: { id: 'h2', rule } } });
+  await assert.rejects(heldToo, (e) => e instanceof FerryError && e.kind === 'held' && e.pending?.id === 'h2'
+    && !e.retryable);
+  // Red: moderation_blocked with the rule.
+  const red = { market: 'us', rule: 'drugs', severity: 'red', label: 'Illegal drugs are not allowed' };
+  const blocked = client.comment('r', 'c0caine');
+  ws.receive({ id: ws.commands('comment')[3].id, error: { code: 1019, name: 'moderation_blocked', message: 'blocked in market us by rule `drugs`', rule: red } });
+  await assert.rejects(blocked, (e) => e instanceof FerryError && e.code === 1019 && e.rule?.rule === 'drugs'
+    && e.rule.label === 'Illegal drugs are not allowed');
+  client.close();
+});
+
+test('moderator commands: queue, approve, reject (not_held when already resolved)', async () => {
+  const client = newClient();
+  client.connect();
+  const ws = accept();
+  const held = [{ id: 'h1', user, text: 'replica?', rule: { market: 'us', rule: 'counterfeit', severity: 'yellow', label: '' }, at: 5 }];
+  const queue = client.moderationQueue('r');
+  const [q] = ws.commands('moderation_queue');
+  assert.deepEqual(q, { id: q.id, cmd: 'moderation_queue', room: 'r' });
+  ws.receive({ id: q.id, ok: { held } });
+  assert.deepEqual(await queue, held);
+  const approving = client.approveComment('r', 'h1');
+  const [a] = ws.commands('approve_comment');
+  assert.deepEqual(a, { id: a.id, cmd: 'approve_comment', room: 'r', held: 'h1' });
+  ws.receive({ id: a.id, ok: { position: { epoch: 'e1', offset: 12 } } });
+  assert.deepEqual(await approving, { epoch: 'e1', offset: 12 });
+  const rejecting = client.rejectComment('r', 'h1');
+  const [rj] = ws.commands('reject_comment');
+  assert.deepEqual(rj, { id: rj.id, cmd: 'reject_comment', room: 'r', held: 'h1' });
+  ws.receive({ id: rj.id, error: { code: 1020, name: 'not_held', message: 'no such held comment' } });
+  await assert.rejects(rejecting, (e) => e instanceof FerryError && e.errorName === 'not_held');
+  client.close();
+});

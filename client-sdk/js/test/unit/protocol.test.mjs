@@ -1,9 +1,10 @@
-// Unit tests of the protocol helpers, tokens and the WHIP/WHEP trickle fragment.
+// Unit tests of the protocol helpers, tokens, the WHIP/WHEP trickle fragment and the
+// `Link: rel="ice-server"` headers.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { closeCodeReconnects, splitFrame, isTemporaryError, isValidRoomId, ErrorCode } from '../../sdk/protocol.js';
 import { tokenClaims } from '../../sdk/token.js';
-import { trickleFragment, IceSessionResource, VideoSessionError } from '../../sdk/video.js';
+import { trickleFragment, IceSessionResource, VideoSessionError, iceServersFromLink } from '../../sdk/video.js';
 
 test('close codes: 3000–3499 and 4000–4499 reconnect, 3500–3999 and 4500–4999 are terminal', () => {
   for (const code of [3000, 3001, 3004, 3005, 3006, 3499, 4000, 4499, 1000, 1001, 1011, null]) {
@@ -103,4 +104,54 @@ test('WHIP/WHEP resource: errors carry the status and Ferry\'s message; 405 disa
   assert.equal(await res.patch('x'), false);
   assert.equal(res.trickleSupported, false);
   assert.equal(await res.patch('x'), false, 'no further PATCH');
+});
+
+test('Link headers: rel="ice-server" entries become RTCIceServers (RFC 9725 §4.6)', () => {
+  // The shape Ferry sends (one header per sfu.ice_servers entry), as fetch joins them.
+  const joined = '<stun:stun.example.net:3478>; rel="ice-server", '
+    + '<turn:turn.example.net:3478?transport=udp>; rel="ice-server"; username="user 1"; '
+    + 'credential="p;a,s\\"s"; credential-type="password"';
+  assert.deepEqual(iceServersFromLink(joined), [
+    { urls: 'stun:stun.example.net:3478' },
+    { urls: 'turn:turn.example.net:3478?transport=udp', username: 'user 1', credential: 'p;a,s"s' },
+  ]);
+  // Separate values, other relations, other schemes, OAuth credentials and junk are skipped.
+  assert.deepEqual(iceServersFromLink([
+    '<https://ferry.test/docs>; rel="help"',
+    '<turns:t.example:5349>;rel=ice-server;username=u;credential=c',
+    '<turn:t.example>; rel="ice-server"; credential-type="oauth"; username="u"; credential="c"',
+    '<http://x>; rel="ice-server"',
+    'not a link',
+    '<stun:a.example>; REL="preload ice-server"',
+  ]), [
+    { urls: 'turns:t.example:5349', username: 'u', credential: 'c' },
+    { urls: 'stun:a.example' },
+  ]);
+  assert.deepEqual(iceServersFromLink(null), []);
+  assert.deepEqual(iceServersFromLink(''), []);
+});
+
+test('WHIP/WHEP resource: the 201 Link headers are kept as the session ICE servers', async () => {
+  const { fetch } = scriptedFetch([
+    () => new Response('answer', {
+      status: 201,
+      headers: [['Location', '/whip/r/s1'], ['Link', '<stun:stun.example.net:3478>; rel="ice-server"'],
+        ['Link', '<turn:turn.example.net>; rel="ice-server"; username="u"; credential="c"; credential-type="password"']],
+    }),
+  ]);
+  const res = new IceSessionResource('http://ferry.test/whip/r', 'tok', fetch);
+  await res.create('offer');
+  assert.deepEqual(res.iceServers, [
+    { urls: 'stun:stun.example.net:3478' },
+    { urls: 'turn:turn.example.net', username: 'u', credential: 'c' },
+  ]);
+  assert.equal(res.endpoint, 'http://ferry.test/whip/r');
+});
+
+test('error codes of translation and moderation', () => {
+  assert.equal(ErrorCode.unsupported_language, 1018);
+  assert.equal(ErrorCode.moderation_blocked, 1019);
+  assert.equal(ErrorCode.not_held, 1020);
+  assert.equal(ErrorCode.moderation_queue_full, 1505);
+  assert.equal(isTemporaryError(ErrorCode.moderation_queue_full), true);
 });

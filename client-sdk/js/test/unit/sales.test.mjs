@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   Showcase, salePhase, formatMoney, formatCountdown, offerFor, minorDigits, BuyPress, buyAnswerOf,
-  describeBuyAnswer, newIdempotencyKey, parseYuan,
+  describeBuyAnswer, newIdempotencyKey, parseYuan, compareStock, applyStock,
 } from '../../sdk/sales.js';
 import { FerryError } from '../../sdk/client.js';
 
@@ -35,9 +35,9 @@ test('showcase: state on join, pins, and sale counters patched into the sale', (
   assert.equal(s.apply({ type: 'sale_scheduled', sale: sale() }), true);
   assert.equal(s.apply({ type: 'sale_started', stock: { sale: 's1', quantity: 100, remaining: 100, status: 'open' } }), true);
   assert.equal(s.sale?.status, 'open');
-  s.apply({ type: 'sale_stock', stock: { sale: 's1', quantity: 100, remaining: 37, status: 'open' } });
+  s.apply({ type: 'sale_stock', stock: { sale: 's1', quantity: 100, remaining: 37, status: 'open', version: 63 } });
   assert.equal(s.sale?.remaining, 37);
-  s.apply({ type: 'sale_sold_out', stock: { sale: 's1', quantity: 100, remaining: 0, status: 'sold_out' } });
+  s.apply({ type: 'sale_sold_out', stock: { sale: 's1', quantity: 100, remaining: 0, status: 'sold_out', version: 100 } });
   assert.equal(s.sale?.status, 'sold_out');
   assert.equal(s.sale?.product.title, '藤编篮', 'the view is kept, only counters change');
   assert.equal(s.apply({ type: 'comment', user: by, text: 'x' }), false);
@@ -190,4 +190,46 @@ test('yuan typed by a host become fen without floating point', () => {
   assert.equal(parseYuan('5.999'), null);
   assert.equal(parseYuan('-1'), null);
   assert.equal(parseYuan('abc'), null);
+});
+
+test('stock objects apply in version order only (the rule of SaleView::apply_stock)', () => {
+  /** @param {number} remaining @param {import('../../sdk/protocol.js').SaleStatus} status @param {number} version */
+  const stock = (remaining, status, version) => ({ sale: 's1', quantity: 100, remaining, status, version });
+  // The same sequence as the Rust test `stock_patches_apply_in_version_order_only`.
+  let v = sale({ status: 'scheduled', version: 0 });
+  const step = (/** @type {ReturnType<typeof stock>} */ st) => {
+    const next = applyStock(v, st);
+    if (next) v = next;
+    return next !== null;
+  };
+  assert.equal(step(stock(10, 'open', 0)), true, 'started: same version, later phase');
+  assert.equal(step(stock(0, 'sold_out', 12)), true);
+  assert.equal(step(stock(4, 'open', 7)), false, 'an older version delivered late is ignored');
+  assert.deepEqual([v.remaining, v.status, v.version], [0, 'sold_out', 12]);
+  assert.equal(step(stock(0, 'scheduled', 12)), false, 'same version, earlier phase: older');
+  assert.equal(step(stock(0, 'sold_out', 12)), false, 'a duplicate');
+  assert.equal(step(stock(0, 'ended', 12)), true, 'same version, later phase: newer');
+  assert.equal(step(stock(5, 'open', 40)), false, 'ended is final, whatever the version');
+  assert.equal(applyStock(v, { ...stock(1, 'ended', 99), sale: 'other' }), null, "another sale's stock never applies");
+  assert.deepEqual([v.remaining, v.status, v.version], [0, 'ended', 12]);
+  // Objects from a server without versions compare as version 0.
+  assert.equal(compareStock({ status: 'open' }, { status: 'scheduled', version: 0 }) > 0, true);
+  assert.equal(compareStock({ status: 'ended', version: 1 }, { status: 'open', version: 9 }) > 0, true);
+});
+
+test('showcase: an older stock event never overwrites a newer one; setSale keeps newer counters', () => {
+  const s = new Showcase();
+  s.reset({ title: '', viewers: 0, likes: 0, slow_mode_secs: 0, closed: false, sale: sale({ status: 'open', remaining: 50, version: 50 }) });
+  assert.equal(s.apply({ type: 'sale_stock', stock: { sale: 's1', quantity: 100, remaining: 30, status: 'open', version: 70 } }), true);
+  // Built earlier on another node, delivered later: ignored.
+  assert.equal(s.apply({ type: 'sale_stock', stock: { sale: 's1', quantity: 100, remaining: 40, status: 'open', version: 60 } }), false);
+  assert.equal(s.sale?.remaining, 30);
+  // A view fetched over HTTP that is older than the events keeps the newer counters.
+  s.setSale(sale({ status: 'open', remaining: 45, version: 55, per_buyer_limit: 3 }));
+  assert.deepEqual([s.sale?.remaining, s.sale?.version, s.sale?.per_buyer_limit], [30, 70, 3]);
+  s.setSale(sale({ status: 'open', remaining: 20, version: 80 }));
+  assert.deepEqual([s.sale?.remaining, s.sale?.version], [20, 80]);
+  assert.equal(s.apply({ type: 'sale_ended', stock: { sale: 's1', quantity: 100, remaining: 20, status: 'ended', version: 80 } }), true);
+  assert.equal(s.apply({ type: 'sale_stock', stock: { sale: 's1', quantity: 100, remaining: 10, status: 'open', version: 90 } }), false);
+  assert.equal(s.sale?.status, 'ended');
 });
