@@ -19,15 +19,16 @@
 
 use std::sync::OnceLock;
 
-/// A folded text, with what word-boundary checks need: for each folded byte, whether the
-/// source character right before its first source character, and right after its last one
-/// (a collapsed run ends at its last repeat), is a letter or digit.
+/// A folded text, with what word-boundary checks need: whether the source character right
+/// before a folded character's first source character is a letter or digit (on each of its
+/// bytes), and whether the one right after its last source character (a collapsed run ends
+/// at its last repeat) is (on its last byte).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Folded {
     /// The folded text (UTF-8).
     bytes: Vec<u8>,
-    /// Per folded byte: bit 0 = a word character precedes it in the source, bit 1 = one
-    /// follows it.
+    /// Per folded byte: bit 0 = a word character precedes its character in the source; bit 1
+    /// (last byte of a character only) = one follows it.
     flags: Vec<u8>,
 }
 
@@ -63,8 +64,6 @@ struct Folder<'a> {
     flags: &'a mut Vec<u8>,
     /// The last folded character (to collapse repeats).
     last: u32,
-    /// Where the last folded character starts in `bytes`.
-    last_at: usize,
     /// The previous source character belonged to the last folded character's run.
     run_open: bool,
     /// The previous source character was a word character.
@@ -83,7 +82,6 @@ impl Folder<'_> {
             Some(f) => {
                 self.close_run(word);
                 self.last = f as u32;
-                self.last_at = self.bytes.len();
                 let mut buf = [0u8; 4];
                 let enc = f.encode_utf8(&mut buf).as_bytes();
                 self.bytes.extend_from_slice(enc);
@@ -104,7 +102,6 @@ impl Folder<'_> {
         } else {
             self.close_run(word);
             self.last = u32::from(folded);
-            self.last_at = self.bytes.len();
             self.bytes.push(folded);
             self.flags.push(if self.prev_word { PREV_WORD } else { 0 });
             self.run_open = true;
@@ -120,7 +117,6 @@ impl Folder<'_> {
         } else {
             self.close_run(true);
             self.last = code;
-            self.last_at = self.bytes.len();
             self.bytes.extend_from_slice(utf8);
             let flag = if self.prev_word { PREV_WORD } else { 0 };
             self.flags.extend(utf8.iter().map(|_| flag));
@@ -134,7 +130,9 @@ impl Folder<'_> {
     fn close_run(&mut self, next_word: bool) {
         if self.run_open {
             if next_word {
-                for f in &mut self.flags[self.last_at..] {
+                // The last folded character ends the buffer; a match ends on its last byte,
+                // the only one whose bit is read ([`Folded::is_word_at`]).
+                if let Some(f) = self.flags.last_mut() {
                     *f |= NEXT_WORD;
                 }
             }
@@ -173,7 +171,6 @@ impl Folded {
             bytes: &mut self.bytes,
             flags: &mut self.flags,
             last: u32::MAX,
-            last_at: 0,
             run_open: false,
             prev_word: false,
         }
@@ -208,34 +205,80 @@ impl Folded {
                 }
                 continue;
             }
-            if (0xE4..=0xE9).contains(&b) {
-                if let Some(&[b1, b2]) = src.get(i + 1..i + 3) {
-                    let code = (u32::from(b & 0x0F) << 12)
+            // A multi-byte character: decode it in place (the input is valid UTF-8).
+            let (code, len) = match (b, src.get(i + 1..)) {
+                (0xC0..=0xDF, Some(&[b1, ..])) => {
+                    ((u32::from(b & 0x1F) << 6) | u32::from(b1 & 0x3F), 2)
+                }
+                (0xE0..=0xEF, Some(&[b1, b2, ..])) => (
+                    (u32::from(b & 0x0F) << 12)
                         | (u32::from(b1 & 0x3F) << 6)
-                        | u32::from(b2 & 0x3F);
-                    if code >= 0x4E00 {
-                        i += 3;
-                        let k = (code - 0x4E00) as usize;
-                        if trad.get(k / 64).is_some_and(|w| w & (1 << (k % 64)) != 0) {
-                            f.feed(char::from_u32(code).map(simplified), true);
-                        } else {
-                            f.push_utf8(code, &[b, b1, b2]);
-                        }
-                        continue;
+                        | u32::from(b2 & 0x3F),
+                    3,
+                ),
+                (_, Some(&[b1, b2, b3, ..])) => (
+                    (u32::from(b & 0x07) << 18)
+                        | (u32::from(b1 & 0x3F) << 12)
+                        | (u32::from(b2 & 0x3F) << 6)
+                        | u32::from(b3 & 0x3F),
+                    4,
+                ),
+                _ => return false,
+            };
+            let utf8 = src.get(i..i + len).unwrap_or_default();
+            match code {
+                0x4E00..=0x9FFF => {
+                    let k = (code - 0x4E00) as usize;
+                    if trad.get(k / 64).is_some_and(|w| w & (1 << (k % 64)) != 0) {
+                        f.feed(char::from_u32(code).map(simplified), true);
+                    } else {
+                        f.push_utf8(code, utf8);
                     }
                 }
+                // Letters without case that fold to themselves: kana, Hangul, Arabic.
+                0x3041..=0x3096
+                | 0x30A1..=0x30FA
+                | 0x30FC
+                | 0xAC00..=0xD7A3
+                | 0x0621..=0x063A
+                | 0x0641..=0x064A => f.push_utf8(code, utf8),
+                // Full-width ASCII: as the ASCII character NFKC makes of it.
+                0xFF01..=0xFF5E => {
+                    let a = (code - 0xFEE0) as u8;
+                    match ASCII.get(usize::from(a)).copied().unwrap_or(0) {
+                        0 => {
+                            f.close_run(false);
+                            f.prev_word = false;
+                        }
+                        folded => f.push_ascii(folded, a.is_ascii_alphanumeric()),
+                    }
+                }
+                // Noise NFKC leaves alone (or turns into other noise): ideographic space and
+                // punctuation, general punctuation, zero-width characters, variation
+                // selectors, emoji.
+                0x3000..=0x3002
+                | 0x2010..=0x2023
+                | 0x2027
+                | 0x200B..=0x200D
+                | 0xFE00..=0xFE0F
+                | 0x1F300..=0x1FAFF => {
+                    f.close_run(false);
+                    f.prev_word = false;
+                }
+                _ => {
+                    let Some(c) = char::from_u32(code) else {
+                        return false;
+                    };
+                    if !nfkc_stable(c) {
+                        return false;
+                    }
+                    let folded = fold_char(c);
+                    // Full-width `＠` and `＄` read as letters but are not word characters,
+                    // as their NFKC forms `@` and `$` are not.
+                    f.feed(folded, folded.is_some() && !matches!(c, '＠' | '＄'));
+                }
             }
-            let Some(c) = input.get(i..).and_then(|s| s.chars().next()) else {
-                return false;
-            };
-            i += c.len_utf8();
-            if !nfkc_stable(c) {
-                return false;
-            }
-            let folded = fold_char(c);
-            // Full-width `＠` and `＄` read as letters but are not word characters, as their
-            // NFKC forms `@` and `$` are not.
-            f.feed(folded, folded.is_some() && !matches!(c, '＠' | '＄'));
+            i += len;
         }
         f.close_run(false);
         true
@@ -281,7 +324,9 @@ fn nfkc_stable(c: char) -> bool {
         | '\u{A1}' | '\u{A9}' | '\u{AB}' | '\u{AE}' | '\u{B0}' | '\u{B7}' | '\u{BB}' | '\u{BF}'
         | '\u{200B}'..='\u{200D}'
         | '\u{2010}'..='\u{2027}'
-        | '\u{2600}'..='\u{27BF}'
+        | '\u{2190}'..='\u{23FF}'
+        | '\u{2500}'..='\u{27BF}'
+        | '\u{2B00}'..='\u{2BFF}'
         | '\u{FE00}'..='\u{FE0F}'
         // Emoji and pictographs, but not the enclosed letters and squared words of
         // U+1F100–U+1F2FF (`🄿🄾🅁🄺` is `PORK` to NFKC); regional indicators are fine.
@@ -403,7 +448,7 @@ const TRAD_SIMP: &str = "豬猪雞鸡鴨鸭魚鱼鵝鹅腸肠臘腊醃腌燒烧�
 專专業业務务產产廠厂進进還还發发貨货郵邮遞递灑洒淨净漿浆鹹咸甜甜濕湿";
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -485,10 +530,10 @@ mod tests {
     }
 
     /// A small deterministic generator (xorshift), so failures reproduce.
-    struct Rng(u64);
+    pub(crate) struct Rng(pub(crate) u64);
 
     impl Rng {
-        fn below(&mut self, n: usize) -> usize {
+        pub(crate) fn below(&mut self, n: usize) -> usize {
             self.0 ^= self.0 << 13;
             self.0 ^= self.0 >> 7;
             self.0 ^= self.0 << 17;

@@ -576,16 +576,7 @@ mod tests {
     /// whose terms occurs (folded) at an allowed place.
     #[test]
     fn the_scan_finds_what_brute_force_finds() {
-        struct Rng(u64);
-        impl Rng {
-            fn below(&mut self, n: usize) -> usize {
-                self.0 ^= self.0 << 13;
-                self.0 ^= self.0 >> 7;
-                self.0 ^= self.0 << 17;
-                (self.0 % n as u64) as usize
-            }
-        }
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut rng = fold::tests::Rng(0x9E37_79B9_7F4A_7C15);
         let letters: Vec<char> = "abcdeo猪肉酒店".chars().collect();
         let mut text = String::from("market = \"xx\"\n");
         let mut specs: Vec<(Severity, Vec<String>, Vec<String>)> = Vec::new();
