@@ -177,6 +177,9 @@ fn timed(mut f: impl FnMut()) -> (f64, f64) {
     (wall.elapsed().as_secs_f64(), cpu_seconds() - cpu)
 }
 
+/// A baseline's work on one text; returns a count so the work is not optimized away.
+type Baseline<'a> = dyn FnMut(&str) -> usize + 'a;
+
 struct Figures {
     name: &'static str,
     wall: f64,
@@ -211,9 +214,8 @@ fn run(
         wall,
         cpu,
     });
-    // Baselines: each returns a count so the work is not optimized away.
     let mut fold = Folded::default();
-    let baselines: [(&'static str, &mut dyn FnMut(&str) -> usize); 3] = [
+    let baselines: [(&'static str, &mut Baseline); 3] = [
         ("raw AC find_overlapping_iter", &mut |t| {
             raw.find_overlapping_iter(t).count()
         }),
