@@ -19,11 +19,14 @@
 //! It also prepares product listings: their translations per market language (through the
 //! merchant's glossary) and the listing rules of every market a product is enabled in.
 
+use crate::commerce::service::ShowcaseTranslator;
 use crate::commerce::Product;
 use crate::engine::EngineError;
 use crate::hub::Hub;
 use crate::moderation::{Moderator, Usage};
+use crate::translate::glossary::Compiled;
 use crate::translate::{Collected, Translator};
+use ferry_client::protocol::commerce::ProductView;
 use ferry_client::protocol::translation::{
     HeldComment, PendingComment, ProductText, RuleRef, Severity, Translations,
 };
@@ -416,6 +419,12 @@ impl Chat {
         Ok(position)
     }
 
+    /// The glossary a product is translated with: the one it names, else its merchant's.
+    fn product_glossary(&self, product: &Product) -> Option<Arc<Compiled>> {
+        let id = product.glossary.as_deref().unwrap_or(&product.merchant);
+        self.translator.glossaries().get(id)
+    }
+
     /// Check a product listing against the rules of every market it is enabled in and
     /// translate its title and description into those markets' languages (through its
     /// glossary). Red in a market refuses the listing; yellow hits are returned as warnings.
@@ -450,11 +459,7 @@ impl Chat {
             .cloned()
             .collect();
         let targets: Vec<String> = targets.into_iter().collect();
-        let glossary_id = product
-            .glossary
-            .clone()
-            .unwrap_or_else(|| product.merchant.clone());
-        let glossary = self.translator.glossaries().get(&glossary_id);
+        let glossary = self.product_glossary(product);
         let titles = self
             .translator
             .translate_all(&product.title, &product.lang, &targets, glossary.as_ref())
@@ -495,5 +500,61 @@ impl Chat {
             }
         }
         Ok(warnings)
+    }
+}
+
+/// A pinned product is shown to the whole room: its title and description go out in every
+/// language read there (cluster-wide), once per language, through the product's glossary —
+/// the listing's own translations (its markets' languages) are reused, the others are made
+/// here, waiting at most `translation.budget` (a language not ready by then goes without;
+/// its translation still lands in the caches for the next pin). Each viewer then receives
+/// only the translation into their language ([`crate::room::audience`]).
+#[async_trait::async_trait]
+impl ShowcaseTranslator for Chat {
+    async fn translate_pin(&self, room: &RoomId, product: &Product, view: &mut ProductView) {
+        let missing: Vec<String> = self
+            .hub
+            .audience(room)
+            .langs
+            .into_iter()
+            .filter(|l| {
+                self.translator.supports(l)
+                    && *l != product.lang
+                    && !view.translations.contains_key(l)
+            })
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let glossary = self.product_glossary(product);
+        let deadline = Instant::now() + self.translator.config().budget;
+        // Both texts are started before waiting, so a provider batches them together.
+        let titles =
+            self.translator
+                .start(&product.title, &product.lang, &missing, glossary.as_ref());
+        let descriptions = if product.description.trim().is_empty() {
+            Vec::new()
+        } else {
+            self.translator.start(
+                &product.description,
+                &product.lang,
+                &missing,
+                glossary.as_ref(),
+            )
+        };
+        let titles = Translator::collect(titles, deadline).await;
+        let descriptions = Translator::collect(descriptions, deadline).await;
+        let mut added = 0;
+        for (lang, title) in titles.ready {
+            if !product.description.trim().is_empty() && !descriptions.ready.contains_key(&lang) {
+                // Half a translation would mix languages on the card.
+                continue;
+            }
+            let description = descriptions.ready.get(&lang).cloned().unwrap_or_default();
+            view.translations
+                .insert(lang, ProductText { title, description });
+            added += 1;
+        }
+        tracing::debug!(%room, product = %product.id, languages = missing.len(), added, "pinned product translated for the room");
     }
 }

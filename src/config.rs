@@ -514,6 +514,8 @@ pub struct TranslationConfig {
     pub glossary_refresh: Duration,
     /// Most terms one glossary may hold.
     pub max_glossary_terms: usize,
+    /// Products translated at once when a glossary change refreshes their listings.
+    pub listing_refresh_concurrency: usize,
     /// Market code → the language its product listings are translated into.
     pub market_languages: std::collections::BTreeMap<String, String>,
     /// Machine-translation providers, tried in order for each language pair they support.
@@ -541,6 +543,7 @@ impl Default for TranslationConfig {
             glossary_path: PathBuf::from("ferry-data/glossaries.json"),
             glossary_refresh: Duration::from_secs(2),
             max_glossary_terms: 1000,
+            listing_refresh_concurrency: 4,
             market_languages: langs(&[
                 ("cn", "zh"),
                 ("us", "en"),
@@ -933,6 +936,9 @@ impl Config {
         }
         if t.cache_entries == 0 {
             return bad("translation.cache_entries", "must be at least 1");
+        }
+        if !(1..=64).contains(&t.listing_refresh_concurrency) {
+            return bad("translation.listing_refresh_concurrency", "must be 1..=64");
         }
         if t.glossary_refresh.is_zero() {
             return bad("translation.glossary_refresh", "must be > 0");

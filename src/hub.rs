@@ -736,7 +736,13 @@ impl RoomTask {
             pinned: st.pinned.clone(),
             slow_mode_secs: st.slow_mode_secs,
             closed: st.closed,
-            product: st.product.clone().map(Box::new),
+            // Like the `product_pinned` event: only the member's language's translation.
+            product: st.product.clone().map(|mut p| {
+                p.product
+                    .translations
+                    .retain(|l, _| member.lang.as_deref() == Some(l.as_str()));
+                Box::new(p)
+            }),
             sale: st.sale.clone().map(Box::new),
             live: st.live,
             held: if staff {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod engine;
 pub mod hub;
 pub mod limits;
+pub mod listing_refresh;
 pub mod metrics;
 pub mod moderation;
 pub mod pages;

@@ -46,6 +46,8 @@ pub struct AppState {
     pub sfu: Option<Arc<Sfu>>,
     /// Comment moderation and translation, glossaries.
     pub chat: Arc<Chat>,
+    /// Re-translates product listings when a glossary changes.
+    pub listings: Arc<crate::listing_refresh::ListingRefresh>,
     /// Every open connection's close signal, for draining.
     pub conns: Arc<DashMap<u64, Arc<ConnSignal>>>,
     draining: Arc<AtomicBool>,
@@ -256,7 +258,14 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         None
     };
     let chat = build_chat(&config, hub.clone()).await?;
+    commerce.set_showcase_translator(chat.clone());
+    let listings = crate::listing_refresh::ListingRefresh::new(
+        chat.clone(),
+        commerce.clone(),
+        config.translation.listing_refresh_concurrency,
+    );
     let state = AppState {
+        listings,
         sfu,
         chat,
         config: Arc::new(config),

@@ -1,7 +1,9 @@
 //! HTTP routes of glossaries (documented in `docs/http-api.md`): hosts and admins create,
 //! replace, read and delete the glossaries their rooms' comments and their products are
 //! translated with. Every change bumps the glossary's version, which is part of every
-//! translation cache key, so no translation made with the old terms is served again.
+//! translation cache key, so no translation made with the old terms is served again, and
+//! starts a background refresh of the product listings translated with it
+//! ([`crate::listing_refresh`]).
 //! Everything delegates to [`crate::translate::glossary::Glossaries`].
 
 use crate::auth::Claims;
@@ -124,6 +126,7 @@ async fn put_glossary(
         })
         .await?;
     tracing::info!(glossary = %saved.id, version = saved.version, terms = saved.terms.len(), user = %claims.sub, "glossary saved");
+    app.listings.glossary_changed(&saved.id);
     Ok(Json(json!({ "glossary": saved })).into_response())
 }
 
@@ -170,5 +173,6 @@ async fn delete_glossary(
         .ok_or_else(not_found)?;
     glossaries.delete(g.id()).await?;
     tracing::info!(glossary = %id, user = %claims.sub, "glossary deleted");
+    app.listings.glossary_changed(&id);
     Ok(StatusCode::NO_CONTENT.into_response())
 }

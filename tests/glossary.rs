@@ -303,3 +303,203 @@ async fn glossaries_are_owned_versioned_and_change_translations_at_once() {
     assert_eq!(http(s.addr(), "DELETE", path, Some(&a), None).await.0, 204);
     assert_eq!(http(s.addr(), "GET", path, Some(&a), None).await.0, 404);
 }
+
+/// A product enabled only in the US has an English listing translation; pinned in a room
+/// whose viewers read English, Japanese and Spanish, each viewer receives the card in their
+/// own language — the glossary's terms exact — and the provider is asked once per missing
+/// language (title and description), not once per viewer. A viewer joining later finds the
+/// pin in the room state in their language too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_product_reaches_each_viewer_in_their_language() {
+    let fake = FakeProvider::start(ProviderKind::Deepl).await;
+    let s = TestServer::start(|c| c.translation.providers = vec![fake.config()]).await;
+    let host_token = s.token("gl-*", "merchant", Role::Host);
+    let (st, body) = http(
+        s.addr(),
+        "PUT",
+        "/api/glossaries/merchant",
+        Some(&host_token),
+        Some(&glossary_body()),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let product = json!({
+        "title": "藤编篮 手工 大号",
+        "description": "藤编篮，现货，送棉布内衬",
+        "price_cny": 5900,
+        "markets": {"us": true},
+    });
+    let (st, body) = http(
+        s.addr(),
+        "PUT",
+        "/api/products/basket",
+        Some(&host_token),
+        Some(&product.to_string()),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let saved: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        saved["view"]["translations"]
+            .as_object()
+            .map(|t| t.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["en".to_owned()]),
+        "the listing is translated into its markets' languages only: {saved}"
+    );
+
+    let room = "gl-showcase";
+    let (host, _he) = Client::connect(s.options(room, "merchant", Role::Host));
+    host.join(room).await.expect("join");
+    let mut viewers = Vec::new();
+    for (i, lang) in ["en", "ja", "ja", "es", "es"].iter().enumerate() {
+        let mut o = s.options(room, &format!("v{i}"), Role::Viewer);
+        o.lang = Some((*lang).into());
+        let (c, e) = Client::connect(o);
+        c.join(room).await.expect("join");
+        viewers.push((*lang, c, e));
+    }
+    let before = fake.log().len();
+    host.pin_product(room, "basket").await.expect("pin");
+    for (lang, _c, events) in viewers.iter_mut() {
+        let pinned = wait_for(events, |e| match e {
+            Event::Room {
+                event: RoomEvent::ProductPinned { pinned },
+                ..
+            } => Some(pinned.clone()),
+            _ => None,
+        })
+        .await;
+        let tr = &pinned.product.translations;
+        assert_eq!(
+            tr.keys().collect::<Vec<_>>(),
+            vec![*lang],
+            "a {lang} viewer gets only the {lang} card: {tr:?}"
+        );
+        let (term, prefix) = match *lang {
+            "en" => ("rattan basket", "en:"),
+            "ja" => ("籐かご", "ja:"),
+            _ => ("cesta de ratán", "es:"),
+        };
+        let card = &tr[*lang];
+        assert!(card.title.starts_with(prefix), "{card:?}");
+        assert_eq!(card.title.matches(term).count(), 1, "{card:?}");
+        assert_eq!(card.description.matches(term).count(), 1, "{card:?}");
+        assert_eq!(
+            pinned.product.title, "藤编篮 手工 大号",
+            "the original stays"
+        );
+    }
+    // Japanese and Spanish were missing (English came with the listing): two languages,
+    // two texts each, whatever the number of viewers.
+    let calls: Vec<(String, String, usize)> = fake.log()[before..].to_vec();
+    let mut targets: Vec<String> = calls.iter().map(|(_, t, _)| t.to_lowercase()).collect();
+    targets.sort();
+    targets.dedup();
+    assert_eq!(targets, vec!["es".to_owned(), "ja".to_owned()], "{calls:?}");
+    assert_eq!(calls.iter().map(|c| c.2).sum::<usize>(), 4, "{calls:?}");
+
+    // A Japanese viewer joining afterwards: the room state holds the pin in Japanese only.
+    let mut o = s.options(room, "late", Role::Viewer);
+    o.lang = Some("ja".into());
+    let (late, _le) = Client::connect(o);
+    let reply = late.join(room).await.expect("join");
+    let pinned = reply.state.product.expect("a pinned product");
+    assert_eq!(
+        pinned.product.translations.keys().collect::<Vec<_>>(),
+        vec!["ja"]
+    );
+    assert!(pinned.product.translations["ja"].title.contains("籐かご"));
+}
+
+async fn product_en_title(s: &TestServer, token: &str, id: &str) -> String {
+    let (st, body) = http(
+        s.addr(),
+        "GET",
+        &format!("/api/products/{id}"),
+        Some(token),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    v["product"]["translations"]["en"]["title"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Changing a glossary re-translates the listings made with it, in the background, without
+/// their merchant saving them again; other merchants' listings are left alone. Deleting it
+/// does the same (the terms are then translated like any other text).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_glossary_change_refreshes_existing_listings() {
+    let fake = FakeProvider::start(ProviderKind::Deepl).await;
+    let s = TestServer::start(|c| {
+        c.translation.providers = vec![fake.config()];
+        c.translation.listing_refresh_concurrency = 2;
+    })
+    .await;
+    let a = s.token("gl-*", "merchant-a", Role::Host);
+    let b = s.token("gl-*", "merchant-b", Role::Host);
+    let path = "/api/glossaries/merchant-a";
+    let (st, body) = http(s.addr(), "PUT", path, Some(&a), Some(&glossary_body())).await;
+    assert_eq!(st, 200, "{body}");
+    let put = |token: &str, id: &str, title: &str| {
+        let token = token.to_owned();
+        let path = format!("/api/products/{id}");
+        let body = json!({"title": title, "price_cny": 100, "markets": {"us": true}}).to_string();
+        let addr = s.addr();
+        async move {
+            let (st, body) = http(addr, "PUT", &path, Some(&token), Some(&body)).await;
+            assert_eq!(st, 200, "{body}");
+        }
+    };
+    for i in 0..5 {
+        put(&a, &format!("a{i}"), &format!("藤编篮 {i} 号")).await;
+    }
+    put(&b, "b0", "藤编篮 0 号").await;
+    assert!(product_en_title(&s, &a, "a0")
+        .await
+        .contains("rattan basket"));
+    let b_before = product_en_title(&s, &b, "b0").await;
+    assert!(!b_before.contains("rattan basket"), "{b_before}");
+
+    let renamed = glossary_body().replace("rattan basket", "hand-woven rattan basket");
+    let (st, _) = http(s.addr(), "PUT", path, Some(&a), Some(&renamed)).await;
+    assert_eq!(st, 200);
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut done = 0;
+        for i in 0..5 {
+            if product_en_title(&s, &a, &format!("a{i}"))
+                .await
+                .contains("hand-woven rattan basket")
+            {
+                done += 1;
+            }
+        }
+        if done == 5 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "only {done} of 5 listings refreshed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(product_en_title(&s, &b, "b0").await, b_before);
+    let saved = "ferry_translation_listings_refreshed_total{node=\"test-node\",result=\"saved\"}";
+    assert_eq!(s.metric(saved), 5.0);
+
+    // Deleted: the listings are translated again without it.
+    assert_eq!(http(s.addr(), "DELETE", path, Some(&a), None).await.0, 204);
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while product_en_title(&s, &a, "a4")
+        .await
+        .contains("rattan basket")
+    {
+        assert!(tokio::time::Instant::now() < until, "not refreshed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(product_en_title(&s, &a, "a4").await.starts_with("en:"));
+}

@@ -22,8 +22,8 @@ use crate::config::CommerceConfig;
 use crate::engine::EngineError;
 use crate::hub::Hub;
 use ferry_client::protocol::commerce::{
-    PinnedProduct, ProductId, PurchaseNotice, ReservationId, ReservationView, SaleId, SaleSpec,
-    SaleStatus, SaleView,
+    PinnedProduct, ProductId, ProductView, PurchaseNotice, ReservationId, ReservationView, SaleId,
+    SaleSpec, SaleStatus, SaleView,
 };
 use ferry_client::protocol::{ErrorCode, Role, RoomEvent, RoomId, UserId, UserRef};
 use parking_lot::Mutex;
@@ -88,6 +88,14 @@ impl CommerceError {
     }
 }
 
+/// Adds what a room's viewers need to read a pinned product: its title and description in
+/// the languages read in the room. The chat service implements it (translation lives there);
+/// the server sets it once at start ([`Commerce::set_showcase_translator`]).
+#[async_trait::async_trait]
+pub trait ShowcaseTranslator: Send + Sync {
+    async fn translate_pin(&self, room: &RoomId, product: &Product, view: &mut ProductView);
+}
+
 /// Who is buying: from the verified token.
 #[derive(Clone, Debug)]
 pub struct Buyer {
@@ -120,6 +128,9 @@ pub struct Commerce {
     sweep_cursor: Mutex<SalePosition>,
     /// Room and price per sale (immutable), so buys skip a store read.
     basics: Mutex<HashMap<SaleId, (RoomId, i64)>>,
+    /// Translates pinned products for the room (unset: pins carry the listing's own
+    /// translations only).
+    showcase: std::sync::OnceLock<Arc<dyn ShowcaseTranslator>>,
 }
 
 fn valid_id(s: &str) -> bool {
@@ -153,7 +164,13 @@ impl Commerce {
             pending: Mutex::new(HashMap::new()),
             sweep_cursor: Mutex::new(0),
             basics: Mutex::new(HashMap::new()),
+            showcase: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Set the translator of pinned products (once; later calls are ignored).
+    pub fn set_showcase_translator(&self, t: Arc<dyn ShowcaseTranslator>) {
+        let _ = self.showcase.set(t);
     }
 
     pub fn store(&self) -> &Arc<dyn SaleStore> {
@@ -255,9 +272,13 @@ impl Commerce {
     ) -> Result<(), CommerceError> {
         let product = self.product(product).await?;
         Self::check_merchant(&product, by)?;
+        let mut view = product_view(&product, &self.cfg);
+        if let Some(t) = self.showcase.get() {
+            t.translate_pin(room, &product, &mut view).await;
+        }
         let event = RoomEvent::ProductPinned {
             pinned: Box::new(PinnedProduct {
-                product: product_view(&product, &self.cfg),
+                product: view,
                 by: by.clone(),
             }),
         };

@@ -15,7 +15,8 @@
 
 pub mod fold;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
+use aho_corasick::automaton::Automaton;
+use aho_corasick::{dfa, nfa, AhoCorasick, AhoCorasickBuilder, Anchored, MatchKind};
 use ferry_client::protocol::translation::{RuleRef, Severity};
 use fold::Folded;
 use serde::Deserialize;
@@ -214,7 +215,7 @@ pub struct Moderator {
     markets: Vec<String>,
     market_index: HashMap<String, usize>,
     rules: Vec<Rule>,
-    terms: Option<AhoCorasick>,
+    terms: Option<Terms>,
     /// Per pattern of `terms`: the rules that own it.
     owners: Vec<Vec<Owner>>,
     excepts: Option<AhoCorasick>,
@@ -222,6 +223,17 @@ pub struct Moderator {
     except_rules: Vec<Vec<usize>>,
     /// Per rule: whether it has exception phrases.
     has_except: Vec<bool>,
+}
+
+/// Every term of every market as one automaton (standard semantics: each state knows every
+/// term ending there, so one pass sees overlapping hits). Driven directly through the
+/// [`Automaton`] trait: one table step per folded byte, no iterator or per-call search setup.
+#[derive(Debug)]
+enum Terms {
+    /// A full DFA: fastest, the usual case.
+    Dfa(dfa::DFA),
+    /// When the DFA would exceed its size limit: a little slower, much smaller.
+    Nfa(nfa::contiguous::NFA),
 }
 
 thread_local! {
@@ -284,26 +296,37 @@ impl Moderator {
                 }
             }
         }
-        let build = |pats: &[String]| -> Result<Option<AhoCorasick>, RulesError> {
-            if pats.is_empty() {
-                return Ok(None);
-            }
-            AhoCorasickBuilder::new()
-                .match_kind(MatchKind::Standard)
-                .kind(Some(AhoCorasickKind::DFA))
-                .build(pats)
-                .or_else(|_| {
-                    // Too many patterns for a DFA within its size limit: the contiguous NFA is
-                    // a little slower and much smaller.
-                    AhoCorasickBuilder::new()
-                        .match_kind(MatchKind::Standard)
-                        .build(pats)
-                })
-                .map(Some)
-                .map_err(|e| RulesError::Invalid {
-                    path: "<rules>".into(),
-                    message: e.to_string(),
-                })
+        let invalid = |e: aho_corasick::BuildError| RulesError::Invalid {
+            path: "<rules>".into(),
+            message: e.to_string(),
+        };
+        let terms = if patterns.is_empty() {
+            None
+        } else {
+            Some(
+                match dfa::DFA::builder()
+                    .match_kind(MatchKind::Standard)
+                    .build(&patterns)
+                {
+                    Ok(d) => Terms::Dfa(d),
+                    Err(_) => Terms::Nfa(
+                        nfa::contiguous::NFA::builder()
+                            .match_kind(MatchKind::Standard)
+                            .build(&patterns)
+                            .map_err(invalid)?,
+                    ),
+                },
+            )
+        };
+        let excepts = if except_patterns.is_empty() {
+            None
+        } else {
+            Some(
+                AhoCorasickBuilder::new()
+                    .match_kind(MatchKind::Standard)
+                    .build(&except_patterns)
+                    .map_err(invalid)?,
+            )
         };
         let mut has_except = vec![false; rules.len()];
         for rs in &except_rules {
@@ -313,8 +336,8 @@ impl Moderator {
         }
         Ok(Moderator {
             has_except,
-            terms: build(&patterns)?,
-            excepts: build(&except_patterns)?,
+            terms,
+            excepts,
             markets: names,
             market_index,
             rules,
@@ -362,41 +385,10 @@ impl Moderator {
         SCRATCH.with(|cell| {
             let mut folded = cell.borrow_mut();
             folded.fold_into(text);
-            let folded = &*folded;
-            let mut best: Option<usize> = None;
-            let mut masks: Option<Vec<(usize, usize, usize)>> = None;
-            let ftext = folded.bytes();
-            'matches: for m in terms.find_overlapping_iter(ftext) {
-                for owner in &self.owners[m.pattern().as_usize()] {
-                    let rule = &self.rules[owner.rule];
-                    let applies = match usage {
-                        Usage::Comments => rule.comments,
-                        Usage::Listings => rule.listings,
-                    };
-                    if !applies || !markets.contains(rule.market) {
-                        continue;
-                    }
-                    if best.is_some_and(|b| self.rules[b].severity >= rule.severity) {
-                        continue;
-                    }
-                    if owner.word && !folded.is_word_at(m.start(), m.end()) {
-                        continue;
-                    }
-                    let masked = self.has_except[owner.rule] && {
-                        let masks = masks.get_or_insert_with(|| self.except_spans(ftext));
-                        masks
-                            .iter()
-                            .any(|&(s, e, r)| r == owner.rule && s <= m.start() && m.end() <= e)
-                    };
-                    if !masked {
-                        best = Some(owner.rule);
-                        if rule.severity == Severity::Red {
-                            // Nothing is more severe: stop scanning.
-                            break 'matches;
-                        }
-                    }
-                }
-            }
+            let best = match terms {
+                Terms::Dfa(a) => self.scan(a, &folded, markets, usage),
+                Terms::Nfa(a) => self.scan(a, &folded, markets, usage),
+            };
             match best {
                 None => Verdict::green(),
                 Some(ri) => {
@@ -413,6 +405,66 @@ impl Moderator {
                 }
             }
         })
+    }
+
+    /// One pass of `aut` over the folded text: the most severe rule hit (stopping at the
+    /// first red). A state that is not a match state costs one table step; only at a match
+    /// are the term's owners, word boundaries and exceptions looked at.
+    #[inline]
+    fn scan<A: Automaton>(
+        &self,
+        aut: &A,
+        folded: &Folded,
+        markets: &MarketSet,
+        usage: Usage,
+    ) -> Option<usize> {
+        let ftext = folded.bytes();
+        // An unanchored start state exists for every automaton built here (the builders'
+        // default start kind is unanchored); without one there is nothing to find.
+        let mut sid = aut.start_state(Anchored::No).ok()?;
+        let mut best: Option<usize> = None;
+        let mut masks: Option<Vec<(usize, usize, usize)>> = None;
+        for (at, &byte) in ftext.iter().enumerate() {
+            sid = aut.next_state(Anchored::No, sid, byte);
+            if !aut.is_special(sid) || !aut.is_match(sid) {
+                continue;
+            }
+            let end = at + 1;
+            for k in 0..aut.match_len(sid) {
+                let pattern = aut.match_pattern(sid, k);
+                let start = end - aut.pattern_len(pattern);
+                for owner in &self.owners[pattern.as_usize()] {
+                    let rule = &self.rules[owner.rule];
+                    let applies = match usage {
+                        Usage::Comments => rule.comments,
+                        Usage::Listings => rule.listings,
+                    };
+                    if !applies || !markets.contains(rule.market) {
+                        continue;
+                    }
+                    if best.is_some_and(|b| self.rules[b].severity >= rule.severity) {
+                        continue;
+                    }
+                    if owner.word && !folded.is_word_at(start, end) {
+                        continue;
+                    }
+                    let masked = self.has_except[owner.rule] && {
+                        let masks = masks.get_or_insert_with(|| self.except_spans(ftext));
+                        masks
+                            .iter()
+                            .any(|&(s, e, r)| r == owner.rule && s <= start && end <= e)
+                    };
+                    if !masked {
+                        best = Some(owner.rule);
+                        if rule.severity == Severity::Red {
+                            // Nothing is more severe: stop scanning.
+                            return best;
+                        }
+                    }
+                }
+            }
+        }
+        best
     }
 
     /// `(start, end, rule)` of every exception phrase in the folded text.
@@ -517,6 +569,88 @@ mod tests {
         // Several markets: the strictest applies.
         let v = m.check("beer", ["us", "ae"], Usage::Comments);
         assert_eq!(v.severity, Severity::Red);
+    }
+
+    /// The automaton scan against brute force: for random texts and a rule set with many
+    /// short, overlapping terms, the verdict's severity equals the most severe rule any of
+    /// whose terms occurs (folded) at an allowed place.
+    #[test]
+    fn the_scan_finds_what_brute_force_finds() {
+        let mut rng = fold::tests::Rng(0x9E37_79B9_7F4A_7C15);
+        let letters: Vec<char> = "abcdeo猪肉酒店".chars().collect();
+        let mut text = String::from("market = \"xx\"\n");
+        let mut specs: Vec<(Severity, Vec<String>, Vec<String>)> = Vec::new();
+        for i in 0..60 {
+            let term: String = (0..2 + rng.below(2))
+                .map(|_| letters[rng.below(letters.len())])
+                .collect();
+            let except: Vec<String> = if i % 7 == 0 {
+                vec![format!("{term}{}", letters[rng.below(letters.len())])]
+            } else {
+                Vec::new()
+            };
+            let severity = if i % 3 == 0 {
+                Severity::Red
+            } else {
+                Severity::Yellow
+            };
+            text.push_str(&format!(
+                "[[rules]]\nid = \"r{i}\"\nseverity = \"{}\"\nterms = [\"{term}\"]\nexcept = {except:?}\n",
+                if severity == Severity::Red { "red" } else { "yellow" },
+            ));
+            specs.push((severity, vec![term], except));
+        }
+        let files = parse_markets([("xx.toml", text.as_str())]).expect("parses");
+        let m = Moderator::new(&files).expect("compiles");
+        let noise = [" ", ".", "-", "Ｏ", "A", "B", "0", "x", "y"];
+        for _ in 0..3000 {
+            let t: String = (0..1 + rng.below(12))
+                .map(|_| {
+                    if rng.below(3) == 0 {
+                        noise[rng.below(noise.len())].to_string()
+                    } else {
+                        letters[rng.below(letters.len())].to_string()
+                    }
+                })
+                .collect();
+            let f = Folded::of(&t);
+            let ftext = f.bytes();
+            let mut expected = Severity::Green;
+            for (severity, terms, except) in &specs {
+                for term in terms {
+                    let ft = Folded::of(term);
+                    let needle = ft.bytes();
+                    let word = term.chars().all(|c| c.is_ascii_alphabetic());
+                    let excepts: Vec<(usize, usize)> = except
+                        .iter()
+                        .flat_map(|e| {
+                            let fe = Folded::of(e);
+                            let e = fe.bytes().to_vec();
+                            (0..=ftext.len().saturating_sub(e.len()))
+                                .filter(|&s| ftext[s..].starts_with(&e))
+                                .map(|s| (s, s + e.len()))
+                                .collect::<Vec<_>>()
+                        })
+                        .collect();
+                    for start in 0..=ftext.len().saturating_sub(needle.len()) {
+                        let end = start + needle.len();
+                        if !ftext[start..].starts_with(needle)
+                            || (word && !f.is_word_at(start, end))
+                            || excepts.iter().any(|&(s, e)| s <= start && end <= e)
+                        {
+                            continue;
+                        }
+                        expected = expected.max(*severity);
+                    }
+                }
+            }
+            assert_eq!(
+                m.check(&t, ["xx"], Usage::Comments).severity,
+                expected,
+                "{t:?} folded {:?}",
+                f.text()
+            );
+        }
     }
 
     #[test]

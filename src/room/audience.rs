@@ -2,7 +2,8 @@
 //! everyone and are framed once. A comment (or announcement) with translations is framed once
 //! per language group: each connection gets the original, its source language, and only the
 //! translation into its own language; a `translation` update likewise. A held comment goes
-//! to staff in full and to everyone else as its queue id only.
+//! to staff in full and to everyone else as its queue id only. A pinned product likewise
+//! carries only the title and description in the member's language.
 //!
 //! Why one frame per language rather than one frame with every translation: each member still
 //! costs one shared-pointer clone, but a member reads one translation instead of all of them
@@ -26,6 +27,7 @@ pub fn varies(event: &RoomEvent) -> bool {
         }
         RoomEvent::Translation { .. } => true,
         RoomEvent::CommentHeld { held, .. } => held.is_some(),
+        RoomEvent::ProductPinned { pinned } => !pinned.product.translations.is_empty(),
         _ => false,
     }
 }
@@ -78,6 +80,14 @@ pub fn view_for(event: &RoomEvent, lang: Option<&str>, staff: bool) -> RoomEvent
                 h
             }),
         },
+        RoomEvent::ProductPinned { pinned } => {
+            let mut pinned = pinned.clone();
+            let mut product = std::mem::take(&mut pinned.product.translations);
+            if let Some((l, t)) = lang.and_then(|l| product.remove_entry(l)) {
+                pinned.product.translations.insert(l, t);
+            }
+            RoomEvent::ProductPinned { pinned }
+        }
         other => other.clone(),
     }
 }

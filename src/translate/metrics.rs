@@ -100,6 +100,9 @@ pub struct TranslationMetrics {
     verdicts: [AtomicU64; SEVERITIES.len()],
     pub approved: AtomicU64,
     pub rejected: AtomicU64,
+    /// Products re-translated after a glossary change, by outcome
+    /// ([`crate::listing_refresh::Refreshed::ALL`] order).
+    listings_refreshed: [AtomicU64; 5],
     /// Per configured provider, in order.
     pub providers: Vec<ProviderStats>,
 }
@@ -132,6 +135,22 @@ impl TranslationMetrics {
         if let Some(i) = SEVERITIES.iter().position(|s| *s == severity) {
             self.verdicts[i].fetch_add(1, Relaxed);
         }
+    }
+
+    pub fn listing_refreshed(&self, outcome: crate::listing_refresh::Refreshed) {
+        if let Some(i) = crate::listing_refresh::Refreshed::ALL
+            .iter()
+            .position(|r| *r == outcome)
+        {
+            self.listings_refreshed[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn listings_refreshed(&self, outcome: crate::listing_refresh::Refreshed) -> u64 {
+        crate::listing_refresh::Refreshed::ALL
+            .iter()
+            .position(|r| *r == outcome)
+            .map_or(0, |i| self.listings_refreshed[i].load(Relaxed))
     }
 
     /// Provider requests sent, all providers.
@@ -243,6 +262,15 @@ impl TranslationMetrics {
             for (i, k) in ERROR_KINDS.iter().enumerate() {
                 let _ = writeln!(out, "ferry_translation_provider_errors_total{{node=\"{n}\",provider=\"{}\",kind=\"{k}\"}} {}", p.name, p.errors[i].load(Relaxed));
             }
+        }
+        let _ = writeln!(out, "# HELP ferry_translation_listings_refreshed_total Products translated again after a glossary change, by result.\n# TYPE ferry_translation_listings_refreshed_total counter");
+        for (i, r) in crate::listing_refresh::Refreshed::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "ferry_translation_listings_refreshed_total{{node=\"{n}\",result=\"{}\"}} {}",
+                r.label(),
+                self.listings_refreshed[i].load(Relaxed)
+            );
         }
         let _ = writeln!(out, "# HELP ferry_moderation_verdicts_total Texts checked against market rules, by verdict.\n# TYPE ferry_moderation_verdicts_total counter");
         for (i, s) in SEVERITIES.iter().enumerate() {
