@@ -107,21 +107,8 @@ async fn smoke_fails_against_a_crippled_node() {
 fn small_flash_sale() -> Scenario {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("loadtest/scenarios/flash-sale.toml");
     let mut s = Scenario::load(&path).expect("the shipped flash-sale scenario is valid");
-    let latency_slo = s
-        .thresholds
-        .iter()
-        .position(|t| t.starts_with("buy_p99_ms"))
-        .expect("the shipped scenario has a buy latency SLO");
-    s.thresholds[latency_slo] = "buy_p99_ms < 5000".to_owned();
-    s.run.max_viewers = 300;
-    s.run.hold = Duration::from_secs(1);
-    s.run.drain = Duration::from_secs(5);
-    s.run.join_timeout = Duration::from_secs(5);
-    s.run.deadline = Duration::from_secs(40);
-    s.phases = vec![Phase::Hold {
-        rate: 300.0,
-        duration: Duration::from_secs(1),
-    }];
+    replace_threshold(&mut s, "buy_p99_ms", "buy_p99_ms < 5000");
+    compress(&mut s, 300, Duration::from_secs(1), Duration::from_secs(5));
     for b in &mut s.behaviours {
         if let Behaviour::Buy(buy) = b {
             buy.stock = 100;
@@ -243,26 +230,13 @@ async fn flash_sale_fails_when_the_journal_disk_fills_up() {
 fn small_video_fanout() -> Scenario {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("loadtest/scenarios/video-fanout.toml");
     let mut s = Scenario::load(&path).expect("the shipped video-fanout scenario is valid");
-    for (prefix, small) in [
-        ("video_subscribers_held", "video_subscribers_held >= 6"),
-        ("video_ttff_p99_ms", "video_ttff_p99_ms < 5000"),
-    ] {
-        let i = s
-            .thresholds
-            .iter()
-            .position(|t| t.starts_with(prefix))
-            .unwrap_or_else(|| panic!("the shipped scenario has a {prefix} threshold"));
-        s.thresholds[i] = small.to_owned();
-    }
-    s.run.max_viewers = 6;
-    s.run.hold = Duration::from_secs(2);
-    s.run.drain = Duration::from_secs(3);
-    s.run.join_timeout = Duration::from_secs(5);
-    s.run.deadline = Duration::from_secs(40);
-    s.phases = vec![Phase::Hold {
-        rate: 6.0,
-        duration: Duration::from_secs(1),
-    }];
+    replace_threshold(
+        &mut s,
+        "video_subscribers_held",
+        "video_subscribers_held >= 6",
+    );
+    replace_threshold(&mut s, "video_ttff_p99_ms", "video_ttff_p99_ms < 5000");
+    compress(&mut s, 6, Duration::from_secs(2), Duration::from_secs(3));
     for b in &mut s.behaviours {
         if let Behaviour::Video(v) = b {
             v.share = 1.0;
@@ -342,6 +316,29 @@ async fn video_fanout_fails_when_the_sfu_takes_too_few_sessions() {
     for metric in ["video_first_frame_pct", "video_subscribers_held"] {
         assert!(failed.contains(&metric), "{metric}: {}", report.summary());
     }
+}
+
+/// Replace the shipped threshold on `metric` (which must be there) with `with`.
+fn replace_threshold(s: &mut Scenario, metric: &str, with: &str) {
+    let i = s
+        .thresholds
+        .iter()
+        .position(|t| t.starts_with(metric))
+        .unwrap_or_else(|| panic!("the shipped scenario has a {metric} threshold"));
+    s.thresholds[i] = with.to_owned();
+}
+
+/// Seconds instead of minutes: `viewers` arrive within 1 s, stay `hold`, then `drain`.
+fn compress(s: &mut Scenario, viewers: usize, hold: Duration, drain: Duration) {
+    s.run.max_viewers = viewers;
+    s.run.hold = hold;
+    s.run.drain = drain;
+    s.run.join_timeout = Duration::from_secs(5);
+    s.run.deadline = Duration::from_secs(40);
+    s.phases = vec![Phase::Hold {
+        rate: viewers as f64,
+        duration: Duration::from_secs(1),
+    }];
 }
 
 /// The metrics of the thresholds a run failed.

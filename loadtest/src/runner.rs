@@ -1253,6 +1253,14 @@ async fn probe_positions(ctx: &Arc<Ctx>) -> Vec<Option<(String, u64)>> {
     out
 }
 
+/// Wait until `pending` is 0 or `until`; returns what is still pending.
+async fn wait_for_zero(pending: &AtomicI64, until: Instant) -> i64 {
+    while pending.load(Relaxed) > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pending.load(Relaxed)
+}
+
 /// Events missing from live, judged sessions (0 means every viewer has everything).
 fn undelivered(ctx: &Ctx) -> u64 {
     let viewers = lock(&ctx.viewers);
@@ -1718,10 +1726,7 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
         let until = drain_deadline
             .max(sending_stopped + VIDEO_DRAIN + Duration::from_secs(2))
             .min(deadline);
-        while video.pending.load(Relaxed) > 0 && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let unreported = video.pending.load(Relaxed);
+        let unreported = wait_for_zero(&video.pending, until).await;
         if unreported > 0 {
             notes.push(format!(
                 "{unreported} video subscribers had not reported at the end of the drain"
@@ -1733,10 +1738,7 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
     let mut sales = Vec::new();
     let mut launched = None;
     if let Some(buy) = &ctx.buy {
-        while buy.pending.load(Relaxed) > 0 && Instant::now() < drain_deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let unanswered = buy.pending.load(Relaxed);
+        let unanswered = wait_for_zero(&buy.pending, drain_deadline).await;
         if unanswered > 0 {
             notes.push(format!(
                 "{unanswered} Buy presses had no final answer at the end of the drain"
@@ -2234,14 +2236,33 @@ rate = 0.5
 kind = "likes"
 share = 0.5
 every = "1s"
+[[behaviours]]
+kind = "video"
+share = 0.25
 "#,
         )
         .expect("valid");
         let plans: Vec<Plan> = (0..1000).map(|i| plan_for(&scenario, i)).collect();
         let chatters = plans.iter().filter(|p| p.chat.is_some()).count();
         let likers = plans.iter().filter(|p| p.likes.is_some()).count();
+        let watchers = plans.iter().filter(|p| p.video).count();
         assert!((90..=110).contains(&chatters), "{chatters}");
         assert!((480..=520).contains(&likers), "{likers}");
+        assert!((240..=260).contains(&watchers), "{watchers}");
+    }
+
+    #[test]
+    fn whep_refusals_are_named_by_status_and_code() {
+        let refused = MediaError::Refused {
+            status: 503,
+            body: r#"{"error":{"code":"sfu_full","message":"full"}}"#.into(),
+        };
+        assert_eq!(media_error_kind(&refused), "WHEP refused 503 sfu_full");
+        let opaque = MediaError::Refused {
+            status: 502,
+            body: "<html>".into(),
+        };
+        assert_eq!(media_error_kind(&opaque), "WHEP refused 502");
     }
 
     #[test]
