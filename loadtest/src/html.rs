@@ -244,6 +244,69 @@ pub fn render(report: &Report) -> String {
             let _ = write!(html, "<p class=\"fail\">{}</p>", escape(e));
         }
     }
+    if let Some(video) = &report.video {
+        let layers: Vec<String> = video
+            .simulcast
+            .iter()
+            .map(|l| format!("{} {} bit/s", escape(&l.rid), l.bitrate_bps))
+            .collect();
+        let _ = write!(
+            html,
+            "<h2>Video</h2><p>Synthetic {} at {} bit/s, {} fps{}{}; a gap over {} ms between \
+             frames is a freeze; served by {}.</p>",
+            escape(&video.codec),
+            video.bitrate_bps,
+            video.fps,
+            if layers.is_empty() {
+                String::new()
+            } else {
+                format!(", simulcast {}", layers.join(", "))
+            },
+            if video.audio { ", with audio" } else { "" },
+            video.freeze_threshold_ms,
+            escape(&video.target)
+        );
+        if !video.publishers.is_empty() {
+            html.push_str(
+                "<table><tr><th>publisher in</th><th>connected</th><th>frames</th>\
+                 <th>keyframes</th><th>packets</th><th>bytes</th><th>keyframe requests</th></tr>",
+            );
+            for p in &video.publishers {
+                let _ = write!(
+                    html,
+                    "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td>\
+                     <td>{}</td><td>{}</td></tr>",
+                    escape(&p.room),
+                    if p.connected { "pass" } else { "fail" },
+                    if p.connected { "yes" } else { "no" },
+                    p.video_frames,
+                    p.keyframes,
+                    p.packets,
+                    p.bytes,
+                    p.keyframe_requests
+                );
+                if let Some(e) = &p.error {
+                    let _ = write!(
+                        html,
+                        "<tr><td colspan=\"7\" class=\"fail\">{}</td></tr>",
+                        escape(e)
+                    );
+                }
+            }
+            html.push_str("</table>");
+        }
+        let rows: Vec<(&str, f64)> = crate::thresholds::VIDEO_METRICS
+            .iter()
+            .filter_map(|name| report.metrics.get(*name).map(|v| (*name, *v)))
+            .collect();
+        if !rows.is_empty() {
+            html.push_str("<table><tr><th>subscribers</th><th>value</th></tr>");
+            for (name, v) in rows {
+                let _ = write!(html, "<tr><td>{name}</td><td>{v:.3}</td></tr>");
+            }
+            html.push_str("</table>");
+        }
+    }
     html.push_str("<h2>Charts</h2>");
     html.push_str(&line_chart(
         "Connections",
@@ -299,6 +362,33 @@ pub fn render(report: &Report) -> String {
             &[
                 series("p50", t, |s| s.buy_p50_ms),
                 series("p99", t, |s| s.buy_p99_ms),
+            ],
+        ));
+    }
+    if report.video.is_some() {
+        html.push_str(&line_chart(
+            "Video subscribers receiving",
+            "subscribers",
+            &[series("receiving video", t, |s| {
+                Some(s.video_subscribers as f64)
+            })],
+        ));
+        html.push_str(&line_chart(
+            "Video frames and freezes",
+            "per s",
+            &[
+                series("frames/s (all subscribers)", t, |s| {
+                    Some(s.video_frames_per_s)
+                }),
+                series("freezes/s", t, |s| Some(s.video_freezes_per_s)),
+            ],
+        ));
+        html.push_str(&line_chart(
+            "Time to first frame (arrival → first complete frame)",
+            "ms",
+            &[
+                series("p50", t, |s| s.video_ttff_p50_ms),
+                series("p99", t, |s| s.video_ttff_p99_ms),
             ],
         ));
     }
@@ -359,6 +449,21 @@ mod tests {
         // The sample report's flash sale: its answers and verdicts, and the buy charts.
         assert!(html.contains("Flash sale <code>s1</code>"), "{html}");
         assert!(html.contains("lost_reservations") && html.contains("Buy latency"));
+        // Its video: the publisher table and the three video charts.
+        assert!(
+            html.contains("<h2>Video</h2>") && html.contains("video-0"),
+            "{html}"
+        );
+        assert!(html.contains("simulcast l 150000 bit/s"), "{html}");
+        for chart in [
+            "Video subscribers receiving",
+            "Video frames and freezes",
+            "Time to first frame",
+        ] {
+            assert!(html.contains(chart), "{chart}");
+        }
+        report.video = None;
+        assert!(!render(&report).contains("Time to first frame"));
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! (HdrHistograms), [`thresholds`] (SLOs), [`runner`] (the run), [`report`] and [`html`]
 //! (output), [`system`] (loopback checks, rlimit, /proc, spawning the server), [`sale`]
 //! (flash sales: Buy press schedule, retries, correctness verdicts), [`admin`] (tokens and
-//! Ferry's HTTP API: catalog, order events with acks).
+//! Ferry's HTTP API: catalog, order events with acks), [`video`] (WHIP publishers, WHEP
+//! subscribers: loss, freezes and frames, shared with `video-bench`).
 
 pub mod admin;
 pub mod html;
@@ -22,6 +23,7 @@ pub mod scenario;
 pub mod schedule;
 pub mod system;
 pub mod thresholds;
+pub mod video;
 
 pub use report::Report;
 pub use runner::{run, RunError, RunOptions};

@@ -46,6 +46,10 @@ pub struct Report {
     /// schema 1 after its first release: absent in older reports.
     #[serde(default)]
     pub sales: Vec<SaleReport>,
+    /// The live video of a `video` scenario (`null` otherwise). Added in schema 1 after its
+    /// first release: absent in older reports.
+    #[serde(default)]
+    pub video: Option<VideoReport>,
     /// What a reader must know before trusting the numbers.
     pub notes: Vec<String>,
 }
@@ -73,6 +77,49 @@ pub struct SaleReport {
     /// The correctness verdicts; `null` when the stream could not be read.
     pub verdicts: Option<SaleVerdict>,
     /// Why the stream or the audit could not be read.
+    pub error: Option<String>,
+}
+
+/// The video of the run: what the publishers sent and how subscribers were judged (their
+/// results are the `video_*` metrics).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VideoReport {
+    /// The node whose SFU served the video (`http://...`, the first target).
+    pub target: String,
+    /// `vp8` or `h264` (synthetic payloads shaped like them).
+    pub codec: String,
+    pub bitrate_bps: u64,
+    pub fps: u32,
+    /// Simulcast layers, lowest first (empty: one stream at `bitrate_bps`).
+    pub simulcast: Vec<VideoLayerInfo>,
+    pub audio: bool,
+    pub freeze_threshold_ms: f64,
+    pub first_frame_timeout_ms: f64,
+    /// One per room when the scenario publishes, else empty.
+    pub publishers: Vec<PublisherReport>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VideoLayerInfo {
+    pub rid: String,
+    pub bitrate_bps: u64,
+}
+
+/// One synthetic WHIP publisher and what it sent (its SDK counters when it stopped).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PublisherReport {
+    pub room: String,
+    /// ICE and DTLS came up before the arrivals started.
+    pub connected: bool,
+    /// Video frames sent (of the lowest layer with simulcast) and how many were keyframes.
+    pub video_frames: u64,
+    pub keyframes: u64,
+    /// RTP packets and payload bytes sent, every track and layer.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Keyframe requests (PLI/FIR) the server sent it.
+    pub keyframe_requests: u64,
+    /// Why it could not publish.
     pub error: Option<String>,
 }
 
@@ -132,6 +179,22 @@ pub struct Sample {
     pub buy_p50_ms: Option<f64>,
     #[serde(default)]
     pub buy_p99_ms: Option<f64>,
+    /// WHEP subscribers receiving video (first frame seen, session alive; 0 without a
+    /// `video` behaviour). This and the next four were added in schema 1 after its first
+    /// release.
+    #[serde(default)]
+    pub video_subscribers: u64,
+    /// Complete video frames received by all subscribers per second.
+    #[serde(default)]
+    pub video_frames_per_s: f64,
+    /// Freezes that ended (or were found at the end) per second.
+    #[serde(default)]
+    pub video_freezes_per_s: f64,
+    /// Time to first frame of the subscribers whose first frame came in the interval.
+    #[serde(default)]
+    pub video_ttff_p50_ms: Option<f64>,
+    #[serde(default)]
+    pub video_ttff_p99_ms: Option<f64>,
 }
 
 impl Report {
@@ -193,7 +256,11 @@ impl Report {
             "other_cpu_s",
             "softirq_cpu_s",
         ];
-        for name in counters.iter().chain(&crate::thresholds::SALE_METRICS) {
+        for name in counters
+            .iter()
+            .chain(&crate::thresholds::SALE_METRICS)
+            .chain(&crate::thresholds::VIDEO_METRICS)
+        {
             if let Some(v) = self.metrics.get(*name) {
                 let _ = writeln!(out, "{name:<26} {}", fmt_value(*v));
             }
@@ -365,6 +432,24 @@ pub(crate) mod tests {
                 verdicts: Some(SaleVerdict::default()),
                 error: None,
             }],
+            video: Some(VideoReport {
+                target: "http://127.0.0.1:1".into(),
+                codec: "vp8".into(),
+                bitrate_bps: 1_500_000,
+                fps: 30,
+                simulcast: vec![VideoLayerInfo {
+                    rid: "l".into(),
+                    bitrate_bps: 150_000,
+                }],
+                audio: true,
+                freeze_threshold_ms: 500.0,
+                first_frame_timeout_ms: 10_000.0,
+                publishers: vec![PublisherReport {
+                    room: "video-0".into(),
+                    connected: true,
+                    ..PublisherReport::default()
+                }],
+            }),
             notes: vec![],
         }
     }
@@ -404,7 +489,8 @@ pub(crate) mod tests {
                 "targets",
                 "thresholds",
                 "timeline",
-                "tool"
+                "tool",
+                "video"
             ]
         );
         assert_eq!(
@@ -438,7 +524,40 @@ pub(crate) mod tests {
                 "server_cpu_pct",
                 "server_rss_mib",
                 "t_s",
+                "video_frames_per_s",
+                "video_freezes_per_s",
+                "video_subscribers",
+                "video_ttff_p50_ms",
+                "video_ttff_p99_ms",
                 "viewers_joined"
+            ]
+        );
+        assert_eq!(
+            keys(&json["video"]),
+            [
+                "audio",
+                "bitrate_bps",
+                "codec",
+                "first_frame_timeout_ms",
+                "fps",
+                "freeze_threshold_ms",
+                "publishers",
+                "simulcast",
+                "target"
+            ]
+        );
+        assert_eq!(keys(&json["video"]["simulcast"][0]), ["bitrate_bps", "rid"]);
+        assert_eq!(
+            keys(&json["video"]["publishers"][0]),
+            [
+                "bytes",
+                "connected",
+                "error",
+                "keyframe_requests",
+                "keyframes",
+                "packets",
+                "room",
+                "video_frames"
             ]
         );
         assert_eq!(
@@ -494,14 +613,25 @@ pub(crate) mod tests {
         let mut old = json;
         if let Some(o) = old.as_object_mut() {
             o.remove("sales");
+            o.remove("video");
         }
         if let Some(o) = old["timeline"][0].as_object_mut() {
-            o.remove("buys_per_s");
-            o.remove("buy_p50_ms");
-            o.remove("buy_p99_ms");
+            for added in [
+                "buys_per_s",
+                "buy_p50_ms",
+                "buy_p99_ms",
+                "video_subscribers",
+                "video_frames_per_s",
+                "video_freezes_per_s",
+                "video_ttff_p50_ms",
+                "video_ttff_p99_ms",
+            ] {
+                o.remove(added);
+            }
         }
         let back: Report = serde_json::from_value(old).expect("older schema-1 report");
         assert!(back.sales.is_empty());
+        assert!(back.video.is_none());
     }
 
     #[test]
@@ -516,6 +646,49 @@ pub(crate) mod tests {
         assert!(diff.contains("+50.0"), "{diff}");
         assert!(diff.contains("gone"), "{diff}");
         assert!(baseline_diff(&serde_json::json!({}), &sample_report()).is_err());
+    }
+
+    #[test]
+    fn baseline_diff_compares_video_metrics() {
+        let old = serde_json::json!({
+            "schema_version": 1,
+            "scenario": {"name": "video-fanout"},
+            "metrics": {"video_ttff_p99_ms": 400.0, "video_freezes": 0.0, "video_loss_pct_max": 0.5}
+        });
+        let mut now = sample_report();
+        now.metrics.insert("video_ttff_p99_ms".into(), 600.0);
+        now.metrics.insert("video_freezes".into(), 3.0);
+        now.metrics.insert("video_loss_pct_max".into(), 0.25);
+        let diff = baseline_diff(&old, &now).expect("diff");
+        let line = |name: &str| {
+            diff.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("{name} in {diff}"))
+                .split_whitespace()
+                .skip(1)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(line("video_ttff_p99_ms"), ["400", "600", "200", "+50.0"]);
+        // From 0: the change, and no percentage.
+        assert_eq!(line("video_freezes"), ["0", "3", "3", "-"]);
+        assert_eq!(
+            line("video_loss_pct_max"),
+            ["0.500", "0.250", "-0.250", "-50.0"]
+        );
+    }
+
+    #[test]
+    fn summary_lists_video_metrics_in_order() {
+        let mut r = sample_report();
+        r.metrics.insert("video_subscribers_held".into(), 100.0);
+        r.metrics.insert("video_freezes".into(), 0.0);
+        r.metrics.insert("video_loss_pct_max".into(), 0.125);
+        let text = r.summary();
+        let held = text.find("video_subscribers_held").expect("held");
+        let loss = text.find("video_loss_pct_max").expect("loss");
+        let freezes = text.find("video_freezes").expect("freezes");
+        assert!(held < loss && loss < freezes, "{text}");
+        assert!(text.contains("0.125"), "{text}");
     }
 
     #[test]

@@ -12,15 +12,30 @@
 //! on the [`PressSchedule`](crate::sale::PressSchedule), timed on the server's clock; after
 //! the drain the sale's order-event stream is read as a consumer group and judged
 //! ([`crate::sale::judge`]).
+//!
+//! With a `video` behaviour, a synthetic WHIP publisher starts in every room before the
+//! first arrival, and the viewers in the share also subscribe over WHEP at their arrival
+//! time (beside their WebSocket join). Each subscriber's frames are accounted as they
+//! arrive ([`crate::video::FrameAccount`]: freezes, frames never completed), its time to
+//! first frame runs from its scheduled arrival, and its packet loss is read from the SDK's
+//! sequence counters after the publishers stopped and a drain let retransmissions land.
 
 use crate::admin::{self, Claims};
 use crate::metrics::{lock, round3, LatencyRecorder, Percentiles};
-use crate::report::{MachineInfo, Report, SaleReport, Sample, ScenarioInfo, ServerInfo};
+use crate::report::{
+    MachineInfo, PublisherReport, Report, SaleReport, Sample, ScenarioInfo, ServerInfo,
+    VideoLayerInfo, VideoReport,
+};
 use crate::sale::{self, BuyOutcome, Press, PressPolicy, PressSchedule, ToldReservation};
-use crate::scenario::{pick_weighted, spread, Behaviour, BuySettings, Scenario, ScenarioError};
+use crate::scenario::{
+    pick_weighted, spread, Behaviour, BuySettings, Scenario, ScenarioError, VideoCodecName,
+    VideoSettings, PUBLISHER_CONNECT_TIMEOUT,
+};
 use crate::schedule::ArrivalSchedule;
 use crate::system::{self, SpawnConfig, SpawnedServer, TargetError};
 use crate::thresholds::evaluate;
+use crate::video::{self, FrameAccount, Loss, SubscriberOutcome};
+use ferry_client::media::{self, Kind, MediaError, PeerState, Publisher, SubscribeOptions};
 use ferry_client::protocol::commerce::SaleSpec;
 use ferry_client::protocol::RoomEvent;
 use ferry_client::{Client, ClientError, ClientOptions, Event, Events};
@@ -41,6 +56,17 @@ const MAX_ERROR_KINDS: usize = 64;
 const PRESS_GIVE_UP: Duration = Duration::from_secs(10);
 /// Retries of a press after `unavailable`, a timeout or a lost connection.
 const PRESS_RETRIES: u32 = 3;
+/// After the video window: packets in flight and retransmissions land before loss is read.
+const VIDEO_DRAIN: Duration = Duration::from_secs(1);
+/// Complete frames (video and audio) a subscriber buffers for the harness's accounting; a
+/// consumer this far behind loses frames from the accounting (`video_frames_unobserved`).
+const VIDEO_FRAME_BUFFER: usize = 256;
+/// A subscriber's frame rate counts once it has watched this long.
+const VIDEO_FPS_MIN_SPAN: Duration = Duration::from_secs(1);
+/// Longest wait for a WHIP/WHEP session's `DELETE` at the end.
+const VIDEO_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The server's counter of RTP packets its SFU sent to subscribers.
+const SFU_FORWARDED_METRIC: &str = "ferry_sfu_packets_forwarded_total";
 
 /// How to run a scenario (the command line's choices).
 #[derive(Clone, Debug)]
@@ -163,6 +189,33 @@ struct Ctx {
     viewers: Mutex<Vec<Arc<Viewer>>>,
     /// The flash sale, with a `buy` behaviour.
     buy: Option<BuyCtx>,
+    /// Live video, with a `video` behaviour.
+    video: Option<VideoCtx>,
+}
+
+/// A run's `video` behaviour: where the video is served and what the subscribers measured.
+struct VideoCtx {
+    settings: VideoSettings,
+    /// The first target's HTTP base: publishers and subscribers all use it (an SFU relays
+    /// within its node).
+    base: String,
+    /// Scheduled arrival → first complete frame.
+    ttff: LatencyRecorder,
+    /// A frame's send time (in its payload) → its last packet received (same host clock).
+    frame_latency: LatencyRecorder,
+    /// µs since the start when the video window ended (the publishers stop right after).
+    end_us: AtomicU64,
+    /// Subscribers that failed: WHEP refused or unanswered, no first frame in time.
+    failures: AtomicU64,
+    /// Subscribers receiving now (first frame seen, not ended), and the most at once.
+    receiving: AtomicI64,
+    peak: AtomicI64,
+    /// Frames seen and freezes found so far (for the time series).
+    frames: AtomicU64,
+    freezes: AtomicU64,
+    /// Subscribers that have not reported their outcome yet.
+    pending: AtomicI64,
+    outcomes: Mutex<Vec<SubscriberOutcome>>,
 }
 
 /// Where the host's launch of the sales stands.
@@ -495,6 +548,8 @@ struct Plan {
     churn: Option<Duration>,
     /// Presses Buy in the flash sale.
     buy: bool,
+    /// Also plays the room's video over WHEP.
+    video: bool,
 }
 
 fn plan_for(scenario: &Scenario, index: usize) -> Plan {
@@ -517,6 +572,7 @@ fn plan_for(scenario: &Scenario, index: usize) -> Plan {
             } if in_share(*share) => plan.likes = Some((*every, *count)),
             Behaviour::Churn { share, every } if in_share(*share) => plan.churn = Some(*every),
             Behaviour::Buy(b) if in_share(b.share) => plan.buy = true,
+            Behaviour::Video(v) if in_share(v.share) => plan.video = true,
             _ => {}
         }
     }
@@ -531,6 +587,14 @@ async fn viewer(ctx: Arc<Ctx>, index: usize, intended: Instant) {
         session: Mutex::new(None),
     });
     lock(&ctx.viewers).push(record.clone());
+    let plan = plan_for(&ctx.scenario, index);
+    if plan.video {
+        if let Some(video) = &ctx.video {
+            // Counted before the task starts, so the end of the run waits for it.
+            video.pending.fetch_add(1, Relaxed);
+            tokio::spawn(video_viewer(ctx.clone(), index, room, intended));
+        }
+    }
     let opened = {
         let _permit = ctx.connecting.acquire().await;
         open_session(&ctx, index, room, 0, intended).await
@@ -547,7 +611,6 @@ async fn viewer(ctx: Arc<Ctx>, index: usize, intended: Instant) {
     joined_now(&ctx, true);
     *lock(&record.session) = Some(session.clone());
 
-    let plan = plan_for(&ctx.scenario, index);
     if plan.buy {
         if let Some(buy) = &ctx.buy {
             let presses = buy.schedule.for_viewer(index);
@@ -654,6 +717,243 @@ fn send_likes(ctx: &Arc<Ctx>, session: &Arc<Session>, room: usize, intended: Ins
             Err(e) => ctx.error(format!("like: {}", error_kind(&e))),
         }
     });
+}
+
+/// How a subscriber's watching ended.
+enum VideoEnd {
+    /// The video window ended (the run stopped sending).
+    Window,
+    /// The session ended first (the server closed it, or ICE/DTLS failed).
+    Closed,
+    /// No first frame within `first_frame_timeout` of the arrival time.
+    NoFirstFrame,
+}
+
+/// One WHEP subscriber: watch, report the outcome, and close when the run ends.
+async fn video_viewer(ctx: Arc<Ctx>, index: usize, room: usize, intended: Instant) {
+    let Some(video) = &ctx.video else { return };
+    let (outcome, subscriber) = watch_video(&ctx, video, index, room, intended).await;
+    lock(&video.outcomes).push(outcome);
+    video.pending.fetch_sub(1, Relaxed);
+    if let Some(subscriber) = subscriber {
+        let mut stop = ctx.stop_all.clone();
+        let _ = stop.wait_for(|s| *s).await;
+        let _ = tokio::time::timeout(VIDEO_CLOSE_TIMEOUT, subscriber.close()).await;
+    }
+}
+
+/// Subscribe at the arrival time, account every complete frame until the video window
+/// ends, let retransmissions land, and read the loss. Returns the subscriber to close
+/// (`None` when it is already gone).
+async fn watch_video(
+    ctx: &Arc<Ctx>,
+    video: &VideoCtx,
+    index: usize,
+    room: usize,
+    intended: Instant,
+) -> (SubscriberOutcome, Option<media::Subscriber>) {
+    let mut outcome = SubscriberOutcome::default();
+    let fail = |kind: String| {
+        video.failures.fetch_add(1, Relaxed);
+        ctx.error(format!("video: {kind}"));
+    };
+    let settings = &video.settings;
+    let first_frame_by = intended + settings.first_frame_timeout;
+    let token = match ctx.mint(index, 0) {
+        Ok(t) => t,
+        Err(e) => {
+            fail(e);
+            return (outcome, None);
+        }
+    };
+    let options = SubscribeOptions {
+        bind_ip: system::source_address(index, ctx.scenario.run.per_source),
+        keep_frames: VIDEO_FRAME_BUFFER,
+    };
+    let (called, subscribed) = {
+        let _permit = ctx.connecting.acquire().await;
+        let called = Instant::now();
+        let room = ctx.rooms[room].as_str();
+        let answer = tokio::time::timeout_at(
+            first_frame_by,
+            media::subscribe(&video.base, room, &token, options),
+        )
+        .await;
+        (called, answer)
+    };
+    let mut subscriber = match subscribed {
+        Err(_) => {
+            fail("no WHEP answer before the first-frame timeout".into());
+            return (outcome, None);
+        }
+        Ok(Err(e)) => {
+            fail(media_error_kind(&e));
+            return (outcome, None);
+        }
+        Ok(Ok(s)) => s,
+    };
+    outcome.subscribed = true;
+    let mut account = FrameAccount::new(settings.freeze_threshold);
+    let mut observed = 0u64;
+    let mut stop_sending = ctx.stop_sending.clone();
+    let end = loop {
+        tokio::select! {
+            frame = subscriber.next_frame() => {
+                let Some(frame) = frame else { break VideoEnd::Closed };
+                if frame.kind != Kind::Video {
+                    continue;
+                }
+                let now = Instant::now();
+                observed += 1;
+                video.frames.fetch_add(1, Relaxed);
+                video.frame_latency.record(frame.latency);
+                if !outcome.first_frame {
+                    outcome.first_frame = true;
+                    // The SDK times its first keyframe from the start of `subscribe`; add
+                    // the wait from the scheduled arrival to that call.
+                    let ttff = match subscriber.stats().time_to_first_frame {
+                        Some(t) => called.saturating_duration_since(intended) + t,
+                        None => now.saturating_duration_since(intended),
+                    };
+                    video.ttff.record(ttff);
+                    let n = video.receiving.fetch_add(1, Relaxed) + 1;
+                    video.peak.fetch_max(n, Relaxed);
+                }
+                let before = account.stats().freezes;
+                account.on_frame(now.saturating_duration_since(ctx.start), frame.publisher, frame.frame);
+                video.freezes.fetch_add(account.stats().freezes - before, Relaxed);
+            }
+            _ = tokio::time::sleep_until(first_frame_by), if !outcome.first_frame => {
+                break VideoEnd::NoFirstFrame;
+            }
+            _ = stop_sending.wait_for(|s| *s) => break VideoEnd::Window,
+        }
+    };
+    let now = Instant::now().saturating_duration_since(ctx.start);
+    let freezes_before = account.stats().freezes;
+    match end {
+        VideoEnd::NoFirstFrame => {
+            fail(format!(
+                "no first frame within {:?} of the arrival",
+                settings.first_frame_timeout
+            ));
+            outcome.loss = Loss::of(&subscriber.stats());
+            let _ = tokio::time::timeout(VIDEO_CLOSE_TIMEOUT, subscriber.close()).await;
+            return (outcome, None);
+        }
+        VideoEnd::Closed => {
+            account.finish(now);
+            if outcome.first_frame {
+                outcome.dropped = true;
+                ctx.error("video: session ended by the server");
+            } else {
+                fail("session ended before the first frame".into());
+            }
+        }
+        VideoEnd::Window => {
+            let end = Duration::from_micros(video.end_us.load(Relaxed)).min(now);
+            account.finish(end);
+            if !outcome.first_frame {
+                fail("the run ended before the first frame".into());
+            }
+            outcome.held = outcome.first_frame && subscriber.state() != PeerState::Closed;
+        }
+    }
+    if outcome.first_frame {
+        video.receiving.fetch_sub(1, Relaxed);
+    }
+    // An open gap at the end is a freeze too.
+    video
+        .freezes
+        .fetch_add(account.stats().freezes - freezes_before, Relaxed);
+    // The publishers stop now: packets in flight and retransmissions land, and the frames
+    // still buffered are seen (not accounted: the window is over).
+    if matches!(end, VideoEnd::Window) {
+        let until = Instant::now() + VIDEO_DRAIN;
+        loop {
+            tokio::select! {
+                frame = subscriber.next_frame() => match frame {
+                    Some(f) if f.kind == Kind::Video => observed += 1,
+                    Some(_) => {}
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(until) => break,
+            }
+        }
+    }
+    let stats = subscriber.stats();
+    outcome.loss = Loss::of(&stats);
+    outcome.out_of_order = stats.frames_out_of_order;
+    outcome.unobserved = stats.video_frames.saturating_sub(observed);
+    outcome.frames = account.stats();
+    (outcome, Some(subscriber))
+}
+
+/// A WHEP/WHIP failure without addresses: `refused 503 sfu_full`, `webrtc: ...`.
+fn media_error_kind(e: &MediaError) -> String {
+    match e {
+        MediaError::Refused { status, body } => {
+            let code = serde_json::from_str::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v.pointer("/error/code")?.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            format!("WHEP refused {status} {code}")
+                .trim_end()
+                .to_owned()
+        }
+        other => short_reason(&other.to_string()),
+    }
+}
+
+/// Start a synthetic publisher in every room, each within [`PUBLISHER_CONNECT_TIMEOUT`].
+async fn start_publishers(
+    settings: &VideoSettings,
+    base: &str,
+    rooms: &[String],
+    key: &jsonwebtoken::EncodingKey,
+) -> Vec<(PublisherReport, Option<Publisher>)> {
+    let starts = rooms.iter().enumerate().map(|(i, room)| async move {
+        let mut report = PublisherReport {
+            room: room.clone(),
+            ..PublisherReport::default()
+        };
+        let token = Claims::new(format!("lt-publisher-{i}"), "host", room.as_str()).mint(key);
+        let options = video::publish_options(settings, std::net::Ipv4Addr::LOCALHOST.into());
+        let started = match token {
+            Ok(token) => {
+                video::start_publisher(base, room, &token, options, PUBLISHER_CONNECT_TIMEOUT).await
+            }
+            Err(e) => Err(e),
+        };
+        match started {
+            Ok(publisher) => {
+                report.connected = true;
+                (report, Some(publisher))
+            }
+            Err(e) => {
+                report.error = Some(e);
+                (report, None)
+            }
+        }
+    });
+    futures_util::future::join_all(starts).await
+}
+
+/// Stop every publisher (`DELETE`, bounded), keeping what each sent.
+async fn stop_publishers(publishers: &mut [(PublisherReport, Option<Publisher>)]) {
+    let stops = publishers.iter_mut().map(|(report, publisher)| async move {
+        let Some(publisher) = publisher.take() else {
+            return;
+        };
+        let stats = publisher.stats();
+        report.video_frames = stats.video_frames;
+        report.keyframes = stats.keyframes;
+        report.packets = stats.packets;
+        report.bytes = stats.bytes;
+        report.keyframe_requests = stats.keyframe_requests;
+        let _ = tokio::time::timeout(VIDEO_CLOSE_TIMEOUT, publisher.close()).await;
+    });
+    futures_util::future::join_all(stops).await;
 }
 
 /// The host: create the product, then in every room join, pin it and launch a sale, all
@@ -953,6 +1253,14 @@ async fn probe_positions(ctx: &Arc<Ctx>) -> Vec<Option<(String, u64)>> {
     out
 }
 
+/// Wait until `pending` is 0 or `until`; returns what is still pending.
+async fn wait_for_zero(pending: &AtomicI64, until: Instant) -> i64 {
+    while pending.load(Relaxed) > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pending.load(Relaxed)
+}
+
 /// Events missing from live, judged sessions (0 means every viewer has everything).
 fn undelivered(ctx: &Ctx) -> u64 {
     let viewers = lock(&ctx.viewers);
@@ -1000,7 +1308,7 @@ async fn progress(
     mut done: watch::Receiver<bool>,
 ) {
     let mut last_t = ctx.start;
-    let mut last = [0u64; 6];
+    let mut last = [0u64; 8];
     let (mut last_cpu, _) = sample_server(pid);
     lock(&state).server_cpu_first = last_cpu;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
@@ -1023,6 +1331,8 @@ async fn progress(
             c.deliveries.load(Relaxed),
             c.errors.load(Relaxed),
             ctx.buy.as_ref().map_or(0, |b| b.answers.load(Relaxed)),
+            ctx.video.as_ref().map_or(0, |v| v.frames.load(Relaxed)),
+            ctx.video.as_ref().map_or(0, |v| v.freezes.load(Relaxed)),
         ];
         let previous = last;
         let rate = |i: usize| round3((current[i] - previous[i]) as f64 / dt);
@@ -1033,6 +1343,10 @@ async fn progress(
             .buy
             .as_ref()
             .and_then(|b| Percentiles::of(&b.latency.take_interval()));
+        let ttff = ctx
+            .video
+            .as_ref()
+            .and_then(|v| Percentiles::of(&v.ttff.take_interval()));
         let (cpu, rss) = sample_server(pid);
         let cpu_pct = match (cpu, last_cpu) {
             (Some(a), Some(b)) => Some(round3(100.0 * (a - b) / dt)),
@@ -1058,10 +1372,18 @@ async fn progress(
             buys_per_s: rate(5),
             buy_p50_ms: buy.as_ref().map(|p| p.p50_ms),
             buy_p99_ms: buy.as_ref().map(|p| p.p99_ms),
+            video_subscribers: ctx
+                .video
+                .as_ref()
+                .map_or(0, |v| v.receiving.load(Relaxed).max(0) as u64),
+            video_frames_per_s: rate(6),
+            video_freezes_per_s: rate(7),
+            video_ttff_p50_ms: ttff.as_ref().map(|p| p.p50_ms),
+            video_ttff_p99_ms: ttff.as_ref().map(|p| p.p99_ms),
         };
         if print {
             eprintln!(
-                "[{:>6.1}s] conns {:>6} in-room {:>6} joins/s {:>7.0} join-fail/s {:>5.0} join p99 {:>8} | comments/s {:>6.0} deliveries/s {:>9.0} latency p99 {:>8} | errors/s {:>5.0}{}{}",
+                "[{:>6.1}s] conns {:>6} in-room {:>6} joins/s {:>7.0} join-fail/s {:>5.0} join p99 {:>8} | comments/s {:>6.0} deliveries/s {:>9.0} latency p99 {:>8} | errors/s {:>5.0}{}{}{}",
                 sample.t_s,
                 sample.connections,
                 sample.viewers_joined,
@@ -1074,6 +1396,16 @@ async fn progress(
                 sample.errors_per_s,
                 match &buy {
                     Some(p) => format!(" | buys/s {:>6.0} buy p99 {:.1}ms", sample.buys_per_s, p.p99_ms),
+                    None => String::new(),
+                },
+                match &ctx.video {
+                    Some(_) => format!(
+                        " | video {} receiving, frames/s {:.0}, freezes/s {:.0}, ttff p99 {}",
+                        sample.video_subscribers,
+                        sample.video_frames_per_s,
+                        sample.video_freezes_per_s,
+                        ttff.as_ref().map_or("-".to_owned(), |p| format!("{:.1}ms", p.p99_ms))
+                    ),
                     None => String::new(),
                 },
                 match (cpu_pct, rss) {
@@ -1100,8 +1432,17 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
         .behaviours
         .iter()
         .any(|b| matches!(b, Behaviour::Churn { .. }));
-    // Client sockets (churn briefly holds two per viewer), the probes, and slack.
-    let needed = (schedule.len() as u64) * if churners { 11 } else { 10 } / 10 + 256;
+    let video_scheduled = match scenario.video() {
+        Some(_) => (0..schedule.len())
+            .filter(|&i| plan_for(scenario, i).video)
+            .count(),
+        None => 0,
+    };
+    // Client sockets (churn briefly holds two per viewer), the probes, a UDP socket per
+    // video subscriber and publisher, and slack.
+    let needed = (schedule.len() as u64) * if churners { 11 } else { 10 } / 10
+        + (video_scheduled + scenario.rooms.count) as u64
+        + 256;
     let fd_limit = system::raise_fd_limit(needed).map_err(RunError::Resources)?;
     if fd_limit < needed {
         return Err(RunError::Resources(format!(
@@ -1120,7 +1461,17 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
     };
     if let Some(spawn) = &options.spawn {
         let mut config = spawn.clone();
-        let mut sets = scenario.server.set.clone();
+        let mut sets = Vec::new();
+        if scenario.video().is_some() {
+            // The SFU's socket and ICE candidate on loopback (by default it offers the
+            // host's default-route address), and a session for every subscriber.
+            sets.push("sfu.udp_listen=127.0.0.1:0".to_owned());
+            sets.push(format!(
+                "sfu.max_sessions={}",
+                (video_scheduled + scenario.rooms.count + 16).max(5000)
+            ));
+        }
+        sets.extend(scenario.server.set.iter().cloned());
         sets.extend(config.sets);
         config.sets = sets;
         let server = SpawnedServer::start(&config, schedule.len() + 1000)
@@ -1179,10 +1530,46 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
             last_answer_ms: AtomicU64::new(0),
         }
     });
+    let key = jsonwebtoken::EncodingKey::from_secret(options.secret.as_bytes());
+    // Video: the publishers start (and lead) before the first arrival.
+    let mut publishers = Vec::new();
+    let mut sfu_forwarded_before = None;
+    let video = match scenario.video() {
+        Some(settings) => {
+            let base = video::http_base(&urls[0])?;
+            if settings.publish {
+                publishers = start_publishers(settings, &base, &rooms, &key).await;
+                if options.progress {
+                    eprintln!(
+                        "ferry-loadtest: {} of {} video publishers connected to {base}",
+                        publishers.iter().filter(|(r, _)| r.connected).count(),
+                        publishers.len()
+                    );
+                }
+                tokio::time::sleep(settings.publish_lead).await;
+            }
+            sfu_forwarded_before = video::server_metric(&base, SFU_FORWARDED_METRIC).await;
+            Some(VideoCtx {
+                settings: settings.clone(),
+                base,
+                ttff: LatencyRecorder::default(),
+                frame_latency: LatencyRecorder::default(),
+                end_us: AtomicU64::new(u64::MAX),
+                failures: AtomicU64::new(0),
+                receiving: AtomicI64::new(0),
+                peak: AtomicI64::new(0),
+                frames: AtomicU64::new(0),
+                freezes: AtomicU64::new(0),
+                pending: AtomicI64::new(0),
+                outcomes: Mutex::new(Vec::new()),
+            })
+        }
+        None => None,
+    };
     let ctx = Arc::new(Ctx {
         scenario: scenario.clone(),
         urls: urls.clone(),
-        key: jsonwebtoken::EncodingKey::from_secret(options.secret.as_bytes()),
+        key,
         start: Instant::now(),
         start_unix_us: unix_us(),
         cutoffs: rooms.iter().map(|_| AtomicU64::new(u64::MAX)).collect(),
@@ -1205,7 +1592,18 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
         errors: Mutex::new(BTreeMap::new()),
         viewers: Mutex::new(Vec::new()),
         buy,
+        video,
     });
+    let mut notes = Vec::new();
+    for (p, _) in &publishers {
+        if let Some(e) = &p.error {
+            ctx.error("video: publisher did not connect");
+            notes.push(format!(
+                "the video publisher in {} did not connect: {e}",
+                p.room
+            ));
+        }
+    }
     if let Some(buy) = &ctx.buy {
         // The host launches the sales when the arrivals end (or at `launch_at`).
         let at = ctx.start + buy.settings.launch_at.unwrap_or(schedule.span());
@@ -1241,7 +1639,6 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
     ));
     let loadgen_cpu_before = system::process_cpu_secs("self");
     let machine_before = system::machine_cpu_secs();
-    let mut notes = Vec::new();
 
     // Arrivals, then hold, bounded by the deadline.
     let deadline = ctx.start + scenario.deadline();
@@ -1272,8 +1669,13 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
             scenario.deadline()
         ));
     }
+    if let Some(video) = &ctx.video {
+        video.end_us.store(ctx.since_start_us(), Relaxed);
+    }
     let _ = stop_sending_tx.send(true);
     let sending_stopped = Instant::now();
+    // The video window is over: the publishers stop, so the subscribers' loss can settle.
+    stop_publishers(&mut publishers).await;
 
     // Likes and joins are aggregated per interval (1 s by default): let the last ones land,
     // then read every room's final position and wait for every viewer to reach it.
@@ -1318,14 +1720,25 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
         tokio::time::sleep(Duration::from_millis(100)).await;
         missing = undelivered(&ctx);
     }
+    // Every video subscriber reports after its own drain.
+    let mut sfu_forwarded_after = None;
+    if let Some(video) = &ctx.video {
+        let until = drain_deadline
+            .max(sending_stopped + VIDEO_DRAIN + Duration::from_secs(2))
+            .min(deadline);
+        let unreported = wait_for_zero(&video.pending, until).await;
+        if unreported > 0 {
+            notes.push(format!(
+                "{unreported} video subscribers had not reported at the end of the drain"
+            ));
+        }
+        sfu_forwarded_after = video::server_metric(&video.base, SFU_FORWARDED_METRIC).await;
+    }
     // The flash sale: every press answered (or the drain is over), then the verdicts.
     let mut sales = Vec::new();
     let mut launched = None;
     if let Some(buy) = &ctx.buy {
-        while buy.pending.load(Relaxed) > 0 && Instant::now() < drain_deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let unanswered = buy.pending.load(Relaxed);
+        let unanswered = wait_for_zero(&buy.pending, drain_deadline).await;
         if unanswered > 0 {
             notes.push(format!(
                 "{unanswered} Buy presses had no final answer at the end of the drain"
@@ -1437,6 +1850,10 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
     if let Some(buy) = &ctx.buy {
         recorders.push(("buy", &buy.latency));
     }
+    if let Some(video) = &ctx.video {
+        recorders.push(("video_ttff", &video.ttff));
+        recorders.push(("video_latency", &video.frame_latency));
+    }
     for (name, recorder) in recorders {
         if let Some(p) = Percentiles::of(&recorder.total()) {
             metrics.extend(p.metrics(name));
@@ -1527,6 +1944,27 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
     if let Some(buy) = &ctx.buy {
         buy_metrics(buy, launched.as_deref(), &sales, &mut put);
     }
+    let publisher_reports: Vec<PublisherReport> = publishers.into_iter().map(|(r, _)| r).collect();
+    if let Some(video) = &ctx.video {
+        let forwarded = match (sfu_forwarded_before, sfu_forwarded_after) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
+        let unobserved = video_metrics(
+            video,
+            video_scheduled,
+            &publisher_reports,
+            forwarded,
+            &mut put,
+        );
+        if unobserved > 0 {
+            notes.push(format!(
+                "{unobserved} video frames completed while the harness was too far behind to \
+                 see them (its frame buffer was full): freezes and missing frames are \
+                 overstated"
+            ));
+        }
+    }
     put("errors", c.errors.load(Relaxed) as f64);
     let st = lock(&progress_state);
     if let (Some(a), Some(b)) = (st.server_cpu_first, st.server_cpu_last) {
@@ -1611,8 +2049,92 @@ pub async fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, Run
         }),
         timeline: samples,
         sales,
+        video: ctx
+            .video
+            .as_ref()
+            .map(|v| video_report(v, publisher_reports)),
         notes,
     })
+}
+
+/// The video section of the report.
+fn video_report(video: &VideoCtx, publishers: Vec<PublisherReport>) -> VideoReport {
+    let s = &video.settings;
+    VideoReport {
+        target: video.base.clone(),
+        codec: match s.codec {
+            VideoCodecName::Vp8 => "vp8",
+            VideoCodecName::H264 => "h264",
+        }
+        .to_owned(),
+        bitrate_bps: s.bitrate_bps,
+        fps: s.fps,
+        simulcast: s
+            .simulcast
+            .iter()
+            .map(|l| VideoLayerInfo {
+                rid: l.rid.clone(),
+                bitrate_bps: l.bitrate_bps,
+            })
+            .collect(),
+        audio: s.audio,
+        freeze_threshold_ms: round3(s.freeze_threshold.as_secs_f64() * 1000.0),
+        first_frame_timeout_ms: round3(s.first_frame_timeout.as_secs_f64() * 1000.0),
+        publishers,
+    }
+}
+
+/// The video metrics: publishers, the server's forwarded packets, and every subscriber's
+/// outcome summed ([`video::summarize`]). Returns the frames the harness did not see.
+fn video_metrics(
+    video: &VideoCtx,
+    scheduled: usize,
+    publishers: &[PublisherReport],
+    forwarded: Option<f64>,
+    put: &mut impl FnMut(&str, f64),
+) -> u64 {
+    if video.settings.publish {
+        put(
+            "video_publishers",
+            publishers.iter().filter(|p| p.connected).count() as f64,
+        );
+        put(
+            "video_publisher_frames",
+            publishers.iter().map(|p| p.video_frames).sum::<u64>() as f64,
+        );
+        put(
+            "video_keyframe_requests",
+            publishers.iter().map(|p| p.keyframe_requests).sum::<u64>() as f64,
+        );
+    }
+    if let Some(f) = forwarded {
+        put("sfu_packets_forwarded", f);
+    }
+    let outcomes = lock(&video.outcomes).clone();
+    put("video_subscribers_scheduled", scheduled as f64);
+    put(
+        "video_subscribe_failures",
+        video.failures.load(Relaxed) as f64,
+    );
+    put(
+        "video_subscribers_peak",
+        video.peak.load(Relaxed).max(0) as f64,
+    );
+    put(
+        "video_sessions_unreported",
+        video.pending.load(Relaxed).max(0) as f64,
+    );
+    for (name, value) in video::summarize(&outcomes, VIDEO_FPS_MIN_SPAN) {
+        put(name, value);
+    }
+    if scheduled > 0 {
+        let first = outcomes.iter().filter(|o| o.first_frame).count();
+        put(
+            "video_first_frame_pct",
+            round3(100.0 * first as f64 / scheduled as f64),
+        );
+    }
+    outcomes.iter().map(|o| o.unobserved).sum()
 }
 
 /// The flash sale's metrics: presses and answers, rates, and the verdicts summed over the
@@ -1714,14 +2236,33 @@ rate = 0.5
 kind = "likes"
 share = 0.5
 every = "1s"
+[[behaviours]]
+kind = "video"
+share = 0.25
 "#,
         )
         .expect("valid");
         let plans: Vec<Plan> = (0..1000).map(|i| plan_for(&scenario, i)).collect();
         let chatters = plans.iter().filter(|p| p.chat.is_some()).count();
         let likers = plans.iter().filter(|p| p.likes.is_some()).count();
+        let watchers = plans.iter().filter(|p| p.video).count();
         assert!((90..=110).contains(&chatters), "{chatters}");
         assert!((480..=520).contains(&likers), "{likers}");
+        assert!((240..=260).contains(&watchers), "{watchers}");
+    }
+
+    #[test]
+    fn whep_refusals_are_named_by_status_and_code() {
+        let refused = MediaError::Refused {
+            status: 503,
+            body: r#"{"error":{"code":"sfu_full","message":"full"}}"#.into(),
+        };
+        assert_eq!(media_error_kind(&refused), "WHEP refused 503 sfu_full");
+        let opaque = MediaError::Refused {
+            status: 502,
+            body: "<html>".into(),
+        };
+        assert_eq!(media_error_kind(&opaque), "WHEP refused 502");
     }
 
     #[test]

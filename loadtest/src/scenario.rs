@@ -211,10 +211,9 @@ pub fn pick_weighted(weights: &BTreeMap<String, f64>, index: usize, salt: f64) -
     weights.keys().last().map(String::as_str)
 }
 
-/// What a viewer does. New kinds plug in here (next: `video`, WHEP subscribers, once
-/// WebRTC lands): a kind is a variant with its settings, validated in
-/// [`Scenario::validate`], planned per viewer in the runner's `plan_for`, and measured with
-/// its own metrics.
+/// What a viewer does. New kinds plug in here: a kind is a variant with its settings,
+/// validated in [`Scenario::validate`], planned per viewer in the runner's `plan_for`, and
+/// measured with its own metrics.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Behaviour {
@@ -249,6 +248,67 @@ pub enum Behaviour {
     /// the viewers press Buy within `window` after the sale's start instant (on the server's
     /// clock). At most one `buy` behaviour per scenario.
     Buy(Box<BuySettings>),
+    /// Live video: a synthetic publisher in every room before the first arrival (optional),
+    /// and a share of the viewers also play the room's video over WHEP. At most one `video`
+    /// behaviour per scenario.
+    Video(Box<VideoSettings>),
+}
+
+/// The `video` behaviour: the synthetic publishers and the WHEP subscribers.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VideoSettings {
+    /// Share of the viewers who also subscribe over WHEP (at their arrival, beside their
+    /// WebSocket join).
+    pub share: f64,
+    /// A gap between two consecutive complete video frames longer than this is a freeze.
+    #[serde(default = "default_freeze_threshold", with = "humantime_serde")]
+    pub freeze_threshold: Duration,
+    /// A subscriber without a first frame this long after its arrival time has failed.
+    #[serde(default = "default_first_frame_timeout", with = "humantime_serde")]
+    pub first_frame_timeout: Duration,
+    /// Start a synthetic WHIP publisher in every room before the first arrival. `false`:
+    /// something else publishes (the run only subscribes).
+    #[serde(default = "yes")]
+    pub publish: bool,
+    /// How long the publishers send before the first viewer arrives.
+    #[serde(default = "default_publish_lead", with = "humantime_serde")]
+    pub publish_lead: Duration,
+    /// The publishers' video codec: `vp8` or `h264` (synthetic payloads shaped like them).
+    #[serde(default)]
+    pub codec: VideoCodecName,
+    /// Video bitrate without simulcast, bits per second.
+    #[serde(default = "default_video_bitrate")]
+    pub bitrate_bps: u64,
+    #[serde(default = "default_fps")]
+    pub fps: u32,
+    /// A keyframe at least this often (and whenever the server asks for one).
+    #[serde(default = "default_keyframe_interval", with = "humantime_serde")]
+    pub keyframe_interval: Duration,
+    /// Also send an Opus-shaped audio track (50 packets/s).
+    #[serde(default = "yes")]
+    pub audio: bool,
+    /// Simulcast layers, lowest first, instead of one stream at `bitrate_bps`.
+    #[serde(default)]
+    pub simulcast: Vec<SimulcastLayerSettings>,
+}
+
+/// The synthetic video's codec.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VideoCodecName {
+    #[default]
+    Vp8,
+    H264,
+}
+
+/// One simulcast layer of the synthetic publisher.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulcastLayerSettings {
+    /// The layer's RTP stream id (`rid`), e.g. `"l"`, `"m"`, `"h"`.
+    pub rid: String,
+    pub bitrate_bps: u64,
 }
 
 /// The `buy` behaviour: the sale the host launches and how viewers press Buy.
@@ -336,6 +396,34 @@ fn default_hold() -> Duration {
     Duration::from_secs(300)
 }
 
+fn yes() -> bool {
+    true
+}
+
+fn default_freeze_threshold() -> Duration {
+    Duration::from_millis(500)
+}
+
+fn default_first_frame_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_publish_lead() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_video_bitrate() -> u64 {
+    1_500_000
+}
+
+fn default_fps() -> u32 {
+    30
+}
+
+fn default_keyframe_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
 fn default_text_bytes() -> usize {
     48
 }
@@ -393,6 +481,23 @@ impl Scenario {
         })
     }
 
+    /// The `video` behaviour, if any (there is at most one).
+    pub fn video(&self) -> Option<&VideoSettings> {
+        self.behaviours.iter().find_map(|b| match b {
+            Behaviour::Video(settings) => Some(settings.as_ref()),
+            _ => None,
+        })
+    }
+
+    /// Time before the first arrival that the video publishers may take at most: their
+    /// connection (bounded by [`PUBLISHER_CONNECT_TIMEOUT`]) and the `publish_lead`.
+    pub fn setup_duration(&self) -> Duration {
+        match self.video() {
+            Some(v) if v.publish => PUBLISHER_CONNECT_TIMEOUT + v.publish_lead,
+            _ => Duration::ZERO,
+        }
+    }
+
     /// When activity ends at the latest, planned: the phases, or the end of the buy window
     /// (launch + countdown + window, plus a second for the launch itself).
     pub fn activity_duration(&self) -> Duration {
@@ -410,7 +515,8 @@ impl Scenario {
         if self.run.deadline > Duration::ZERO {
             return self.run.deadline;
         }
-        self.activity_duration()
+        self.setup_duration()
+            + self.activity_duration()
             + self.run.hold
             + self.run.drain
             + self.run.join_timeout
@@ -523,6 +629,7 @@ impl Scenario {
                     }
                 }
                 Behaviour::Buy(b) => b.validate(&key)?,
+                Behaviour::Video(v) => v.validate(&key)?,
             }
         }
         let buys = self
@@ -532,6 +639,14 @@ impl Scenario {
             .count();
         if buys > 1 {
             return Err(invalid("behaviours", "at most one `buy` behaviour"));
+        }
+        let videos = self
+            .behaviours
+            .iter()
+            .filter(|b| matches!(b, Behaviour::Video(_)))
+            .count();
+        if videos > 1 {
+            return Err(invalid("behaviours", "at most one `video` behaviour"));
         }
         for set in &self.server.set {
             if !set.contains('=') {
@@ -596,6 +711,82 @@ impl BuySettings {
     }
 }
 
+impl VideoSettings {
+    fn validate(&self, key: &str) -> Result<(), ScenarioError> {
+        let at = |field: &str| format!("{key}.{field}");
+        if !(0.0..=1.0).contains(&self.share) {
+            return Err(invalid(at("share"), "must be within 0..=1"));
+        }
+        if !(1..=120).contains(&self.fps) {
+            return Err(invalid(at("fps"), "must be within 1..=120"));
+        }
+        // Below two frame intervals every frame would be a freeze.
+        let two_frames = Duration::from_secs(2) / self.fps;
+        if self.freeze_threshold < two_frames {
+            return Err(invalid(
+                at("freeze_threshold"),
+                format!("must be at least two frame intervals ({two_frames:?} at this fps)"),
+            ));
+        }
+        if self.first_frame_timeout.is_zero() {
+            return Err(invalid(at("first_frame_timeout"), "must be > 0"));
+        }
+        if self.publish_lead > Duration::from_secs(60) {
+            return Err(invalid(at("publish_lead"), "must be at most 60s"));
+        }
+        let bitrate_ok = |b: u64| (MIN_VIDEO_BITRATE..=MAX_VIDEO_BITRATE).contains(&b);
+        if !bitrate_ok(self.bitrate_bps) {
+            return Err(invalid(
+                at("bitrate_bps"),
+                format!("must be within {MIN_VIDEO_BITRATE}..={MAX_VIDEO_BITRATE}"),
+            ));
+        }
+        if self.keyframe_interval < Duration::from_millis(100) {
+            return Err(invalid(at("keyframe_interval"), "must be at least 100ms"));
+        }
+        if self.simulcast.len() > MAX_SIMULCAST_LAYERS {
+            return Err(invalid(
+                at("simulcast"),
+                format!("at most {MAX_SIMULCAST_LAYERS} layers"),
+            ));
+        }
+        for (i, layer) in self.simulcast.iter().enumerate() {
+            let field = at(&format!("simulcast[{i}]"));
+            if layer.rid.is_empty()
+                || layer.rid.len() > 16
+                || !layer.rid.chars().all(|c| c.is_ascii_alphanumeric())
+            {
+                return Err(invalid(field + ".rid", "1-16 characters of [A-Za-z0-9]"));
+            }
+            if self.simulcast[..i].iter().any(|l| l.rid == layer.rid) {
+                return Err(invalid(field + ".rid", "rids must be distinct"));
+            }
+            if !bitrate_ok(layer.bitrate_bps) {
+                return Err(invalid(
+                    field + ".bitrate_bps",
+                    format!("must be within {MIN_VIDEO_BITRATE}..={MAX_VIDEO_BITRATE}"),
+                ));
+            }
+            if i > 0 && layer.bitrate_bps <= self.simulcast[i - 1].bitrate_bps {
+                return Err(invalid(
+                    field + ".bitrate_bps",
+                    "layers go lowest first: each above the one before",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Longest wait for a scenario's video publishers to connect (ICE + DTLS) before the
+/// arrivals start; a publisher not connected by then is noted and the run goes on.
+pub const PUBLISHER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bounds of a synthetic video bitrate (bits per second).
+pub const MIN_VIDEO_BITRATE: u64 = 10_000;
+pub const MAX_VIDEO_BITRATE: u64 = 50_000_000;
+/// Most simulcast layers of a synthetic publisher.
+pub const MAX_SIMULCAST_LAYERS: usize = 3;
+
 /// The shortest comment: the timing marker needs this many bytes.
 pub const MIN_TEXT_BYTES: usize = 24;
 
@@ -644,8 +835,12 @@ duration = "2s"
             format!("{MINIMAL}[[behaviours]]\nkind = \"chat\"\nshare = 0.1\nrate = 1\nspeed = 2\n");
         let err = Scenario::from_toml(&bad_behaviour).expect_err("unknown behaviour key");
         assert!(err.to_string().contains("speed"), "{err}");
-        let unknown_kind = format!("{MINIMAL}[[behaviours]]\nkind = \"video\"\n");
+        let unknown_kind = format!("{MINIMAL}[[behaviours]]\nkind = \"audio\"\n");
         assert!(Scenario::from_toml(&unknown_kind).is_err());
+        let bad_video =
+            format!("{MINIMAL}[[behaviours]]\nkind = \"video\"\nshare = 1\nbitrate = 5\n");
+        let err = Scenario::from_toml(&bad_video).expect_err("unknown video key");
+        assert!(err.to_string().contains("bitrate"), "{err}");
         let bad_buy =
             format!("{MINIMAL}[[behaviours]]\nkind = \"buy\"\nshare = 0.5\nstock = 3\nprice = 1\n");
         let err = Scenario::from_toml(&bad_buy).expect_err("unknown buy key");
@@ -688,6 +883,74 @@ duration = "2s"
     }
 
     #[test]
+    fn video_behaviour_gets_defaults_and_checked_values() {
+        let text = format!("{MINIMAL}[[behaviours]]\nkind = \"video\"\nshare = 0.25\n");
+        let s = Scenario::from_toml(&text).expect("valid");
+        let v = s.video().expect("a video behaviour");
+        assert_eq!(v.freeze_threshold, Duration::from_millis(500));
+        assert_eq!(v.first_frame_timeout, Duration::from_secs(10));
+        assert_eq!(
+            (v.bitrate_bps, v.fps, v.codec),
+            (1_500_000, 30, VideoCodecName::Vp8)
+        );
+        assert!(v.publish && v.audio && v.simulcast.is_empty());
+        // The deadline leaves room for the publishers to connect and lead.
+        assert_eq!(
+            s.setup_duration(),
+            PUBLISHER_CONNECT_TIMEOUT + Duration::from_secs(1)
+        );
+        let plain = Scenario::from_toml(MINIMAL).expect("valid");
+        assert_eq!(s.deadline() - plain.deadline(), s.setup_duration());
+        let simulcast = format!(
+            "{text}codec = \"h264\"\n[[behaviours.simulcast]]\nrid = \"l\"\nbitrate_bps = 150000\n\
+             [[behaviours.simulcast]]\nrid = \"h\"\nbitrate_bps = 1500000\n"
+        );
+        let s = Scenario::from_toml(&simulcast).expect("valid simulcast");
+        let v = s.video().expect("video");
+        assert_eq!(v.codec, VideoCodecName::H264);
+        assert_eq!(v.simulcast.len(), 2);
+        for (extra, key) in [
+            (
+                "freeze_threshold = \"40ms\"\n",
+                "behaviours[0].freeze_threshold",
+            ),
+            ("fps = 0\n", "behaviours[0].fps"),
+            ("bitrate_bps = 5\n", "behaviours[0].bitrate_bps"),
+            (
+                "first_frame_timeout = \"0s\"\n",
+                "behaviours[0].first_frame_timeout",
+            ),
+            (
+                "keyframe_interval = \"10ms\"\n",
+                "behaviours[0].keyframe_interval",
+            ),
+        ] {
+            let err = Scenario::from_toml(&format!("{text}{extra}")).expect_err(extra);
+            assert!(err.to_string().contains(key), "{err}");
+        }
+        let descending = format!(
+            "{text}[[behaviours.simulcast]]\nrid = \"h\"\nbitrate_bps = 1500000\n\
+             [[behaviours.simulcast]]\nrid = \"l\"\nbitrate_bps = 150000\n"
+        );
+        let err = Scenario::from_toml(&descending).expect_err("descending layers");
+        assert!(
+            err.to_string().contains("simulcast[1].bitrate_bps"),
+            "{err}"
+        );
+        let same_rid = format!(
+            "{text}[[behaviours.simulcast]]\nrid = \"l\"\nbitrate_bps = 150000\n\
+             [[behaviours.simulcast]]\nrid = \"l\"\nbitrate_bps = 500000\n"
+        );
+        let err = Scenario::from_toml(&same_rid).expect_err("same rid");
+        assert!(err.to_string().contains("simulcast[1].rid"), "{err}");
+        let bad_codec = format!("{text}codec = \"av1\"\n");
+        assert!(Scenario::from_toml(&bad_codec).is_err());
+        let twice = format!("{text}[[behaviours]]\nkind = \"video\"\nshare = 0.1\n");
+        let err = Scenario::from_toml(&twice).expect_err("two video behaviours");
+        assert!(err.to_string().contains("at most one `video`"), "{err}");
+    }
+
+    #[test]
     fn weighted_picks_follow_weights() {
         let weights: BTreeMap<String, f64> =
             [("en".to_owned(), 3.0), ("zh".to_owned(), 1.0)].into();
@@ -709,6 +972,6 @@ duration = "2s"
                 seen += 1;
             }
         }
-        assert!(seen >= 3, "expected the shipped scenarios, found {seen}");
+        assert!(seen >= 5, "expected the shipped scenarios, found {seen}");
     }
 }

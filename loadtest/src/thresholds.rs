@@ -60,7 +60,7 @@ impl fmt::Display for Threshold {
 
 /// Latency histograms a run records; each gives `<name>_{count,p50_ms,p90_ms,p99_ms,
 /// p999_ms,max_ms,mean_ms}`.
-pub const LATENCY_METRICS: [&str; 7] = [
+pub const LATENCY_METRICS: [&str; 9] = [
     "join",
     "connect",
     "comment_latency",
@@ -68,6 +68,8 @@ pub const LATENCY_METRICS: [&str; 7] = [
     "like_ack",
     "rejoin",
     "buy",
+    "video_ttff",
+    "video_latency",
 ];
 
 /// Every other metric of the report's `metrics` map (documented in `docs/loadtest.md`).
@@ -144,9 +146,49 @@ pub const SALE_METRICS: [&str; 28] = [
     "stream_units_held_max",
 ];
 
+/// The metrics of live video (the `video` behaviour), also in the report's `metrics` map;
+/// the summary prints them in this order.
+pub const VIDEO_METRICS: [&str; 29] = [
+    // The publishers and the server's side.
+    "video_publishers",
+    "video_publisher_frames",
+    "video_keyframe_requests",
+    "sfu_packets_forwarded",
+    // The subscribers: who got in and stayed.
+    "video_subscribers_scheduled",
+    "video_subscribers",
+    "video_first_frames",
+    "video_first_frame_pct",
+    "video_subscribe_failures",
+    "video_subscribers_peak",
+    "video_subscribers_held",
+    "video_drops",
+    // What they received.
+    "video_packets",
+    "video_packets_lost",
+    "video_loss_pct",
+    "video_loss_pct_max",
+    "video_subscribers_lossy",
+    "video_frames",
+    "video_frames_missing",
+    "video_frames_late",
+    "video_frames_out_of_order",
+    "video_frames_unobserved",
+    "video_fps_min",
+    "video_fps_mean",
+    "video_freezes",
+    "video_freeze_total_ms",
+    "video_freeze_max_ms",
+    "video_subscribers_frozen",
+    "video_sessions_unreported",
+];
+
 /// Whether `name` is a metric a report can contain.
 pub fn is_known_metric(name: &str) -> bool {
-    if PLAIN_METRICS.contains(&name) || SALE_METRICS.contains(&name) {
+    if PLAIN_METRICS.contains(&name)
+        || SALE_METRICS.contains(&name)
+        || VIDEO_METRICS.contains(&name)
+    {
         return true;
     }
     LATENCY_METRICS.iter().any(|h| {
@@ -263,6 +305,27 @@ mod tests {
             assert!(is_known_metric(&format!("buy_{name}")), "{name}");
         }
         assert!(!is_known_metric("comment_latency"));
+        // Live video: first frame and frame latency histograms, loss, freezes.
+        for text in [
+            "video_ttff_p99_ms < 3000",
+            "video_latency_p999_ms < 200",
+            "video_loss_pct_max < 1",
+            "video_freezes == 0",
+            "video_freeze_max_ms <= 500",
+            "video_first_frame_pct >= 100",
+            "video_subscribers_held >= 100",
+        ] {
+            let t: Threshold = text.parse().expect(text);
+            assert!(text.starts_with(&t.metric), "{text}");
+        }
+        for typo in [
+            "video_ttff_ms < 1",
+            "video_loss_max < 1",
+            "video_freeze < 1",
+        ] {
+            let err = typo.parse::<Threshold>().expect_err(typo);
+            assert!(err.contains("unknown metric"), "{err}");
+        }
     }
 
     #[test]

@@ -16,7 +16,13 @@ fn scenario_file(name: &str, text: &str) -> std::path::PathBuf {
 
 #[test]
 fn check_accepts_the_shipped_scenarios() {
-    for name in ["smoke", "refugee-wave", "comment-storm", "flash-sale"] {
+    for name in [
+        "smoke",
+        "refugee-wave",
+        "comment-storm",
+        "flash-sale",
+        "video-fanout",
+    ] {
         let path = format!("{}/scenarios/{name}.toml", env!("CARGO_MANIFEST_DIR"));
         let out = Command::new(BIN)
             .args(["check", &path])

@@ -22,9 +22,11 @@
 
 use clap::Parser;
 use ferry_client::media::{self, PublishOptions, SubscribeOptions, Subscriber, VideoCodec};
+use ferry_loadtest::admin::Claims;
 use ferry_loadtest::system::{
     machine, machine_cpu_secs, process_cpu_secs, SpawnConfig, SpawnedServer,
 };
+use ferry_loadtest::video::{self, Loss};
 use serde::Serialize;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
@@ -32,8 +34,6 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const DEV_SECRET: &str = "ferry-dev-secret-change-me";
 
 #[derive(Parser, Debug)]
 #[command(about = "SFU fan-out benchmark: one publisher, N WHEP subscribers")]
@@ -88,46 +88,24 @@ struct Step {
     machine_busy_cores: f64,
 }
 
+/// A token signed with Ferry's development secret.
 fn token(room: &str, user: &str, role: &str) -> String {
-    #[derive(Serialize)]
-    struct Claims<'a> {
-        sub: &'a str,
-        role: &'a str,
-        room: &'a str,
-        exp: u64,
-    }
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-        + 3600;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &Claims {
-            sub: user,
-            role,
-            room,
-            exp,
-        },
-        &jsonwebtoken::EncodingKey::from_secret(DEV_SECRET.as_bytes()),
-    )
-    .unwrap_or_default()
+    let key = jsonwebtoken::EncodingKey::from_secret(ferry_loadtest::runner::DEV_SECRET.as_bytes());
+    Claims::new(user, role, room).mint(&key).unwrap_or_default()
 }
 
-async fn metric(http_base: &str, name: &str) -> f64 {
-    let Ok(r) = media::http::request(http_base, "GET", "/metrics", &[], b"").await else {
-        return 0.0;
-    };
-    r.text()
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// The server's packets forwarded so far (0 when `/metrics` cannot be read).
+async fn forwarded(base: &str) -> f64 {
+    video::server_metric(base, "ferry_sfu_packets_forwarded_total")
+        .await
+        .unwrap_or(0.0)
 }
 
-fn totals(subs: &[Subscriber]) -> (u64, u64) {
-    subs.iter().fold((0, 0), |(r, l), s| {
-        let st = s.stats();
-        (r + st.packets, l + st.packets_lost)
+/// Every subscriber's packet counts, summed.
+fn totals(subs: &[Subscriber]) -> Loss {
+    subs.iter().fold(Loss::default(), |mut sum, s| {
+        sum.add(&Loss::of(&s.stats()));
+        sum
     })
 }
 
@@ -142,7 +120,7 @@ async fn ferry_step(args: &Args, n: usize) -> Result<Step, String> {
         ..SpawnConfig::default()
     };
     let server = SpawnedServer::start(&spawn, n + 100).await?;
-    let base = server.url.replace("ws://", "http://").replace("/ws", "");
+    let base = video::http_base(&server.url).map_err(|e| e.to_string())?;
     let pid = server.pid.to_string();
     let room = "bench";
     let opts = PublishOptions {
@@ -152,13 +130,14 @@ async fn ferry_step(args: &Args, n: usize) -> Result<Step, String> {
         keyframe_interval: Duration::from_secs(2),
         ..PublishOptions::default()
     };
-    let mut publisher = media::publish(&base, room, &token(room, "host", "host"), opts)
-        .await
-        .map_err(|e| format!("publish: {e}"))?;
-    publisher
-        .wait_connected(Duration::from_secs(10))
-        .await
-        .map_err(|e| format!("publisher: {e}"))?;
+    let publisher = video::start_publisher(
+        &base,
+        room,
+        &token(room, "host", "host"),
+        opts,
+        Duration::from_secs(10),
+    )
+    .await?;
     let mut subs = Vec::with_capacity(n);
     let connect_deadline = Instant::now() + Duration::from_secs(60);
     for i in 0..n {
@@ -183,8 +162,8 @@ async fn ferry_step(args: &Args, n: usize) -> Result<Step, String> {
     let connected = subs.iter().filter(|s| s.stats().connected).count();
     // Warm up: keyframes requested, bandwidth estimates settled.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (r0, l0) = totals(&subs);
-    let f0 = metric(&base, "ferry_sfu_packets_forwarded_total").await;
+    let before = totals(&subs);
+    let f0 = forwarded(&base).await;
     let c0 = process_cpu_secs(&pid).unwrap_or(0.0);
     let g0 = process_cpu_secs("self").unwrap_or(0.0);
     let m0 = machine_cpu_secs().map_or(0.0, |m| m.0);
@@ -192,21 +171,20 @@ async fn ferry_step(args: &Args, n: usize) -> Result<Step, String> {
     tokio::time::sleep(args.duration).await;
     let secs = t0.elapsed().as_secs_f64();
     // Metrics are copied once a second: read after the next copy.
-    let (r1, l1) = totals(&subs);
+    let after = totals(&subs);
     let c1 = process_cpu_secs(&pid).unwrap_or(0.0);
     let g1 = process_cpu_secs("self").unwrap_or(0.0);
     let m1 = machine_cpu_secs().map_or(0.0, |m| m.0);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let f1 = metric(&base, "ferry_sfu_packets_forwarded_total").await;
+    let f1 = forwarded(&base).await;
     let forwarded = (f1 - f0) / (secs + 1.1);
     let cores = (c1 - c0) / secs;
     // A subscriber that fell behind has packets waiting in its socket: they are neither
     // received nor (yet) gaps. Stop the publisher, let them drain, then count the whole run.
     publisher.abort();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (r_end, l_end) = totals(&subs);
-    let _ = (l0, l1);
-    let (recv, lost) = (r1 - r0, l_end);
+    let whole_run = totals(&subs);
+    let recv = after.packets - before.packets;
     let step = Step {
         target: "ferry",
         subscribers: n,
@@ -215,11 +193,7 @@ async fn ferry_step(args: &Args, n: usize) -> Result<Step, String> {
         server_cores: cores,
         forwarded_per_cpu_sec: if cores > 0.0 { forwarded / cores } else { 0.0 },
         received_per_sec: recv as f64 / secs,
-        loss: if r_end + lost > 0 {
-            lost as f64 / (r_end + lost) as f64
-        } else {
-            0.0
-        },
+        loss: whole_run.pct() / 100.0,
         connected,
         loadgen_cores: (g1 - g0) / secs,
         machine_busy_cores: (m1 - m0) / secs,
