@@ -56,6 +56,26 @@ fn split_base(base: &str) -> Result<(String, String), MediaError> {
     Ok((authority, path.to_owned()))
 }
 
+/// Where a `Location` sends a request made to `base`: (new base, path). An absolute
+/// `http://` URL names a new base; a path stays on `base`.
+pub fn resolve(base: &str, location: &str) -> Result<(String, String), MediaError> {
+    if location.starts_with("http://") {
+        let (authority, path) = split_base(location)?;
+        let path = if path.is_empty() {
+            "/".to_owned()
+        } else {
+            path
+        };
+        return Ok((format!("http://{authority}"), path));
+    }
+    if location.starts_with('/') {
+        return Ok((base.to_owned(), location.to_owned()));
+    }
+    Err(MediaError::Url(format!(
+        "{location}: only http:// URLs and absolute paths are followed"
+    )))
+}
+
 /// Send one request to `base` + `path` (path may also be an absolute `http://` URL).
 pub async fn request(
     base: &str,
@@ -164,6 +184,15 @@ mod tests {
             ("example.test:80".into(), "/api".into())
         );
         assert!(split_base("https://x").is_err());
+        assert_eq!(
+            resolve("http://a:1", "http://b:2/whep/r").expect("ok"),
+            ("http://b:2".into(), "/whep/r".into())
+        );
+        assert_eq!(
+            resolve("http://a:1", "/whep/r/s").expect("ok"),
+            ("http://a:1".into(), "/whep/r/s".into())
+        );
+        assert!(resolve("http://a:1", "https://b/whep/r").is_err());
         let r = parse_response(
             b"HTTP/1.1 201 Created\r\nLocation: /whip/r/1\r\nLink: <stun:a>\r\nLink: <stun:b>\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
         )
