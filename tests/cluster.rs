@@ -542,15 +542,10 @@ async fn killed_publisher_node_ends_the_stream_when_its_live_lease_lapses() {
     );
     a.kill();
     let killed = std::time::Instant::now();
-    let reason = wait_for(&mut events, |e| match e {
-        Event::Room {
-            event: RoomEvent::StreamEnded { reason },
-            ..
-        } => Some(*reason),
-        _ => None,
-    })
-    .await;
-    assert_eq!(reason, ferry::protocol::StreamEndReason::Timeout);
+    assert_eq!(
+        wait_stream_ended(&mut events).await,
+        ferry::protocol::StreamEndReason::Timeout
+    );
     let took = killed.elapsed();
     // Lapses after at most one lease (1 s) past the last renewal, found within half a lease.
     assert!(

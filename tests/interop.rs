@@ -8,14 +8,13 @@
 
 mod common;
 
-use common::{wait_for, TestServer, WAIT};
-use ferry::protocol::{Role, RoomEvent, StreamEndReason};
-use ferry_client::media::{self, SubscribeOptions, SubscriberStats};
-use ferry_client::Event;
+use common::{wait_stats, wait_stream_ended, TestServer, WAIT};
+use ferry::protocol::{Role, StreamEndReason};
+use ferry_client::media::{self, SubscribeOptions};
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const PUBLISHER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gst_whip_publish.py");
@@ -64,25 +63,6 @@ fn host_ip() -> IpAddr {
         .ok()
         .filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
         .expect("a non-loopback IPv4 interface (GStreamer's ICE agent ignores loopback)")
-}
-
-async fn wait_stats(
-    v: &media::Subscriber,
-    what: &str,
-    pred: impl Fn(&SubscriberStats) -> bool,
-) -> SubscriberStats {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let st = v.stats();
-        if pred(&st) {
-            return st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {st:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A GStreamer publisher goes live in `room`, an SDK viewer gets its video and audio, and
@@ -156,15 +136,7 @@ async fn gstreamer_publishes(codec: &str) {
     assert!(st.loss_ratio() < 0.01, "loopback loses nothing: {st:#?}");
 
     // The publisher leaves (its DELETE): viewers are told.
-    let reason = wait_for(&mut events, |e| match e {
-        Event::Room {
-            event: RoomEvent::StreamEnded { reason },
-            ..
-        } => Some(*reason),
-        _ => None,
-    })
-    .await;
-    assert_eq!(reason, StreamEndReason::Left);
+    assert_eq!(wait_stream_ended(&mut events).await, StreamEndReason::Left);
     let status = tokio::time::timeout(WAIT, child.wait())
         .await
         .expect("the publisher exits")
