@@ -44,6 +44,11 @@ pub struct ServerConfig {
     /// Serve the viewer and host pages and the browser SDK (`/watch/{room}`, `/host/{room}`,
     /// `/sdk/*`, `/pages/*`). Off for nodes that only carry API and WebSocket traffic.
     pub pages: bool,
+    /// This node's HTTP base URL as clients reach it (`https://node-a.example.com`), for
+    /// redirects: while a room's publisher is on this node, WHEP requests at other nodes are
+    /// answered `307` to `<public_url>/whep/{room}`. Empty: never redirected to (viewers
+    /// must reach this node themselves).
+    pub public_url: String,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +59,7 @@ impl Default for ServerConfig {
             drain_timeout: Duration::from_secs(10),
             listen_backlog: 4096,
             pages: true,
+            public_url: String::new(),
         }
     }
 }
@@ -458,6 +464,11 @@ pub struct SfuConfig {
     pub max_sdp_bytes: usize,
     /// SO_RCVBUF / SO_SNDBUF of the UDP socket (the kernel may cap it at rmem_max/wmem_max).
     pub socket_buffer_bytes: usize,
+    /// How long a room stays live in the engine unless the node hosting its publisher renews
+    /// it (every third of this). When a node dies with a publisher, viewers get
+    /// `stream_ended` (reason `timeout`) within about 1.5x this.
+    #[serde(with = "humantime_serde")]
+    pub live_lease: Duration,
 }
 
 impl Default for SfuConfig {
@@ -481,6 +492,7 @@ impl Default for SfuConfig {
             cors_origins: vec!["*".to_owned()],
             max_sdp_bytes: 32 * 1024,
             socket_buffer_bytes: 4 * 1024 * 1024,
+            live_lease: Duration::from_secs(10),
         }
     }
 }
@@ -913,6 +925,19 @@ impl Config {
         }
         if v.max_sdp_bytes < 1024 {
             return bad("sfu.max_sdp_bytes", "must be at least 1024");
+        }
+        if v.live_lease < Duration::from_millis(300) {
+            return bad("sfu.live_lease", "must be at least 300ms");
+        }
+        let url = &self.server.public_url;
+        if !url.is_empty()
+            && !((url.starts_with("http://") || url.starts_with("https://"))
+                && url.parse::<axum::http::Uri>().is_ok())
+        {
+            return bad(
+                "server.public_url",
+                "must be an http:// or https:// URL like https://node-a.example.com",
+            );
         }
         let t = &self.translation;
         for (i, l) in t.languages.iter().enumerate() {

@@ -97,6 +97,10 @@ impl From<EngineError> for ApiError {
                 "moderation_queue_full",
                 e.to_string(),
             ),
+            // Only the SFU's live-state changes get these; no HTTP route publishes one.
+            e @ (EngineError::LiveElsewhere | EngineError::NotLive) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            }
         }
     }
 }

@@ -18,7 +18,7 @@
 //! is [`crate::ws`]).
 
 use crate::config::Config;
-use crate::engine::{Engine, EngineError, History, Publication, RoomRecord};
+use crate::engine::{Engine, EngineError, History, Publication, RoomRecord, StateChange};
 use crate::limits::{TokenBucket, UserLimits};
 use crate::metrics::Metrics;
 use crate::room::audience::{self, Audience};
@@ -323,8 +323,18 @@ impl Hub {
         room: &RoomId,
         event: &RoomEvent,
     ) -> Result<StreamPosition, EngineError> {
+        self.publish_with(room, event, state_change_of(event)).await
+    }
+
+    /// [`Hub::publish`] with a state change of the caller's choice instead of the event's
+    /// own (the SFU's conditional live changes: `LiveEnd`, `LiveLapsed`).
+    pub async fn publish_with(
+        &self,
+        room: &RoomId,
+        event: &RoomEvent,
+        change: Option<StateChange>,
+    ) -> Result<StreamPosition, EngineError> {
         let body = Bytes::from(serde_json::to_vec(event).unwrap_or_default());
-        let change = state_change_of(event);
         let result = self.engine.publish(room, body, change).await;
         match &result {
             Ok(_) => self.metrics.events_published.fetch_add(1, Relaxed),
@@ -443,7 +453,10 @@ fn engine_join_error(metrics: &Metrics, e: EngineError) -> JoinError {
             ErrorCode::Unavailable,
             format!("temporarily unavailable, retry: {why}"),
         ),
-        e @ (EngineError::NotHeld | EngineError::HeldQueueFull) => {
+        e @ (EngineError::NotHeld
+        | EngineError::HeldQueueFull
+        | EngineError::LiveElsewhere
+        | EngineError::NotLive) => {
             let (code, _) = e.wire_code();
             JoinError::Refused(code, e.to_string())
         }

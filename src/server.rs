@@ -253,7 +253,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     );
     commerce.spawn_sweeper();
     let sfu = if config.sfu.enabled {
-        Some(Sfu::start(config.sfu.clone(), hub.clone()).await?)
+        let host = crate::engine::LiveHost {
+            node: node.clone(),
+            url: config.server.public_url.trim_end_matches('/').to_owned(),
+        };
+        Some(Sfu::start(config.sfu.clone(), hub.clone(), host).await?)
     } else {
         None
     };

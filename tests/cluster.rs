@@ -1,5 +1,7 @@
 //! A Ferry cluster: several `ferry serve` processes on one Redis. Delivery across nodes,
-//! presence across nodes, a node killed with SIGKILL, Redis restarted, Redis unreachable.
+//! presence across nodes, a node killed with SIGKILL, Redis restarted, Redis unreachable;
+//! video across nodes: a node killed with a live publisher ends the stream when its live
+//! lease lapses, and WHEP viewers are redirected to the node hosting the publisher.
 
 mod common;
 
@@ -22,11 +24,24 @@ struct Node {
 
 impl Node {
     async fn start(name: &str, redis_url: &str) -> Node {
+        Node::start_with(name, redis_url, |_| Vec::new()).await
+    }
+
+    /// A node with extra `--set` overrides, made from its own address (`http://host:port`).
+    async fn start_with(
+        name: &str,
+        redis_url: &str,
+        sets: impl FnOnce(&str) -> Vec<String>,
+    ) -> Node {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("free port");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let extra: Vec<String> = sets(&format!("http://{addr}"))
+            .into_iter()
+            .flat_map(|kv| ["--set".to_owned(), kv])
+            .collect();
         let child = Command::new(BIN)
             .args(["serve", "--listen", &addr.to_string(), "--node-id", name])
             .args(["--set", "engine.kind=redis"])
@@ -38,6 +53,8 @@ impl Node {
             .args(["--set", "limits.command_rate=1000"])
             .args(["--set", "limits.command_burst=1000"])
             .args(["--set", "server.drain_timeout=1s"])
+            .args(["--set", "sfu.udp_listen=127.0.0.1:0"])
+            .args(&extra)
             .env("FERRY_REDIS__URLS", redis_url)
             .env("FERRY_COMMERCE__JOURNAL_PATH", "")
             .env(
@@ -72,6 +89,10 @@ impl Node {
 
     fn url(&self) -> String {
         format!("ws://{}/ws", self.addr)
+    }
+
+    fn http_base(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     fn kill(&mut self) {
@@ -464,4 +485,172 @@ async fn flash_sale_across_nodes_sells_exactly_the_stock() {
             .collect();
         assert_eq!(ids, reserved);
     }
+}
+
+/// A synthetic SDK publisher live in `room` on `node`.
+async fn go_live(node: &Node, room: &str) -> ferry_client::media::Publisher {
+    let token = token_for(&test_config(), room, "host", Role::Host);
+    let opts = ferry_client::media::PublishOptions {
+        video_bitrate_bps: 200_000,
+        ..ferry_client::media::PublishOptions::default()
+    };
+    let mut p = ferry_client::media::publish(&node.http_base(), room, &token, opts)
+        .await
+        .expect("publish");
+    p.wait_connected(WAIT).await.expect("publisher connects");
+    p
+}
+
+/// Wait until a WebSocket join on `node` says the room is live (the publisher's node has
+/// published `stream_started`).
+async fn wait_live(node: &Node, room: &str) {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let (c, _e) = client(vec![node.url()], room, "probe", Role::Viewer);
+            if let Ok(j) = c.join(room).await {
+                if j.state.live {
+                    return;
+                }
+            }
+            c.close();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the room goes live");
+}
+
+/// SIGKILL of the node hosting a live publisher: its live lease lapses, another node
+/// publishes `stream_ended` (reason `timeout`) once, and late joiners see the room not live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_publisher_node_ends_the_stream_when_its_live_lease_lapses() {
+    let redis = RedisServer::start(false);
+    let lease = |_: &str| vec!["sfu.live_lease=1s".to_owned()];
+    let mut a = Node::start_with("a", &redis.url(), lease).await;
+    let b = Node::start_with("b", &redis.url(), lease).await;
+    let c = Node::start_with("c", &redis.url(), lease).await;
+    let publisher = go_live(&a, "crash").await;
+    wait_live(&b, "crash").await;
+    let (viewer, mut events) = client(vec![b.url()], "crash", "viewer", Role::Viewer);
+    assert!(viewer.join("crash").await.expect("join").state.live);
+    // Longer than the lease: renewals keep it live while node a is up.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (steady, _e) = client(vec![c.url()], "crash", "steady", Role::Viewer);
+    assert!(
+        steady.join("crash").await.expect("join").state.live,
+        "a renewed lease keeps the room live"
+    );
+    a.kill();
+    let killed = std::time::Instant::now();
+    assert_eq!(
+        wait_stream_ended(&mut events).await,
+        ferry::protocol::StreamEndReason::Timeout
+    );
+    let took = killed.elapsed();
+    // Lapses after at most one lease (1 s) past the last renewal, found within half a lease.
+    assert!(
+        took < Duration::from_secs(5),
+        "stream ended {took:?} after the kill"
+    );
+    let (late, _e) = client(vec![c.url()], "crash", "late", Role::Viewer);
+    assert!(!late.join("crash").await.expect("join").state.live);
+    // Nodes b and c both sweep: the lapse is published once.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut more = 0;
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(50), events.recv()).await {
+        if matches!(
+            e,
+            Event::Room {
+                event: RoomEvent::StreamEnded { .. },
+                ..
+            }
+        ) {
+            more += 1;
+        }
+    }
+    assert_eq!(more, 0, "stream_ended published once");
+    drop(publisher);
+}
+
+/// A WHEP request at a node without the room's publisher is answered 307 with the hosting
+/// node's WHEP URL; the SDK follows it and plays from that node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whep_at_another_node_is_redirected_to_the_hosting_node() {
+    let redis = RedisServer::start(false);
+    let public = |me: &str| vec![format!("server.public_url={me}")];
+    let a = Node::start_with("a", &redis.url(), public).await;
+    let b = Node::start_with("b", &redis.url(), public).await;
+    let publisher = go_live(&a, "moved").await;
+    wait_live(&b, "moved").await;
+    let viewer = token_for(&test_config(), "moved", "watcher", Role::Viewer);
+    // The raw answer: 307 to node a's endpoint, whatever the offer.
+    let offer = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=recvonly\r\na=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\na=setup:actpass\r\na=rtcp-mux\r\na=rtpmap:96 VP8/90000\r\n";
+    let auth = format!("Bearer {viewer}");
+    let r = ferry_client::media::http::request(
+        &b.http_base(),
+        "POST",
+        "/whep/moved",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/sdp"),
+        ],
+        offer.as_bytes(),
+    )
+    .await
+    .expect("post");
+    assert_eq!(r.status, 307, "{}", r.text());
+    assert_eq!(
+        r.header("location"),
+        Some(format!("{}/whep/moved", a.http_base()).as_str())
+    );
+    // Node a answers its own viewers itself.
+    let mut v = ferry_client::media::subscribe(
+        &b.http_base(),
+        "moved",
+        &viewer,
+        ferry_client::media::SubscribeOptions::default(),
+    )
+    .await
+    .expect("subscribe through b");
+    assert_eq!(v.info.base, a.http_base(), "the session lives on node a");
+    assert!(v.info.location.starts_with("/whep/moved/"));
+    v.wait_connected(WAIT).await.expect("viewer connects");
+    tokio::time::timeout(WAIT, async {
+        while v.stats().video_frames < 10 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("frames from node a");
+    let (_, metrics) = http(b.addr, "GET", "/metrics", None, None).await;
+    assert!(
+        metric_value(&metrics, "ferry_sfu_whep_redirects_total{") >= 2.0,
+        "{metrics}"
+    );
+    assert_eq!(v.close().await.expect("delete on node a"), 200);
+    // When the stream ends, nobody is redirected (the viewer waits on the node it asked).
+    assert_eq!(publisher.close().await.expect("delete"), 200);
+    let r = tokio::time::timeout(WAIT, async {
+        loop {
+            let r = ferry_client::media::http::request(
+                &b.http_base(),
+                "POST",
+                "/whep/moved",
+                &[
+                    ("Authorization", &auth),
+                    ("Content-Type", "application/sdp"),
+                ],
+                offer.as_bytes(),
+            )
+            .await
+            .expect("post");
+            if r.status != 307 {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("redirects stop once the stream ended");
+    assert_ne!(r.status, 307);
 }

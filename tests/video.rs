@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{wait_for, TestServer, WAIT};
+use common::{wait_for, wait_stats, wait_stream_ended, TestServer, WAIT};
 use ferry::protocol::{Role, RoomEvent, StreamEndReason};
 use ferry_client::media::http::{request, HttpResponse};
 use ferry_client::media::{
@@ -45,26 +45,6 @@ async fn subscribe(s: &TestServer, room: &str, user: &str) -> Subscriber {
         .expect("subscribe");
     v.wait_connected(WAIT).await.expect("subscriber connects");
     v
-}
-
-/// Wait until `pred` holds for the subscriber's stats.
-async fn wait_stats(
-    v: &Subscriber,
-    what: &str,
-    pred: impl Fn(&SubscriberStats) -> bool,
-) -> SubscriberStats {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let st = v.stats();
-        if pred(&st) {
-            return st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {st:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn assert_clean(st: &SubscriberStats) {
@@ -174,15 +154,7 @@ async fn stream_events_reach_websocket_viewers_and_a_restarted_publisher_resumes
 
     // The host leaves: viewers are told, the WHEP session stays.
     assert_eq!(first.close().await.expect("delete"), 200);
-    let reason = wait_for(&mut events, |e| match e {
-        Event::Room {
-            event: RoomEvent::StreamEnded { reason },
-            ..
-        } => Some(*reason),
-        _ => None,
-    })
-    .await;
-    assert_eq!(reason, StreamEndReason::Left);
+    assert_eq!(wait_stream_ended(&mut events).await, StreamEndReason::Left);
     let (after_ws, _) = s.client(room, "after-chat", Role::Viewer);
     assert!(!after_ws.join(room).await.expect("join").state.live);
     // Packets already on their way land; then nothing more comes.

@@ -4,14 +4,15 @@
 //! endpoints; the response bodies are the protocol's own types.
 //!
 //! One HTTP/1.1 request per call, over a fresh TCP connection (hyper's client half), bounded
-//! by a timeout. Plain `http://` only, like the SDK's `ws://`.
+//! by a timeout. Plain `http://` only, like the SDK's `ws://`. [`send`] is that request, also
+//! used by the `media` feature's WHIP/WHEP signaling.
 
 use crate::client::ClientError;
 use crate::protocol::commerce::{
     ReservationId, ReservationLookup, ReservationView, RoomSalesPage, SaleId, SaleLookup,
 };
 use crate::protocol::RoomId;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -125,39 +126,82 @@ impl HttpClient {
     }
 
     async fn fetch(&self, path: &str) -> Result<(u16, Bytes), ClientError> {
-        let lost = |e: &dyn std::fmt::Display| {
-            ClientError::Protocol(format!("GET {path} on {}: {e}", self.authority))
-        };
-        let stream = tokio::net::TcpStream::connect(&self.authority)
+        let auth = format!("Bearer {}", self.token);
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("accept", "application/json"),
+        ];
+        let answer = send(&self.authority, "GET", path, &headers, Bytes::new())
             .await
-            .map_err(|e| lost(&e))?;
-        let _ = stream.set_nodelay(true);
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| lost(&e))?;
-        // The connection task ends when the answer has been read (or the call is dropped).
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let request = hyper::Request::get(path)
-            .header(hyper::header::HOST, &self.authority)
-            .header(
-                hyper::header::AUTHORIZATION,
-                format!("Bearer {}", self.token),
-            )
-            .header(hyper::header::ACCEPT, "application/json")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| lost(&e))?;
-        let response = sender.send_request(request).await.map_err(|e| lost(&e))?;
-        let status = response.status().as_u16();
-        let body = http_body_util::Limited::new(response.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| lost(&e))?
-            .to_bytes();
-        Ok((status, body))
+            .map_err(|e| ClientError::Protocol(format!("GET {path} on {}: {e}", self.authority)))?;
+        Ok((answer.status, answer.body))
     }
+}
+
+/// An HTTP answer as [`send`] returns it.
+pub(crate) struct Answer {
+    pub status: u16,
+    /// Header names lowercased, in order (repeated names kept: several `Link`s).
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+/// One HTTP/1.1 request to `authority` (`host:port`) over a fresh TCP connection, on hyper's
+/// client half; the body read is capped at [`MAX_BODY`]. The SDK's only HTTP code: the sale
+/// reads above and WHIP/WHEP signaling (`media::http`) both use it. Not time-bounded:
+/// callers wrap it in their timeout.
+pub(crate) async fn send(
+    authority: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Answer, String> {
+    let stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    // The connection task ends when the answer has been read (or the call is dropped).
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, authority);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = http_body_util::Limited::new(response.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// Percent-encode everything but unreserved characters (ids are plain, but a path segment

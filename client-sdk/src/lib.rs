@@ -8,6 +8,7 @@
 //! event (`RoomEvent::sale_stock`), which drops a late, older one.
 
 pub mod protocol;
+pub mod rtp;
 
 #[cfg(feature = "net")]
 pub mod client;

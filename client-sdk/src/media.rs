@@ -348,7 +348,10 @@ fn client_rtc() -> Rtc {
         .build(Instant::now())
 }
 
-/// Offer, POST, answer: returns the session facts and the socket.
+/// Redirects followed for one WHIP/WHEP POST.
+const MAX_REDIRECTS: usize = 3;
+
+/// Offer, POST (following redirects), answer: returns the session facts and the socket.
 async fn signal(
     base: &str,
     path: &str,
@@ -367,17 +370,35 @@ async fn signal(
         .apply()
         .ok_or_else(|| MediaError::Rtc("nothing to offer".into()))?;
     let auth = format!("Bearer {token}");
-    let resp = http::request(
-        base,
-        "POST",
-        path,
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/sdp"),
-        ],
-        offer.to_sdp_string().as_bytes(),
-    )
-    .await?;
+    let offer_sdp = offer.to_sdp_string();
+    // A node that does not host the room's stream redirects (307) to the one that does: repeat
+    // the POST there (RFC 9725 §4.5), and address the session resource on that node.
+    let mut base = base.to_owned();
+    let mut path = path.to_owned();
+    let mut redirects = 0;
+    let resp = loop {
+        let resp = http::request(
+            &base,
+            "POST",
+            &path,
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/sdp"),
+            ],
+            offer_sdp.as_bytes(),
+        )
+        .await?;
+        let to = resp
+            .header("location")
+            .filter(|_| matches!(resp.status, 307 | 308));
+        match to {
+            Some(to) if redirects < MAX_REDIRECTS => {
+                redirects += 1;
+                (base, path) = http::resolve(&base, to)?;
+            }
+            _ => break resp,
+        }
+    };
     if resp.status != 201 {
         return Err(MediaError::Refused {
             status: resp.status,
@@ -390,7 +411,7 @@ async fn signal(
         .accept_answer(pending, answer)
         .map_err(|e| MediaError::Rtc(e.to_string()))?;
     let info = SessionInfo {
-        base: base.to_owned(),
+        base,
         location: resp.header("location").unwrap_or_default().to_owned(),
         etag: resp.header("etag").unwrap_or_default().to_owned(),
         links: resp.headers_named("link").map(str::to_owned).collect(),

@@ -497,8 +497,13 @@ impl Commerce {
             }
             // Moderator-queue refusals answer only `hold`/`resolve` state changes, which a
             // sale announcement never carries.
-            Err(e @ (EngineError::NotHeld | EngineError::HeldQueueFull)) => {
-                tracing::error!(sale = %view.id, what = what.name(), error = %e, "announcement refused with a moderation error (a bug)");
+            Err(
+                e @ (EngineError::NotHeld
+                | EngineError::HeldQueueFull
+                | EngineError::LiveElsewhere
+                | EngineError::NotLive),
+            ) => {
+                tracing::error!(sale = %view.id, what = what.name(), error = %e, "announcement refused with a moderation or live-state error (a bug)");
             }
             Err(e @ EngineError::Unavailable(_)) => {
                 tracing::warn!(sale = %view.id, what = what.name(), error = %e, "announcement not published; tried again after commerce.announce_retry");
@@ -1005,6 +1010,25 @@ mod tests {
         }
         async fn audience(&self, room: &RoomId) -> Result<BTreeMap<String, u64>, EngineError> {
             self.inner.audience(room).await
+        }
+        async fn claim_live(
+            &self,
+            room: &RoomId,
+            host: &crate::engine::LiveHost,
+            ttl: std::time::Duration,
+        ) -> Result<(), EngineError> {
+            self.inner.claim_live(room, host, ttl).await
+        }
+        async fn renew_live(
+            &self,
+            room: &RoomId,
+            node: &str,
+            ttl: std::time::Duration,
+        ) -> Result<bool, EngineError> {
+            self.inner.renew_live(room, node, ttl).await
+        }
+        async fn lapsed_live(&self, limit: usize) -> Result<Vec<RoomId>, EngineError> {
+            self.inner.lapsed_live(limit).await
         }
         async fn ready(&self) -> bool {
             true

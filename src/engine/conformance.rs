@@ -2,7 +2,7 @@
 //! tests call [`run_all`] with a factory; the checks use fresh random room ids so they can
 //! share a backing store.
 
-use super::{Engine, EngineError, History, StateChange};
+use super::{Engine, EngineError, History, LiveHost, StateChange};
 use bytes::Bytes;
 use ferry_client::protocol::{Epoch, Offset, Pinned, Role, RoomId, UserId, UserRef};
 use std::future::Future;
@@ -35,6 +35,7 @@ where
     concurrent_publishers_get_unique_offsets(e.clone()).await;
     held_comments_resolve_once(&*e).await;
     audience_sums_nodes(&*e).await;
+    live_leases_lapse_and_end_once(&*e).await;
     let small = factory(10).await;
     history_window_is_enforced(&*small).await;
 }
@@ -612,4 +613,106 @@ pub async fn audience_sums_nodes(e: &dyn Engine) {
         e.audience(&r).await.expect("audience"),
         counts(&[("lang:ja", 1)])
     );
+}
+
+/// The live lease: held by the node that claimed it last, renewed only by its holder, shown
+/// while current; a stream is ended once, by its holder or by one lapse sweep, never by a
+/// node that lost the lease.
+pub async fn live_leases_lapse_and_end_once(e: &dyn Engine) {
+    let r = room();
+    e.create_room(&r, "").await.expect("create");
+    let a = LiveHost {
+        node: "node-a".into(),
+        url: "http://a.example".into(),
+    };
+    let b = LiveHost {
+        node: "node-b".into(),
+        url: "http://b.example".into(),
+    };
+    let ttl = Duration::from_millis(400);
+    e.claim_live(&r, &a, ttl).await.expect("claim");
+    e.publish(&r, body(1), Some(StateChange::Live(true)))
+        .await
+        .expect("live");
+    let rec = e.room(&r).await.expect("room").expect("exists");
+    assert!(rec.live);
+    assert_eq!(rec.live_host.as_ref(), Some(&a));
+    // Current: not lapsed, and only the holder renews.
+    assert_eq!(
+        e.publish(&r, body(2), Some(StateChange::LiveLapsed)).await,
+        Err(EngineError::LiveElsewhere)
+    );
+    assert!(e.renew_live(&r, "node-a", ttl).await.expect("renew"));
+    assert!(!e.renew_live(&r, "node-b", ttl).await.expect("renew b"));
+    assert!(!e.lapsed_live(100).await.expect("lapsed").contains(&r));
+    // The publisher moves to node b: node a can no longer end the stream.
+    e.claim_live(&r, &b, ttl).await.expect("claim b");
+    assert!(!e.renew_live(&r, "node-a", ttl).await.expect("renew a"));
+    assert_eq!(
+        e.publish(
+            &r,
+            body(3),
+            Some(StateChange::LiveEnd {
+                node: "node-a".into()
+            })
+        )
+        .await,
+        Err(EngineError::LiveElsewhere)
+    );
+    assert_eq!(
+        e.room(&r).await.expect("room").expect("exists").live_host,
+        Some(b)
+    );
+    // Node b stops renewing (crashed): the lease lapses, the room is found by the sweep and
+    // ended once.
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    let rec = e.room(&r).await.expect("room").expect("exists");
+    assert!(rec.live, "live until the lapse is published");
+    assert_eq!(rec.live_host, None, "a lapsed lease names no host");
+    assert!(e.lapsed_live(100).await.expect("lapsed").contains(&r));
+    e.publish(&r, body(4), Some(StateChange::LiveLapsed))
+        .await
+        .expect("lapse");
+    assert_eq!(
+        e.publish(&r, body(5), Some(StateChange::LiveLapsed)).await,
+        Err(EngineError::NotLive),
+        "a second sweeper publishes nothing"
+    );
+    assert!(!e.lapsed_live(100).await.expect("lapsed").contains(&r));
+    let rec = e.room(&r).await.expect("room").expect("exists");
+    assert!(!rec.live);
+    assert_eq!(rec.live_host, None);
+    assert!(!e
+        .renew_live(&r, "node-b", ttl)
+        .await
+        .expect("renew after lapse"));
+    // A normal end by the holder; a second end is refused.
+    e.claim_live(&r, &a, ttl).await.expect("claim again");
+    e.publish(&r, body(6), Some(StateChange::Live(true)))
+        .await
+        .expect("live again");
+    e.publish(
+        &r,
+        body(7),
+        Some(StateChange::LiveEnd {
+            node: "node-a".into(),
+        }),
+    )
+    .await
+    .expect("end");
+    assert_eq!(
+        e.publish(
+            &r,
+            body(8),
+            Some(StateChange::LiveEnd {
+                node: "node-a".into()
+            })
+        )
+        .await,
+        Err(EngineError::NotLive)
+    );
+    let rec = e.room(&r).await.expect("room").expect("exists");
+    assert!(!rec.live);
+    assert_eq!(rec.live_host, None);
+    assert!(!e.lapsed_live(100).await.expect("lapsed").contains(&r));
 }

@@ -2,7 +2,9 @@
 //! other service. History is lost on restart, and each room gets a fresh random epoch when it
 //! is created, so clients from before a restart are told `recovered: false`, never misled.
 
-use super::{Engine, EngineError, History, Publication, RoomRecord, StateChange, Subscription};
+use super::{
+    Engine, EngineError, History, LiveHost, Publication, RoomRecord, StateChange, Subscription,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -48,12 +50,18 @@ struct MemRoom {
     /// Distinct viewers, counted exactly up to [`UNIQUE_CAP`].
     unique: std::collections::HashSet<UserId>,
     closed_at: Option<Instant>,
+    /// When the live lease (`record.live_host`) lapses unless renewed.
+    lease_until: Option<Instant>,
 }
 
 /// Unique viewers tracked exactly per room; beyond it the count stops growing (bounded memory).
 const UNIQUE_CAP: usize = 1_000_000;
 
 impl MemRoom {
+    fn lease_current(&self, now: Instant) -> bool {
+        self.lease_until.is_some_and(|until| until > now)
+    }
+
     fn trim(&mut self, now: Instant, opts: &MemoryEngineOptions) {
         while self.history.len() > opts.history_size {
             self.history.pop_front();
@@ -147,13 +155,21 @@ impl Engine for MemoryEngine {
                 audience: HashMap::new(),
                 unique: std::collections::HashSet::new(),
                 closed_at: None,
+                lease_until: None,
             }
         });
         Ok((entry.record.clone(), created))
     }
 
     async fn room(&self, room: &RoomId) -> Result<Option<RoomRecord>, EngineError> {
-        Ok(self.inner.rooms.get(room).map(|r| r.record.clone()))
+        let now = Instant::now();
+        Ok(self.inner.rooms.get(room).map(|r| {
+            let mut record = r.record.clone();
+            if !r.lease_current(now) {
+                record.live_host = None;
+            }
+            record
+        }))
     }
 
     async fn publish(
@@ -177,6 +193,17 @@ impl Engine for MemoryEngine {
             Some(StateChange::Hold(_)) if r.record.held.len() >= self.inner.opts.max_held => {
                 return Err(EngineError::HeldQueueFull);
             }
+            Some(StateChange::LiveEnd { .. } | StateChange::LiveLapsed) if !r.record.live => {
+                return Err(EngineError::NotLive);
+            }
+            Some(StateChange::LiveEnd { node })
+                if r.record.live_host.as_ref().is_some_and(|h| h.node != *node) =>
+            {
+                return Err(EngineError::LiveElsewhere);
+            }
+            Some(StateChange::LiveLapsed) if r.lease_current(Instant::now()) => {
+                return Err(EngineError::LiveElsewhere);
+            }
             _ => {}
         }
         let now = Instant::now();
@@ -185,6 +212,9 @@ impl Engine for MemoryEngine {
             r.record.apply(change);
             if matches!(change, StateChange::Close) {
                 r.closed_at = Some(now);
+            }
+            if r.record.live_host.is_none() {
+                r.lease_until = None;
             }
         }
         let publication = Publication {
@@ -337,6 +367,51 @@ impl Engine for MemoryEngine {
             }
         }
         Ok(out)
+    }
+
+    async fn claim_live(
+        &self,
+        room: &RoomId,
+        host: &LiveHost,
+        ttl: Duration,
+    ) -> Result<(), EngineError> {
+        let mut r = self
+            .inner
+            .rooms
+            .get_mut(room)
+            .ok_or(EngineError::RoomNotFound)?;
+        r.record.live_host = Some(host.clone());
+        r.lease_until = Some(Instant::now() + ttl);
+        Ok(())
+    }
+
+    async fn renew_live(
+        &self,
+        room: &RoomId,
+        node: &str,
+        ttl: Duration,
+    ) -> Result<bool, EngineError> {
+        let Some(mut r) = self.inner.rooms.get_mut(room) else {
+            return Ok(false);
+        };
+        // Still ours even if it lapsed, until a sweep has published the lapse.
+        let holds = r.record.live_host.as_ref().is_some_and(|h| h.node == node);
+        if holds {
+            r.lease_until = Some(Instant::now() + ttl);
+        }
+        Ok(holds)
+    }
+
+    async fn lapsed_live(&self, limit: usize) -> Result<Vec<RoomId>, EngineError> {
+        let now = Instant::now();
+        Ok(self
+            .inner
+            .rooms
+            .iter()
+            .filter(|r| r.record.live && !r.record.closed && !r.lease_current(now))
+            .map(|r| r.key().clone())
+            .take(limit)
+            .collect())
     }
 }
 

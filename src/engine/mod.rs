@@ -24,6 +24,7 @@ use ferry_client::protocol::commerce::{PinnedProduct, SaleStock, SaleView};
 use ferry_client::protocol::translation::HeldComment;
 use ferry_client::protocol::{Epoch, Offset, Pinned, RoomId, UserId};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
 
 /// One event in a room's stream, as engines store and deliver it: its position and its JSON
 /// body (a serialized `RoomEvent`), serialized once by the publisher.
@@ -61,8 +62,20 @@ pub enum StateChange {
     /// New stock counters for the room's current sale (ignored when of another sale, or
     /// older than what the state holds: `SaleView::apply_stock`).
     SaleStock(SaleStock),
-    /// The room's video went live (true) or ended (false).
+    /// The room's video went live (true) or ended (false). Ending also drops the live lease.
     Live(bool),
+    /// The stream hosted by `node` ended: like `Live(false)`, but refused with
+    /// [`EngineError::LiveElsewhere`] when another node holds the room's live lease (the
+    /// publisher moved there) and with [`EngineError::NotLive`] when the room is not live, so
+    /// a stale node never ends someone else's stream and `stream_ended` is published once.
+    LiveEnd {
+        node: String,
+    },
+    /// The hosting node stopped renewing the live lease (crashed, or cut off from the engine):
+    /// like `Live(false)`, but refused with [`EngineError::LiveElsewhere`] while the lease is
+    /// current and with [`EngineError::NotLive`] when the room is not live, so of several
+    /// nodes sweeping at once exactly one publishes the lapse's `stream_ended`.
+    LiveLapsed,
     /// Put a comment in the moderator queue. Refused with [`EngineError::HeldQueueFull`] when
     /// the room already holds the engine's `max_held` comments.
     Hold(Box<HeldComment>),
@@ -91,6 +104,9 @@ pub struct RoomRecord {
     pub sale: Option<SaleView>,
     /// A publisher is streaming video into the room.
     pub live: bool,
+    /// The node whose live lease is current (`None`: no lease, or it lapsed). Viewers asking
+    /// another node for the video are redirected to it.
+    pub live_host: Option<LiveHost>,
     /// The moderator queue, oldest first.
     pub held: Vec<HeldComment>,
 }
@@ -123,7 +139,16 @@ impl RoomRecord {
                     sale.apply_stock(stock);
                 }
             }
-            StateChange::Live(live) => self.live = *live,
+            StateChange::Live(live) => {
+                self.live = *live;
+                if !live {
+                    self.live_host = None;
+                }
+            }
+            StateChange::LiveEnd { .. } | StateChange::LiveLapsed => {
+                self.live = false;
+                self.live_host = None;
+            }
             StateChange::Hold(h) => {
                 if !self.held.iter().any(|x| x.id == h.id) {
                     self.held.push((**h).clone());
@@ -132,6 +157,15 @@ impl RoomRecord {
             StateChange::Resolve(id) => self.held.retain(|h| h.id != *id),
         }
     }
+}
+
+/// The node hosting a room's live stream, as the room's live lease records it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LiveHost {
+    /// The hosting node's `server.node_id`.
+    pub node: String,
+    /// Its `server.public_url` (empty: it cannot be redirected to).
+    pub url: String,
 }
 
 /// The answer of a history read.
@@ -166,6 +200,13 @@ pub enum EngineError {
     /// A [`StateChange::Hold`] found the room's moderator queue full.
     #[error("the moderator queue is full")]
     HeldQueueFull,
+    /// A [`StateChange::LiveEnd`] or [`StateChange::LiveLapsed`] found the live lease held
+    /// by another node, or still current.
+    #[error("the room's live lease is held (by another node, or not lapsed)")]
+    LiveElsewhere,
+    /// A [`StateChange::LiveEnd`] or [`StateChange::LiveLapsed`] found the room not live.
+    #[error("the room is not live")]
+    NotLive,
 }
 
 impl EngineError {
@@ -178,6 +219,8 @@ impl EngineError {
             EngineError::Unavailable(_) => (ErrorCode::Unavailable, Some(1000)),
             EngineError::NotHeld => (ErrorCode::NotHeld, None),
             EngineError::HeldQueueFull => (ErrorCode::ModerationQueueFull, Some(5000)),
+            // Only the SFU's own stream events carry live changes; no client command does.
+            EngineError::LiveElsewhere | EngineError::NotLive => (ErrorCode::Internal, None),
         }
     }
 }
@@ -252,4 +295,27 @@ pub trait Engine: Send + Sync + 'static {
 
     /// The room's audience across all nodes (sum of the live reports), keys with count > 0.
     async fn audience(&self, room: &RoomId) -> Result<BTreeMap<String, u64>, EngineError>;
+
+    /// Give the room's live lease to `host` for `ttl`: a publisher went live on that node.
+    /// Replaces any other holder (the newest publisher wins). Taken before `stream_started`
+    /// is published, so a live room always has a lease that lapses if nobody renews it.
+    async fn claim_live(
+        &self,
+        room: &RoomId,
+        host: &LiveHost,
+        ttl: Duration,
+    ) -> Result<(), EngineError>;
+
+    /// Extend `node`'s live lease to `ttl` from now. `false` when the node does not hold it
+    /// (another node took it, or it lapsed and was swept).
+    async fn renew_live(
+        &self,
+        room: &RoomId,
+        node: &str,
+        ttl: Duration,
+    ) -> Result<bool, EngineError>;
+
+    /// Rooms whose live lease has lapsed, at most `limit`. Candidates only: the sweep ends
+    /// each with [`StateChange::LiveLapsed`], which the engine checks again atomically.
+    async fn lapsed_live(&self, limit: usize) -> Result<Vec<RoomId>, EngineError>;
 }

@@ -7,7 +7,8 @@
 //!   sale_id (that sale's id), sale_stock (the newest stock counters of that sale, JSON;
 //!   patches `sale` on read; another sale's stock, or an older one, is not stored),
 //!   sale_rank (the order key of what `sale`/`sale_stock` hold, see `stock_rank`) and
-//!   live ("1" while a publisher streams video into the room)
+//!   live ("1" while a publisher streams video into the room) and its lease: live_node,
+//!   live_url (the hosting node and its public URL), live_until (Redis time, ms)
 //! - `<prefix>:{r}:stream`   STREAM history, entry id `<offset>-1`, field `d` = event body
 //! - `<prefix>:{r}:muted`    HASH  user → until (Unix ms, 0 = until unmuted)
 //! - `<prefix>:{r}:banned`   SET   users
@@ -18,6 +19,10 @@
 //!   `market:ae`...); `…:aud:exp` ZSET node → expiry
 //! - channel `<prefix>:{r}:ch`: each publication as `<offset>:<epoch>:<body>`
 //!
+//! One key outside the rooms' slots: `<prefix>:live`, a ZSET room → live lease expiry (Redis
+//! time, ms), the index the lapse sweep reads. It is only an index: the room's meta hash
+//! decides, atomically with the `stream_ended` it publishes.
+//!
 //! One script per publish assigns the next offset, applies the state change, appends to the
 //! capped stream and publishes (SPUBLISH on a cluster, so a room's traffic touches one shard).
 //! Subscriptions use RESP3 pushes with redis-rs's automatic resubscription; when a room's
@@ -26,7 +31,9 @@
 //! (writes lost in a crash) it moves the room to a new epoch so no client trusts a reused
 //! offset.
 
-use super::{Engine, EngineError, History, Publication, RoomRecord, StateChange, Subscription};
+use super::{
+    Engine, EngineError, History, LiveHost, Publication, RoomRecord, StateChange, Subscription,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -70,6 +77,16 @@ if op == 'resolve' then
 elseif op == 'hold' then
   if redis.call('HLEN', KEYS[5]) >= tonumber(ARGV[10]) then return {-3} end
   redis.call('HSET', KEYS[5], ARGV[7], ARGV[8])
+elseif op == 'liveend' or op == 'lapse' then
+  if redis.call('HGET', KEYS[1], 'live') ~= '1' then return {-5} end
+  if op == 'liveend' then
+    local holder = redis.call('HGET', KEYS[1], 'live_node')
+    if holder and holder ~= ARGV[7] then return {-4} end
+  else
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    if tonumber(redis.call('HGET', KEYS[1], 'live_until') or '0') > now then return {-4} end
+  end
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 if op == 'pin' then redis.call('HSET', KEYS[1], 'pinned', ARGV[7])
@@ -97,7 +114,12 @@ elseif op == 'salestock' then
   if current == ARGV[8] and tonumber(ARGV[9]) > held then
     redis.call('HSET', KEYS[1], 'sale_stock', ARGV[7], 'sale_rank', ARGV[9])
   end
-elseif op == 'live' then redis.call('HSET', KEYS[1], 'live', ARGV[7])
+elseif op == 'live' then
+  redis.call('HSET', KEYS[1], 'live', ARGV[7])
+  if ARGV[7] == '0' then redis.call('HDEL', KEYS[1], 'live_node', 'live_url', 'live_until') end
+elseif op == 'liveend' or op == 'lapse' then
+  redis.call('HSET', KEYS[1], 'live', '0')
+  redis.call('HDEL', KEYS[1], 'live_node', 'live_url', 'live_until')
 elseif op == 'close' then
   redis.call('HSET', KEYS[1], 'closed', '1')
   for i = 1, 5 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
@@ -117,8 +139,35 @@ return 1
 "#;
 
 const SNAPSHOT: &str = r#"
--- KEYS: meta muted banned held
-return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), redis.call('SMEMBERS', KEYS[3]), redis.call('HGETALL', KEYS[4])}
+-- KEYS: meta muted banned held ; the last item is Redis time in ms (for the live lease)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), redis.call('SMEMBERS', KEYS[3]), redis.call('HGETALL', KEYS[4]), now}
+"#;
+
+const LIVE_CLAIM: &str = r#"
+-- KEYS: meta ; ARGV: node url ttl_ms ; returns the lease's expiry (0: no such room)
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local t = redis.call('TIME')
+local untl = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], 'live_node', ARGV[1], 'live_url', ARGV[2], 'live_until', untl)
+return untl
+"#;
+
+const LIVE_RENEW: &str = r#"
+-- KEYS: meta ; ARGV: node ttl_ms ; returns the new expiry, or 0 when the node does not hold it
+if redis.call('HGET', KEYS[1], 'live_node') ~= ARGV[1] then return 0 end
+local t = redis.call('TIME')
+local untl = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'live_until', untl)
+return untl
+"#;
+
+const LIVE_DUE: &str = r#"
+-- KEYS: live index ; ARGV: limit ; rooms whose lease expiry has passed (Redis time)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 "#;
 
 const HISTORY: &str = r#"
@@ -286,6 +335,9 @@ struct Scripts {
     count: redis::Script,
     audience_report: redis::Script,
     audience_read: redis::Script,
+    live_claim: redis::Script,
+    live_renew: redis::Script,
+    live_due: redis::Script,
 }
 
 /// The Redis engine.
@@ -344,6 +396,9 @@ impl RedisEngine {
                 count: redis::Script::new(COUNT),
                 audience_report: redis::Script::new(AUDIENCE_REPORT),
                 audience_read: redis::Script::new(AUDIENCE_READ),
+                live_claim: redis::Script::new(LIVE_CLAIM),
+                live_renew: redis::Script::new(LIVE_RENEW),
+                live_due: redis::Script::new(LIVE_DUE),
             },
         });
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
@@ -356,6 +411,33 @@ impl RedisEngine {
 impl Inner {
     fn key(&self, room: &RoomId, part: &str) -> String {
         format!("{}:{{{}}}:{}", self.opts.prefix, room, part)
+    }
+
+    /// The live-lease index (one key for all rooms; see the module doc).
+    fn live_index(&self) -> String {
+        format!("{}:live", self.opts.prefix)
+    }
+
+    /// Index a room's lease expiry, or drop it from the index (`None`). Best effort: the
+    /// index only finds candidates; the room's meta hash decides.
+    async fn index_live(&self, room: &RoomId, until: Option<i64>) {
+        let Ok(mut conn) = self.live_conn() else {
+            return;
+        };
+        let cmd = match until {
+            Some(u) => redis::cmd("ZADD")
+                .arg(self.live_index())
+                .arg(u)
+                .arg(&room.0)
+                .to_owned(),
+            None => redis::cmd("ZREM")
+                .arg(self.live_index())
+                .arg(&room.0)
+                .to_owned(),
+        };
+        if let Err(e) = conn.cmd::<i64>(&cmd).await {
+            tracing::warn!(%room, error = %e, "cannot update the live-lease index");
+        }
     }
 
     fn channel(&self, room: &RoomId) -> String {
@@ -692,6 +774,8 @@ fn state_args(change: Option<&StateChange>) -> [String; 4] {
         Some(StateChange::Live(live)) => {
             [s("live"), s(if *live { "1" } else { "0" }), s(""), s("")]
         }
+        Some(StateChange::LiveEnd { node }) => [s("liveend"), node.clone(), s(""), s("")],
+        Some(StateChange::LiveLapsed) => [s("lapse"), s(""), s(""), s("")],
         Some(StateChange::Sale(sale)) => [
             s("sale"),
             json(sale),
@@ -791,6 +875,20 @@ impl Engine for RedisEngine {
             live: get("live") == Some("1"),
             ..RoomRecord::default()
         };
+        // The lease counts while its expiry (Redis time) is ahead of Redis's clock.
+        let now = v
+            .get(4)
+            .and_then(|n| redis::from_redis_value::<i64>(n.clone()).ok())
+            .unwrap_or(i64::MAX);
+        let until = get("live_until").and_then(|u| u.parse::<i64>().ok());
+        if let (true, Some(node), Some(until)) = (record.live, get("live_node"), until) {
+            if until > now {
+                record.live_host = Some(LiveHost {
+                    node: node.to_owned(),
+                    url: get("live_url").unwrap_or_default().to_owned(),
+                });
+            }
+        }
         // Stock updates are stored apart from the (larger) sale view they patch.
         if let Some(stock) = get("sale_stock").and_then(|p| serde_json::from_str(p).ok()) {
             record.apply(&StateChange::SaleStock(stock));
@@ -859,7 +957,21 @@ impl Engine for RedisEngine {
             Some(Value::Int(-1)) => return Err(EngineError::RoomClosed),
             Some(Value::Int(-2)) => return Err(EngineError::NotHeld),
             Some(Value::Int(-3)) => return Err(EngineError::HeldQueueFull),
+            Some(Value::Int(-4)) => return Err(EngineError::LiveElsewhere),
+            Some(Value::Int(-5)) => {
+                // A lapse found the room not live: its index entry is stale.
+                if matches!(change, Some(StateChange::LiveLapsed)) {
+                    i.index_live(room, None).await;
+                }
+                return Err(EngineError::NotLive);
+            }
             _ => return Err(EngineError::RoomNotFound),
+        }
+        if matches!(
+            change,
+            Some(StateChange::Live(false) | StateChange::LiveEnd { .. } | StateChange::LiveLapsed)
+        ) {
+            i.index_live(room, None).await;
         }
         let offset = v
             .get(1)
@@ -1000,6 +1112,60 @@ impl Engine for RedisEngine {
             }
         }
         Ok(out)
+    }
+
+    async fn claim_live(
+        &self,
+        room: &RoomId,
+        host: &LiveHost,
+        ttl: Duration,
+    ) -> Result<(), EngineError> {
+        let i = &self.inner;
+        let mut conn = i.live_conn()?;
+        let args = [
+            host.node.clone(),
+            host.url.clone(),
+            ttl.as_millis().to_string(),
+        ];
+        let until: i64 = conn
+            .run(&i.scripts.live_claim, &[i.key(room, "meta")], &args)
+            .await
+            .map_err(unavailable)?;
+        if until == 0 {
+            return Err(EngineError::RoomNotFound);
+        }
+        i.index_live(room, Some(until)).await;
+        Ok(())
+    }
+
+    async fn renew_live(
+        &self,
+        room: &RoomId,
+        node: &str,
+        ttl: Duration,
+    ) -> Result<bool, EngineError> {
+        let i = &self.inner;
+        let mut conn = i.live_conn()?;
+        let args = [node.to_owned(), ttl.as_millis().to_string()];
+        let until: i64 = conn
+            .run(&i.scripts.live_renew, &[i.key(room, "meta")], &args)
+            .await
+            .map_err(unavailable)?;
+        if until == 0 {
+            return Ok(false);
+        }
+        i.index_live(room, Some(until)).await;
+        Ok(true)
+    }
+
+    async fn lapsed_live(&self, limit: usize) -> Result<Vec<RoomId>, EngineError> {
+        let i = &self.inner;
+        let mut conn = i.live_conn()?;
+        let rooms: Vec<String> = conn
+            .run(&i.scripts.live_due, &[i.live_index()], &[limit.to_string()])
+            .await
+            .map_err(unavailable)?;
+        Ok(rooms.into_iter().map(RoomId).collect())
     }
 }
 

@@ -17,6 +17,7 @@ use super::{
 };
 use crate::auth::Claims;
 use crate::config::AutoCreate;
+use crate::engine::{LiveHost, RoomRecord};
 use crate::http::{check_room_id, ApiError};
 use crate::server::AppState;
 use crate::ws::bearer;
@@ -28,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use ferry_client::protocol::{Role, RoomId};
+use std::sync::atomic::Ordering::Relaxed;
 use str0m::change::SdpOffer;
 
 const SDP: &str = "application/sdp";
@@ -318,6 +320,16 @@ async fn create_session(
             .into_response(),
         ));
     }
+    // A viewer whose room's publisher is on another node goes there, offer unread (RFC 9725
+    // §4.5: the client repeats the POST at `Location`).
+    if kind == SessionKind::Subscriber {
+        let record = ensure_room(&app, &room, kind).await?;
+        if let Some(to) = redirect_target(&sfu.host, &record, &room) {
+            sfu.metrics.whep_redirects.fetch_add(1, Relaxed);
+            tracing::debug!(%room, %to, "WHEP redirected to the hosting node");
+            return Ok(redirect(&to));
+        }
+    }
     let text = std::str::from_utf8(&body).map_err(|_| bad_sdp(&app, "the offer is not UTF-8"))?;
     let (sends, receives) = offer_directions(text);
     match kind {
@@ -337,7 +349,9 @@ async fn create_session(
     }
     let offer = SdpOffer::from_sdp_string(text)
         .map_err(|e| bad_sdp(&app, format!("the offer is not valid SDP: {e}")))?;
-    ensure_room(&app, &room, kind).await?;
+    if kind == SessionKind::Publisher {
+        ensure_room(&app, &room, kind).await?;
+    }
     let mut rtc = sfu.new_rtc(kind);
     let answer = rtc
         .sdp_api()
@@ -434,8 +448,36 @@ fn ice_server_links(app: &AppState) -> Vec<String> {
         .collect()
 }
 
+/// Where a viewer of `room` must go instead of this node: the WHEP endpoint of the node whose
+/// live lease is current, when that is another node with a public URL.
+fn redirect_target(me: &LiveHost, record: &RoomRecord, room: &RoomId) -> Option<String> {
+    let host = record.live_host.as_ref()?;
+    if host.node == me.node || host.url.is_empty() {
+        return None;
+    }
+    Some(format!("{}/whep/{}", host.url, room))
+}
+
+/// `307 Temporary Redirect`: the client repeats the same POST (offer, token) at `to`.
+fn redirect(to: &str) -> Response {
+    let mut resp = ApiError::new(
+        StatusCode::TEMPORARY_REDIRECT,
+        "redirect",
+        format!("the room's stream is served by {to}"),
+    )
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(to) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
 /// The room must exist and be open; a publisher creates it when `rooms.auto_create` allows.
-async fn ensure_room(app: &AppState, room: &RoomId, kind: SessionKind) -> Result<(), Response> {
+async fn ensure_room(
+    app: &AppState,
+    room: &RoomId,
+    kind: SessionKind,
+) -> Result<RoomRecord, Response> {
     let engine = app.hub.engine();
     let record = engine
         .room(room)
@@ -467,7 +509,7 @@ async fn ensure_room(app: &AppState, room: &RoomId, kind: SessionKind) -> Result
                 .into_response(),
         );
     }
-    Ok(())
+    Ok(record)
 }
 
 fn caller(app: &AppState, headers: &HeaderMap) -> Result<Caller, Response> {

@@ -96,6 +96,10 @@ struct Peer {
 
 pub struct Driver {
     socket: UdpSocket,
+    /// The address datagrams are handed to str0m as received at: our first ICE candidate.
+    /// str0m discards STUN that arrives "at" an address none of its local candidates has,
+    /// and the socket's own address is not one when it is bound to 0.0.0.0 (the default) or
+    /// sits behind NAT (`sfu.public_addresses`).
     local_addr: SocketAddr,
     router: Router,
     cfg: DriverConfig,
@@ -128,9 +132,11 @@ impl Driver {
         candidates: &[SocketAddr],
     ) -> Self {
         let now = Instant::now();
-        let local_addr = socket
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let local_addr = candidates.first().copied().unwrap_or_else(|| {
+            socket
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        });
         Self {
             socket,
             local_addr,
@@ -775,7 +781,7 @@ impl Driver {
             // out of band): the first packet of a new timestamp carrying either.
             Codec::H264 => {
                 new_ts
-                    && (str0m::format::detect_h264_nalu(&pkt.payload, 7)
+                    && (ferry_client::rtp::h264_carries(&pkt.payload, ferry_client::rtp::H264_SPS)
                         || str0m::format::detect_h264_keyframe(&pkt.payload))
             }
             c if c.is_audio() => true,
@@ -980,7 +986,7 @@ impl Driver {
                 if let Some(p) = self.peers.get_mut(&id) {
                     p.rtc
                         .bwe()
-                        .set_bitrate(Bitrate::kbps(100), Bitrate::bps(desired + desired / 5));
+                        .set_desired_bitrate(Bitrate::bps(desired + desired / 5));
                 }
             }
         }

@@ -31,6 +31,14 @@ pub struct SfuMetrics {
     pub udp_send_errors: AtomicU64,
     /// The UDP socket failed: `/readyz` answers 503.
     pub socket_failed: AtomicBool,
+    /// Rooms whose live lease this node holds (publishers connected here).
+    pub live_leases: AtomicI64,
+    /// Live lease claims and renewals the engine failed (unreachable).
+    pub lease_errors: AtomicU64,
+    /// Streams this node ended because their hosting node stopped renewing the lease.
+    pub lease_lapses: AtomicU64,
+    /// WHEP requests redirected (307) to the node hosting the room's publisher.
+    pub whep_redirects: AtomicU64,
 }
 
 impl SfuMetrics {
@@ -106,6 +114,30 @@ impl SfuMetrics {
             "counter",
             "UDP datagrams the socket failed to send.",
             c(&self.udp_send_errors),
+        );
+        one(
+            "ferry_sfu_live_leases",
+            "gauge",
+            "Rooms whose live lease this node holds (their publisher is connected here).",
+            g(&self.live_leases),
+        );
+        one(
+            "ferry_sfu_live_lease_errors_total",
+            "counter",
+            "Live lease claims and renewals that failed (engine unreachable).",
+            c(&self.lease_errors),
+        );
+        one(
+            "ferry_sfu_live_lease_lapses_total",
+            "counter",
+            "Streams this node ended (stream_ended, reason timeout) because the hosting node stopped renewing its live lease.",
+            c(&self.lease_lapses),
+        );
+        one(
+            "ferry_sfu_whep_redirects_total",
+            "counter",
+            "WHEP requests answered 307 with the URL of the node hosting the room's publisher.",
+            c(&self.whep_redirects),
         );
         let _ = writeln!(out, "# HELP ferry_sfu_keyframe_requests_total Keyframe requests: in = from viewers (PLI/FIR, joins, layer switches), out = sent to publishers after merging and throttling.\n# TYPE ferry_sfu_keyframe_requests_total counter");
         for (dir, v) in [

@@ -12,19 +12,25 @@
 //!   keyframe request merging and throttling, simulcast layer choice, room live/ended.
 //! - [`sdpfrag`]: trickle ICE fragments (PATCH bodies), sans-IO.
 //!
+//! - [`live`]: the room's live state in the engine: the lease of the node hosting the
+//!   publisher (renewed while it is connected, so a crash ends the stream), the stream events,
+//!   and the sweep of lapsed leases.
+//!
 //! Room events: a publisher connecting publishes `stream_started`, the last one leaving
 //! publishes `stream_ended` (through the hub, like every room event), and the room's state
-//! carries `live` for late joiners.
+//! carries `live` for late joiners, and the hosting node for WHEP redirects.
 
 pub mod api;
 pub mod driver;
+pub mod live;
 pub mod metrics;
 pub mod router;
 pub mod sdpfrag;
 
 use crate::config::SfuConfig;
+use crate::engine::LiveHost;
 use crate::hub::Hub;
-use ferry_client::protocol::{RoomEvent, RoomId, StreamEndReason, UserRef};
+use ferry_client::protocol::{RoomId, UserRef};
 use metrics::SfuMetrics;
 use router::{EndReason, RouterConfig};
 use std::net::{IpAddr, SocketAddr};
@@ -164,11 +170,18 @@ pub struct Sfu {
     pub local_addr: SocketAddr,
     /// The ICE candidates every peer is offered.
     candidates: Vec<SocketAddr>,
+    /// This node as live leases name it (WHEP redirects compare and use it).
+    pub host: LiveHost,
 }
 
 impl Sfu {
-    /// Bind the UDP socket, start the driver and the task that publishes room events.
-    pub async fn start(cfg: SfuConfig, hub: Arc<Hub>) -> Result<Arc<Sfu>, SfuStartError> {
+    /// Bind the UDP socket, start the driver and the task that keeps rooms' live state
+    /// (`host`: this node's id and public URL).
+    pub async fn start(
+        cfg: SfuConfig,
+        hub: Arc<Hub>,
+        host: LiveHost,
+    ) -> Result<Arc<Sfu>, SfuStartError> {
         let socket = bind_udp(cfg.udp_listen, cfg.socket_buffer_bytes).map_err(|source| {
             SfuStartError::Bind {
                 addr: cfg.udp_listen,
@@ -204,7 +217,11 @@ impl Sfu {
             &candidates,
         );
         tokio::spawn(driver.run(rx));
-        tokio::spawn(publish_lifecycle(hub, life_rx));
+        let live_cfg = live::LiveConfig {
+            host: host.clone(),
+            lease: cfg.live_lease,
+        };
+        tokio::spawn(live::run(hub, live_cfg, metrics.clone(), life_rx));
         tracing::info!(%local_addr, candidates = ?candidates, "sfu listening (udp)");
         Ok(Arc::new(Sfu {
             cfg,
@@ -212,6 +229,7 @@ impl Sfu {
             metrics,
             local_addr,
             candidates,
+            host,
         }))
     }
 
@@ -332,30 +350,6 @@ fn candidate_addresses(cfg: &SfuConfig, local: SocketAddr) -> Vec<SocketAddr> {
         _ => {
             tracing::warn!("no default route and no sfu.public_addresses: offering 127.0.0.1 only");
             vec![SocketAddr::new(IpAddr::from([127, 0, 0, 1]), local.port())]
-        }
-    }
-}
-
-/// Publish the driver's room life-cycle events through the hub, in order.
-async fn publish_lifecycle(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<Lifecycle>) {
-    while let Some(ev) = rx.recv().await {
-        let (room, event) = match ev {
-            Lifecycle::Started { room, by } => (room, RoomEvent::StreamStarted { by }),
-            Lifecycle::Ended { room, reason } => (
-                room,
-                RoomEvent::StreamEnded {
-                    reason: match reason {
-                        EndReason::Left => StreamEndReason::Left,
-                        EndReason::Timeout => StreamEndReason::Timeout,
-                        EndReason::Replaced => StreamEndReason::Replaced,
-                        EndReason::Shutdown => StreamEndReason::Shutdown,
-                    },
-                },
-            ),
-        };
-        match hub.publish(&room, &event).await {
-            Ok(_) => tracing::info!(%room, event = ?event, "stream event published"),
-            Err(e) => tracing::warn!(%room, error = %e, "cannot publish stream event"),
         }
     }
 }

@@ -144,6 +144,38 @@ pub async fn wait_for<T>(events: &mut Events, mut pred: impl FnMut(&Event) -> Op
     .expect("expected event in time")
 }
 
+/// The reason of the next `stream_ended` room event, skipping others.
+pub async fn wait_stream_ended(events: &mut Events) -> ferry::protocol::StreamEndReason {
+    wait_for(events, |e| match e {
+        Event::Room {
+            event: RoomEvent::StreamEnded { reason },
+            ..
+        } => Some(*reason),
+        _ => None,
+    })
+    .await
+}
+
+/// Wait until `pred` holds for a WHEP subscriber's stats; fails with them after [`WAIT`].
+pub async fn wait_stats(
+    v: &ferry_client::media::Subscriber,
+    what: &str,
+    pred: impl Fn(&ferry_client::media::SubscriberStats) -> bool,
+) -> ferry_client::media::SubscriberStats {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let st = v.stats();
+        if pred(&st) {
+            return st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {st:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Collect the texts of `n` comments in `room`, in arrival order.
 pub async fn collect_comments(events: &mut Events, room: &str, n: usize) -> Vec<String> {
     let room = RoomId::from(room);

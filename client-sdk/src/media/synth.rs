@@ -174,7 +174,7 @@ pub fn starts_keyframe(codec: VideoCodec, payload: &[u8]) -> bool {
     match codec {
         VideoCodec::Vp8 => str0m::format::detect_vp8_keyframe(payload),
         VideoCodec::H264 => {
-            str0m::format::detect_h264_nalu(payload, 7)
+            crate::rtp::h264_carries(payload, crate::rtp::H264_SPS)
                 || str0m::format::detect_h264_keyframe(payload)
         }
     }
