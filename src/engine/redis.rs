@@ -1128,7 +1128,7 @@ impl Engine for RedisEngine {
             ttl.as_millis().to_string(),
         ];
         let until: i64 = conn
-            .run(&i.scripts.live_claim, &[i.key(room, "meta")], &args)
+            .script(&i.scripts.live_claim, &[i.key(room, "meta")], &args)
             .await
             .map_err(unavailable)?;
         if until == 0 {
@@ -1148,7 +1148,7 @@ impl Engine for RedisEngine {
         let mut conn = i.live_conn()?;
         let args = [node.to_owned(), ttl.as_millis().to_string()];
         let until: i64 = conn
-            .run(&i.scripts.live_renew, &[i.key(room, "meta")], &args)
+            .script(&i.scripts.live_renew, &[i.key(room, "meta")], &args)
             .await
             .map_err(unavailable)?;
         if until == 0 {
@@ -1162,7 +1162,7 @@ impl Engine for RedisEngine {
         let i = &self.inner;
         let mut conn = i.live_conn()?;
         let rooms: Vec<String> = conn
-            .run(&i.scripts.live_due, &[i.live_index()], &[limit.to_string()])
+            .script(&i.scripts.live_due, &[i.live_index()], &[limit.to_string()])
             .await
             .map_err(unavailable)?;
         Ok(rooms.into_iter().map(RoomId).collect())
