@@ -598,7 +598,20 @@ pub async fn sigkill_mid_sale(addr: SocketAddr, spawn: impl Fn() -> std::process
         retry: false,
     };
     let buyers = http_buyers(how, told.clone(), stop);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Kill once enough was answered to prove something, well before the 1,000 units sell out
+    // (on a quiet machine 20 buyers sell them in a fraction of a second, so a fixed delay
+    // could find the sale sold out and leave nothing to buy after the restart).
+    tokio::time::timeout(WAIT * 2, async {
+        loop {
+            let (reserved, confirmed) = told.take();
+            if reserved.len() + confirmed.len() >= 100 && !confirmed.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("buyers answered before the kill");
     let killed = std::process::Command::new("kill")
         .args(["-KILL", &child.id().to_string()])
         .status()
