@@ -514,7 +514,8 @@ impl ShowcaseTranslator for Chat {
     async fn translate_pin(&self, room: &RoomId, product: &Product, view: &mut ProductView) {
         let missing: Vec<String> = self
             .hub
-            .audience(room)
+            .audience_anywhere(room)
+            .await
             .langs
             .into_iter()
             .filter(|l| {

@@ -149,6 +149,25 @@ pub struct RoomAudience {
     pub markets: BTreeSet<String>,
 }
 
+impl RoomAudience {
+    /// From `lang:<l>` / `market:<m>` counts (the engine's audience reports); zero counts
+    /// are absent.
+    fn from_counts<'a>(counts: impl Iterator<Item = (&'a String, &'a u64)>) -> RoomAudience {
+        let mut out = RoomAudience::default();
+        for (key, n) in counts {
+            if *n == 0 {
+                continue;
+            }
+            if let Some(l) = key.strip_prefix("lang:") {
+                out.langs.insert(l.to_owned());
+            } else if let Some(m) = key.strip_prefix("market:") {
+                out.markets.insert(m.to_owned());
+            }
+        }
+        out
+    }
+}
+
 /// Settings the hub takes from [`Config`].
 #[derive(Clone, Debug)]
 pub struct HubConfig {
@@ -348,22 +367,29 @@ impl Hub {
 
     /// The languages and markets present in `room`.
     pub fn audience(&self, room: &RoomId) -> RoomAudience {
-        let mut out = RoomAudience::default();
-        if let Some(r) = self.rooms.get(room) {
-            let local = r.local_audience.read();
-            let cluster = r.cluster_audience.read();
-            for (key, n) in local.iter().chain(cluster.iter()) {
-                if *n == 0 {
-                    continue;
-                }
-                if let Some(l) = key.strip_prefix("lang:") {
-                    out.langs.insert(l.to_owned());
-                } else if let Some(m) = key.strip_prefix("market:") {
-                    out.markets.insert(m.to_owned());
-                }
+        match self.rooms.get(room) {
+            Some(r) => {
+                let local = r.local_audience.read();
+                let cluster = r.cluster_audience.read();
+                RoomAudience::from_counts(local.iter().chain(cluster.iter()))
+            }
+            None => RoomAudience::default(),
+        }
+    }
+
+    /// [`Hub::audience`], or, when no member of the room is on this node (a pin through the
+    /// HTTP API at any node), the other nodes' reports read from the engine.
+    pub async fn audience_anywhere(&self, room: &RoomId) -> RoomAudience {
+        if self.rooms.contains_key(room) {
+            return self.audience(room);
+        }
+        match self.engine.audience(room).await {
+            Ok(counts) => RoomAudience::from_counts(counts.iter()),
+            Err(e) => {
+                tracing::warn!(%room, error = %e, "cannot read the room's audience");
+                RoomAudience::default()
             }
         }
-        out
     }
 
     /// The room's moderator queue as this node last saw it.

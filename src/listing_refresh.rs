@@ -169,6 +169,10 @@ impl ListingRefresh {
             tracing::warn!(product = %id, %glossary, market = %rule.market, rule = %rule.rule, "refreshed listing translation breaks a listing rule; previous translations kept");
             return Refreshed::Blocked;
         }
+        if lost_translations(&before, &product) {
+            tracing::warn!(product = %id, %glossary, "listing translation not refreshed: the translator did not answer for every language; previous translations kept");
+            return Refreshed::Failed;
+        }
         if product.translations == before.translations {
             return Refreshed::Unchanged;
         }
@@ -193,6 +197,17 @@ impl ListingRefresh {
             }
         }
     }
+}
+
+/// Whether re-translating lost text `before` had: a language missing, or a description
+/// come back empty (a provider that failed or timed out leaves them out; saving that would
+/// delete translations instead of refreshing them).
+fn lost_translations(before: &Product, after: &Product) -> bool {
+    before.translations.iter().any(|(lang, old)| {
+        after.translations.get(lang).is_none_or(|new| {
+            new.title.is_empty() || (new.description.is_empty() && !old.description.is_empty())
+        })
+    })
 }
 
 #[cfg(test)]
@@ -233,5 +248,38 @@ mod tests {
         assert!(same_listing(&a, &b));
         b.title = "藤编篮 大号".into();
         assert!(!same_listing(&a, &b));
+    }
+
+    #[test]
+    fn a_refresh_missing_a_language_or_a_description_lost_text() {
+        let text =
+            |title: &str, description: &str| ferry_client::protocol::translation::ProductText {
+                title: title.into(),
+                description: description.into(),
+            };
+        let mut before = product("m1", None);
+        before
+            .translations
+            .insert("en".into(), text("rattan basket", "woven by hand"));
+        before.translations.insert("ja".into(), text("籐かご", ""));
+        let mut after = before.clone();
+        assert!(!lost_translations(&before, &after));
+        after
+            .translations
+            .insert("en".into(), text("rattan basket (large)", "woven"));
+        after
+            .translations
+            .insert("es".into(), text("cesta de ratán", ""));
+        assert!(
+            !lost_translations(&before, &after),
+            "changed and added text is no loss"
+        );
+        after.translations.remove("ja");
+        assert!(lost_translations(&before, &after), "a language left out");
+        after.translations.insert("ja".into(), text("籐かご", ""));
+        after
+            .translations
+            .insert("en".into(), text("rattan basket", ""));
+        assert!(lost_translations(&before, &after), "a description left out");
     }
 }

@@ -715,4 +715,25 @@ pub async fn live_leases_lapse_and_end_once(e: &dyn Engine) {
     assert!(!rec.live);
     assert_eq!(rec.live_host, None);
     assert!(!e.lapsed_live(100).await.expect("lapsed").contains(&r));
+    // A room closed while live: its lease is not renewed any more, and the sweep drops it
+    // (at most one refused lapse on the way) instead of finding it again forever.
+    e.claim_live(&r, &a, ttl).await.expect("claim before close");
+    e.publish(&r, body(9), Some(StateChange::Live(true)))
+        .await
+        .expect("live before close");
+    e.publish(&r, body(10), Some(StateChange::Close))
+        .await
+        .expect("close");
+    assert!(!e.renew_live(&r, "node-a", ttl).await.expect("renew closed"));
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    if e.lapsed_live(100).await.expect("lapsed").contains(&r) {
+        assert_eq!(
+            e.publish(&r, body(11), Some(StateChange::LiveLapsed)).await,
+            Err(EngineError::RoomClosed)
+        );
+    }
+    assert!(
+        !e.lapsed_live(100).await.expect("lapsed").contains(&r),
+        "a closed room leaves the sweep's list"
+    );
 }

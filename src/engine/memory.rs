@@ -394,8 +394,9 @@ impl Engine for MemoryEngine {
         let Some(mut r) = self.inner.rooms.get_mut(room) else {
             return Ok(false);
         };
-        // Still ours even if it lapsed, until a sweep has published the lapse.
-        let holds = r.record.live_host.as_ref().is_some_and(|h| h.node == node);
+        // Still ours even if it lapsed, until a sweep has published the lapse; not once the
+        // room is closed (closing ended the stream).
+        let holds = !r.record.closed && r.record.live_host.as_ref().is_some_and(|h| h.node == node);
         if holds {
             r.lease_until = Some(Instant::now() + ttl);
         }

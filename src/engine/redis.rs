@@ -156,7 +156,9 @@ return untl
 
 const LIVE_RENEW: &str = r#"
 -- KEYS: meta ; ARGV: node ttl_ms ; returns the new expiry, or 0 when the node does not hold it
+-- (or the room was closed: closing ended the stream)
 if redis.call('HGET', KEYS[1], 'live_node') ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'closed') == '1' then return 0 end
 local t = redis.call('TIME')
 local untl = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 'live_until', untl)
@@ -952,20 +954,34 @@ impl Engine for RedisEngine {
             .script(&i.scripts.publish, &keys, &args)
             .await
             .map_err(unavailable)?;
+        let lapse = matches!(change, Some(StateChange::LiveLapsed));
         match v.first() {
             Some(Value::Int(1)) => {}
-            Some(Value::Int(-1)) => return Err(EngineError::RoomClosed),
+            Some(Value::Int(-1)) => {
+                // A closed room's lease never ends by a publish: drop it from the index, or
+                // every sweep would find it again (and enough of them would hide real lapses).
+                if lapse {
+                    i.index_live(room, None).await;
+                }
+                return Err(EngineError::RoomClosed);
+            }
             Some(Value::Int(-2)) => return Err(EngineError::NotHeld),
             Some(Value::Int(-3)) => return Err(EngineError::HeldQueueFull),
             Some(Value::Int(-4)) => return Err(EngineError::LiveElsewhere),
             Some(Value::Int(-5)) => {
                 // A lapse found the room not live: its index entry is stale.
-                if matches!(change, Some(StateChange::LiveLapsed)) {
+                if lapse {
                     i.index_live(room, None).await;
                 }
                 return Err(EngineError::NotLive);
             }
-            _ => return Err(EngineError::RoomNotFound),
+            _ => {
+                // The room's keys expired: so did its lease.
+                if lapse {
+                    i.index_live(room, None).await;
+                }
+                return Err(EngineError::RoomNotFound);
+            }
         }
         if matches!(
             change,

@@ -42,6 +42,10 @@ struct Hosted {
     lease: Lease,
     /// Who went live (for a `stream_started` after our own lease lapsed).
     by: UserRef,
+    /// Whether `stream_started` went out. When the engine was unreachable as the host went
+    /// live, it is published with the next successful claim or renewal, or the room would
+    /// never show live (and its end, refused as "not live", would never be announced).
+    announced: bool,
 }
 
 /// What this node knows of a room's lease.
@@ -71,10 +75,9 @@ pub async fn run(
             ev = rx.recv() => match ev {
                 Some(Lifecycle::Started { room, by }) => {
                     let state = claim(&hub, &cfg, lease, &metrics, &room).await;
-                    hosted.insert(room.clone(), Hosted { lease: state, by: by.clone() });
+                    let announced = announce(&hub, &room, &by).await;
+                    hosted.insert(room, Hosted { lease: state, by, announced });
                     metrics.live_leases.store(hosted.len() as i64, Relaxed);
-                    let event = RoomEvent::StreamStarted { by };
-                    log_publish(&room, &event, hub.publish(&room, &event).await);
                 }
                 Some(Lifecycle::Ended { room, reason }) => {
                     hosted.remove(&room);
@@ -133,16 +136,26 @@ async fn renew_all(
         let result = match h.lease {
             Lease::Unclaimed => {
                 let state = claim(hub, cfg, lease, metrics, &room).await;
+                let announced =
+                    h.announced || (state == Lease::Held && announce(hub, &room, &h.by).await);
                 hosted.insert(
                     room,
                     Hosted {
                         lease: state,
                         by: h.by,
+                        announced,
                     },
                 );
                 continue;
             }
-            Lease::Held => engine.renew_live(&room, &cfg.host.node, lease).await,
+            Lease::Held => {
+                if !h.announced && announce(hub, &room, &h.by).await {
+                    if let Some(entry) = hosted.get_mut(&room) {
+                        entry.announced = true;
+                    }
+                }
+                engine.renew_live(&room, &cfg.host.node, lease).await
+            }
         };
         match result {
             Ok(true) => {}
@@ -154,17 +167,15 @@ async fn renew_all(
                 Ok(Some(rec)) if !rec.closed => {
                     tracing::warn!(%room, "our live lease lapsed while the publisher is here; taking it again");
                     let state = claim(hub, cfg, lease, metrics, &room).await;
+                    let announced = rec.live || announce(hub, &room, &h.by).await;
                     hosted.insert(
                         room.clone(),
                         Hosted {
                             lease: state,
-                            by: h.by.clone(),
+                            by: h.by,
+                            announced,
                         },
                     );
-                    if !rec.live {
-                        let event = RoomEvent::StreamStarted { by: h.by };
-                        log_publish(&room, &event, hub.publish(&room, &event).await);
-                    }
                 }
                 Ok(_) => {
                     hosted.remove(&room);
@@ -207,11 +218,26 @@ async fn sweep_lapsed(hub: &Hub, hosted: &HashMap<RoomId, Hosted>, metrics: &Sfu
                 metrics.lease_lapses.fetch_add(1, Relaxed);
                 tracing::warn!(%room, "the hosting node stopped renewing the live lease: stream ended");
             }
-            // Renewed meanwhile, or another sweeper was first.
-            Err(EngineError::LiveElsewhere | EngineError::NotLive) => {}
+            // Renewed meanwhile, or another sweeper was first; or the room was closed or is
+            // gone (the engine drops it from the sweep's list).
+            Err(
+                EngineError::LiveElsewhere
+                | EngineError::NotLive
+                | EngineError::RoomClosed
+                | EngineError::RoomNotFound,
+            ) => {}
             Err(e) => tracing::warn!(%room, error = %e, "cannot end a lapsed stream"),
         }
     }
+}
+
+/// Publish `stream_started` for `room`; whether it went out.
+async fn announce(hub: &Hub, room: &RoomId, by: &UserRef) -> bool {
+    let event = RoomEvent::StreamStarted { by: by.clone() };
+    let result = hub.publish(room, &event).await;
+    let published = result.is_ok();
+    log_publish(room, &event, result);
+    published
 }
 
 fn log_publish<T>(room: &RoomId, event: &RoomEvent, result: Result<T, EngineError>) {
