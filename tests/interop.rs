@@ -73,11 +73,11 @@ fn host_ip() -> IpAddr {
 /// address itself.
 async fn gstreamer_publishes(codec: &str, any_interface: bool) {
     if let Some(why) = gstreamer_missing(codec) {
-        // CI installs GStreamer (.ci/run sets FERRY_REQUIRE_GSTREAMER): there a missing
+        // CI installs GStreamer (.ci/run sets CI_REQUIRE_GSTREAMER): there a missing
         // element is a broken install, not a reason to pass without testing anything.
         assert!(
-            std::env::var_os("FERRY_REQUIRE_GSTREAMER").is_none(),
-            "FERRY_REQUIRE_GSTREAMER is set but {why}"
+            std::env::var_os("CI_REQUIRE_GSTREAMER").is_none(),
+            "CI_REQUIRE_GSTREAMER is set but {why}"
         );
         eprintln!("SKIPPED: {why}");
         return;
