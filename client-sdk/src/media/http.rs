@@ -55,7 +55,8 @@ fn split_base(base: &str) -> Result<(String, String), MediaError> {
 }
 
 /// Where a `Location` sends a request made to `base`: (new base, path). An absolute
-/// `http://` URL names a new base; a path stays on `base`.
+/// `http://` URL names a new base; an absolute path stays on `base`'s origin and replaces
+/// its path (RFC 3986 §5.2.2: `http://h/api` + `/whep/r` is `http://h/whep/r`).
 pub fn resolve(base: &str, location: &str) -> Result<(String, String), MediaError> {
     if location.starts_with("http://") {
         let (authority, path) = split_base(location)?;
@@ -67,7 +68,8 @@ pub fn resolve(base: &str, location: &str) -> Result<(String, String), MediaErro
         return Ok((format!("http://{authority}"), path));
     }
     if location.starts_with('/') {
-        return Ok((base.to_owned(), location.to_owned()));
+        let (authority, _) = split_base(base)?;
+        return Ok((format!("http://{authority}"), location.to_owned()));
     }
     Err(MediaError::Url(format!(
         "{location}: only http:// URLs and absolute paths are followed"
@@ -128,6 +130,11 @@ mod tests {
         assert_eq!(
             resolve("http://a:1", "/whep/r/s").expect("ok"),
             ("http://a:1".into(), "/whep/r/s".into())
+        );
+        assert_eq!(
+            resolve("http://a:1/api", "/whep/r/s").expect("ok"),
+            ("http://a:1".into(), "/whep/r/s".into()),
+            "an absolute path replaces the base's path prefix"
         );
         assert!(resolve("http://a:1", "https://b/whep/r").is_err());
     }
