@@ -96,11 +96,9 @@ struct Peer {
 
 pub struct Driver {
     socket: UdpSocket,
-    /// The address datagrams are handed to str0m as received at: our first ICE candidate.
-    /// str0m discards STUN that arrives "at" an address none of its local candidates has,
-    /// and the socket's own address is not one when it is bound to 0.0.0.0 (the default) or
-    /// sits behind NAT (`sfu.public_addresses`).
-    local_addr: SocketAddr,
+    /// The addresses datagrams are handed to str0m as received at: our first ICE candidate
+    /// of the sender's address family (see [`LocalAddrs`]).
+    local_addr: LocalAddrs,
     router: Router,
     cfg: DriverConfig,
     metrics: Arc<SfuMetrics>,
@@ -122,6 +120,40 @@ pub struct Driver {
     scratch: Vec<PeerId>,
 }
 
+/// Where a datagram is said to have arrived. str0m discards STUN that arrives "at" an address
+/// none of its local candidates has, and the socket's own address is not one when it is bound
+/// to 0.0.0.0 (the default) or sits behind NAT (`sfu.public_addresses`). Without the real
+/// destination (no IP_PKTINFO), the first candidate of the sender's family is the best guess:
+/// it keeps IPv4 and IPv6 candidates apart; several candidates of one family (public and
+/// LAN) still all pair with the first.
+#[derive(Clone, Copy, Debug)]
+struct LocalAddrs {
+    v4: Option<SocketAddr>,
+    v6: Option<SocketAddr>,
+    /// The first candidate (or the socket's address without candidates).
+    first: SocketAddr,
+}
+
+impl LocalAddrs {
+    fn new(candidates: &[SocketAddr], socket: SocketAddr) -> LocalAddrs {
+        LocalAddrs {
+            v4: candidates.iter().copied().find(SocketAddr::is_ipv4),
+            v6: candidates.iter().copied().find(SocketAddr::is_ipv6),
+            first: candidates.first().copied().unwrap_or(socket),
+        }
+    }
+
+    /// A dual-stack socket reports IPv4 senders as IPv4-mapped IPv6: they count as IPv4.
+    fn for_sender(&self, from: SocketAddr) -> SocketAddr {
+        let family = if from.ip().to_canonical().is_ipv4() {
+            self.v4
+        } else {
+            self.v6
+        };
+        family.unwrap_or(self.first)
+    }
+}
+
 impl Driver {
     pub fn new(
         socket: UdpSocket,
@@ -132,11 +164,12 @@ impl Driver {
         candidates: &[SocketAddr],
     ) -> Self {
         let now = Instant::now();
-        let local_addr = candidates.first().copied().unwrap_or_else(|| {
+        let local_addr = LocalAddrs::new(
+            candidates,
             socket
                 .local_addr()
-                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
-        });
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+        );
         Self {
             socket,
             local_addr,
@@ -440,7 +473,7 @@ impl Driver {
             Receive {
                 proto: Protocol::Udp,
                 source: from,
-                destination: self.local_addr,
+                destination: self.local_addr.for_sender(from),
                 contents,
             },
         );
@@ -1014,4 +1047,29 @@ fn etag_matches(if_match: &str, etag: &str) -> bool {
 /// A fresh ETag value (quoted, as sent in the header).
 pub fn new_etag() -> String {
     format!("\"{:016x}\"", rand::random::<u64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datagrams_arrive_at_the_first_candidate_of_the_senders_family() {
+        let v4: SocketAddr = "203.0.113.7:3478".parse().expect("v4");
+        let lan: SocketAddr = "10.0.0.7:3478".parse().expect("lan");
+        let v6: SocketAddr = "[2001:db8::7]:3478".parse().expect("v6");
+        let socket: SocketAddr = "0.0.0.0:3478".parse().expect("socket");
+        let both = LocalAddrs::new(&[v4, lan, v6], socket);
+        let from_v4: SocketAddr = "198.51.100.1:5000".parse().expect("from v4");
+        let from_mapped: SocketAddr = "[::ffff:198.51.100.1]:5000".parse().expect("mapped");
+        let from_v6: SocketAddr = "[2001:db8::1]:5000".parse().expect("from v6");
+        assert_eq!(both.for_sender(from_v4), v4);
+        assert_eq!(both.for_sender(from_mapped), v4);
+        assert_eq!(both.for_sender(from_v6), v6);
+        // One family only: the other family's senders get the first candidate.
+        let only_v4 = LocalAddrs::new(&[v4], socket);
+        assert_eq!(only_v4.for_sender(from_v6), v4);
+        // No candidates: the socket's own address.
+        assert_eq!(LocalAddrs::new(&[], socket).for_sender(from_v4), socket);
+    }
 }
