@@ -243,6 +243,11 @@ thread_local! {
 impl Moderator {
     /// Compile `markets`.
     pub fn new(markets: &[MarketFile]) -> Result<Moderator, RulesError> {
+        Self::build(markets, true)
+    }
+
+    /// [`Self::new`]; `dfa: false` takes the NFA fallback at once (so tests cover it).
+    fn build(markets: &[MarketFile], dfa: bool) -> Result<Moderator, RulesError> {
         let mut names = Vec::new();
         let mut market_index = HashMap::new();
         let mut rules = Vec::new();
@@ -303,20 +308,23 @@ impl Moderator {
         let terms = if patterns.is_empty() {
             None
         } else {
-            Some(
-                match dfa::DFA::builder()
+            let built = if dfa {
+                dfa::DFA::builder()
                     .match_kind(MatchKind::Standard)
                     .build(&patterns)
-                {
-                    Ok(d) => Terms::Dfa(d),
-                    Err(_) => Terms::Nfa(
-                        nfa::contiguous::NFA::builder()
-                            .match_kind(MatchKind::Standard)
-                            .build(&patterns)
-                            .map_err(invalid)?,
-                    ),
-                },
-            )
+                    .ok()
+            } else {
+                None
+            };
+            Some(match built {
+                Some(d) => Terms::Dfa(d),
+                None => Terms::Nfa(
+                    nfa::contiguous::NFA::builder()
+                        .match_kind(MatchKind::Standard)
+                        .build(&patterns)
+                        .map_err(invalid)?,
+                ),
+            })
         };
         let excepts = if except_patterns.is_empty() {
             None
@@ -601,7 +609,13 @@ mod tests {
             specs.push((severity, vec![term], except));
         }
         let files = parse_markets([("xx.toml", text.as_str())]).expect("parses");
-        let m = Moderator::new(&files).expect("compiles");
+        // The DFA (the usual case) and the NFA fallback (rule sets too big for a DFA).
+        let automata = [
+            Moderator::new(&files).expect("compiles"),
+            Moderator::build(&files, false).expect("compiles as an NFA"),
+        ];
+        assert!(matches!(automata[0].terms, Some(Terms::Dfa(_))));
+        assert!(matches!(automata[1].terms, Some(Terms::Nfa(_))));
         let noise = [" ", ".", "-", "Ｏ", "A", "B", "0", "x", "y"];
         for _ in 0..3000 {
             let t: String = (0..1 + rng.below(12))
@@ -644,12 +658,14 @@ mod tests {
                     }
                 }
             }
-            assert_eq!(
-                m.check(&t, ["xx"], Usage::Comments).severity,
-                expected,
-                "{t:?} folded {:?}",
-                f.text()
-            );
+            for m in &automata {
+                assert_eq!(
+                    m.check(&t, ["xx"], Usage::Comments).severity,
+                    expected,
+                    "{t:?} folded {:?}",
+                    f.text()
+                );
+            }
         }
     }
 
